@@ -1,0 +1,67 @@
+"""The ``ctl`` command: one entry point that dispatches to each step's ``main(argv)``.
+
+Subcommands import their module lazily so that ``ctl serve`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+# command words -> "module:function"; each function takes the remaining argv and returns an int.
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("download",): ("training.download:main", "fetch STL images from the released pairs file"),
+    ("data", "stats"): ("training.stats:main", "counts of pairs, images, crops and drops"),
+    ("features",): ("training.features:main", "cache frozen-backbone features"),
+    ("train",): ("training.train:main", "train the CTL heads on cached features"),
+    ("evaluate",): ("training.evaluate:main", "metrics, baselines, pictures, report"),
+    ("export",): ("model.export:main", "export the encoders to ONNX"),
+    ("index", "build"): ("index.cli:build_main", "embed the catalog into a new index version"),
+    ("index", "add"): ("index.cli:add_main", "add products as a new index version"),
+    ("index", "remove"): ("index.cli:remove_main", "remove products as a new index version"),
+    ("index", "info"): ("index.cli:info_main", "show index versions"),
+    ("serve",): ("service.main:main", "run the HTTP service"),
+    ("quickstart",): ("training.quickstart:main", "features, train, export, index, then serve"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: ctl COMMAND [ARGS...]", "", "commands:"]
+    for words, (_, help_text) in COMMANDS.items():
+        lines.append(f"  {' '.join(words):<16} {help_text}")
+    lines.append("")
+    lines.append("Run 'ctl COMMAND --help' for a command's options.")
+    return "\n".join(lines)
+
+
+def _resolve(argv: Sequence[str]) -> tuple[Callable[[list[str]], int], list[str]] | None:
+    for n in (2, 1):
+        key = tuple(argv[:n])
+        if key in COMMANDS:
+            module_name, func_name = COMMANDS[key][0].split(":")
+            func = getattr(importlib.import_module(module_name), func_name)
+            return func, list(argv[n:])
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch ``argv`` (default ``sys.argv[1:]``) to a subcommand."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not args or args[0] in ("-h", "--help", "help"):
+        sys.stdout.write(_usage() + "\n")
+        return 0
+    resolved = _resolve(args)
+    if resolved is None:
+        sys.stderr.write(f"ctl: unknown command {' '.join(args[:2])!r}\n\n{_usage()}\n")
+        return 2
+    func, rest = resolved
+    return int(func(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Per-category FAISS indexes of product embeddings, versioned on disk."""

@@ -1,0 +1,61 @@
+"""The one configuration class: every knob of every step, read from ``CTL_*`` env vars."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    """The shared STL-Fashion subset beside the checkout, else ./data."""
+    shared = Path(__file__).resolve().parent.parent.parent / "shared" / "stl-fashion"
+    return shared if shared.is_dir() else Path("data")
+
+
+class Settings(BaseSettings):
+    """Configuration for the CLI, the pipeline and the HTTP service."""
+
+    model_config = SettingsConfigDict(env_prefix="CTL_", env_file=None, extra="ignore")
+
+    # Where things live.
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    work_dir: Path = Path("work")
+    artifacts_dir: Path = Path("artifacts")
+    log_level: str = "INFO"
+
+    # Model and training defaults.
+    backbone: str = "efficientnet_lite0"
+    backbone_weights: Path | None = None
+    embedding_dim: int = 128
+    seed: int = 0
+
+    # Service.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    redis_url: str | None = None
+    redis_timeout_s: float = 0.05
+    cache_size: int = 2048
+    cache_ttl_s: int = 24 * 3600
+    admin_token: str | None = None
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    default_k: int = 10
+    max_k: int = 100
+    max_batch_items: int = 32
+    batch_max_size: int = 16
+    batch_max_wait_ms: float = 5.0
+    inference_threads: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+
+    # Index.
+    ann_threshold: int = 50_000
+    rerank_candidates: int = 200
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings read once per process; tests build their own ``Settings`` instead."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Shop The Look data, Complete the Look examples, feature cache, training and evaluation."""

@@ -1,0 +1,132 @@
+"""The CTL crop rules (Kang et al. 2019, Sec. 3): cut the product out of the scene.
+
+Grow the product box by 5% of the image length on each side; candidate regions are the parts
+of the image above and below it (fashion) or also left and right of it (home), which therefore
+do not overlap it; keep the largest; drop the pair when that crop is under 1/5 of the image.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from training.stl import DROPPED_CATEGORIES, BBox
+
+GROW = 0.05
+MIN_AREA_FRACTION = 0.2
+PixelBox = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class CropResult:
+    """A crop box in pixels (left, top, right, bottom), or ``None`` with the reason it was dropped."""
+
+    box: PixelBox | None
+    reason: str = "ok"
+
+    @property
+    def ok(self) -> bool:
+        return self.box is not None
+
+
+def validate_bbox(bbox: BBox) -> str | None:
+    """The reason a normalized box is invalid, or ``None`` when it is usable."""
+    if len(bbox) != 4 or any(v != v for v in bbox):  # NaN check
+        return "malformed_bbox"
+    left, top, right, bottom = bbox
+    if min(bbox) < 0.0 or max(bbox) > 1.0:
+        return "bbox_out_of_bounds"
+    if left > right or top > bottom:
+        return "bbox_inverted"
+    if left == right or top == bottom:
+        return "bbox_zero_area"
+    return None
+
+
+def crop_box(
+    bbox: BBox,
+    width: int,
+    height: int,
+    domain: str = "fashion",
+    grow: float = GROW,
+    min_area_fraction: float = MIN_AREA_FRACTION,
+) -> CropResult:
+    """Where to crop a ``width`` x ``height`` scene so the product at ``bbox`` is left out."""
+    if width <= 0 or height <= 0:
+        return CropResult(None, "empty_image")
+    reason = validate_bbox(bbox)
+    if reason:
+        return CropResult(None, reason)
+    left, top, right, bottom = bbox
+    # Grown box in pixels, clipped to the image.
+    gl = max(0, int(round((left - grow) * width)))
+    gt = max(0, int(round((top - grow) * height)))
+    gr = min(width, int(round((right + grow) * width)))
+    gb = min(height, int(round((bottom + grow) * height)))
+    candidates: list[PixelBox] = [(0, 0, width, gt), (0, gb, width, height)]
+    if domain == "home":
+        candidates += [(0, 0, gl, height), (gr, 0, width, height)]
+    elif domain != "fashion":
+        raise ValueError(f"unknown domain {domain!r} (fashion or home)")
+
+    def area(b: PixelBox) -> int:
+        return max(0, b[2] - b[0]) * max(0, b[3] - b[1])
+
+    best = max(candidates, key=area)  # max keeps the first of equals: above wins ties
+    if area(best) == 0 or area(best) < min_area_fraction * width * height:
+        return CropResult(None, "crop_too_small")
+    return CropResult(best, "ok")
+
+
+def crop_scene(image: Image.Image, bbox: BBox, domain: str = "fashion") -> tuple[Image.Image | None, CropResult]:
+    """The cropped scene as RGB (any input mode), or ``None`` with the reason."""
+    result = crop_box(bbox, image.width, image.height, domain)
+    if result.box is None:
+        return None, result
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image.crop(result.box), result
+
+
+def box_in_crop(bbox: BBox, crop: PixelBox, width: int, height: int) -> BBox | None:
+    """Map a normalized scene box into normalized coordinates of ``crop``; ``None`` if outside."""
+    cl, ct, cr, cb = crop
+    cw, ch = cr - cl, cb - ct
+    if cw <= 0 or ch <= 0:
+        return None
+    x0 = (bbox[0] * width - cl) / cw
+    y0 = (bbox[1] * height - ct) / ch
+    x1 = (bbox[2] * width - cl) / cw
+    y1 = (bbox[3] * height - ct) / ch
+    x0, y0, x1, y1 = max(0.0, x0), max(0.0, y0), min(1.0, x1), min(1.0, y1)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return (x0, y0, x1, y1)
+
+
+def drop_reason_for_category(category: str | None) -> str | None:
+    """Why a pair is dropped because of its product's category, if it is."""
+    if category is None:
+        return "no_category"
+    if category in DROPPED_CATEGORIES:
+        return "dress"
+    return None
+
+
+@dataclass
+class CropStats:
+    """How many pairs survived cropping, and why the others were dropped."""
+
+    kept: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def add(self, reason: str) -> None:
+        if reason == "ok":
+            self.kept += 1
+        else:
+            self.dropped[reason] += 1
+
+    def as_dict(self) -> dict[str, object]:
+        return {"kept": self.kept, "dropped": dict(sorted(self.dropped.items()))}

@@ -1,0 +1,134 @@
+"""Reading Shop The Look data in its released formats, and where its images live.
+
+Layout of a data directory (that of ``../shared/stl-fashion`` and of what ``ctl download``
+writes): ``fashion.json`` (pairs, JSON lines), ``fashion-cat.json`` (product -> "A|B|Leaf"),
+``images/scenes/SIG.jpg``, ``images/products/SIG.jpg``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BBox = tuple[float, float, float, float]
+DROPPED_CATEGORIES = frozenset({"Dresses"})
+"""The paper drops dresses: the product covers most of the outfit, so no scene is left."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One STL pair: a product seen inside a scene at ``bbox`` (left, top, right, bottom in [0, 1])."""
+
+    scene: str
+    product: str
+    bbox: BBox
+
+
+def leaf_category(path: str) -> str:
+    """``"Apparel & Accessories|Shoes"`` -> ``"Shoes"``."""
+    return path.rsplit("|", 1)[-1].strip()
+
+
+def load_pairs(path: Path) -> list[Pair]:
+    """Read a pairs file (JSON lines of ``{"product", "scene", "bbox"}``); bad lines are logged."""
+    pairs: list[Pair] = []
+    bad = 0
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+                bbox = tuple(float(v) for v in obj["bbox"])
+                if len(bbox) != 4:
+                    raise ValueError("bbox must have 4 numbers")
+                pairs.append(Pair(str(obj["scene"]), str(obj["product"]), bbox))  # type: ignore[arg-type]
+            except (ValueError, KeyError, TypeError) as exc:
+                bad += 1
+                log.warning("%s:%d: skipping malformed pair (%s)", path, lineno, exc)
+    if bad:
+        log.warning("%s: %d malformed lines skipped", path, bad)
+    return pairs
+
+
+def load_categories(path: Path) -> dict[str, str]:
+    """Read a categories file (one JSON object product -> category path) as product -> leaf."""
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object of product -> category path")
+    return {str(k): leaf_category(str(v)) for k, v in raw.items()}
+
+
+@dataclass
+class STLData:
+    """A data directory: its pairs, product categories and image paths."""
+
+    root: Path
+    domain: str = "fashion"
+    pairs: list[Pair] = field(default_factory=list)
+    categories: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, root: Path, domain: str = "fashion") -> STLData:
+        """Load ``{domain}.json`` and ``{domain}-cat.json`` from ``root``."""
+        root = Path(root)
+        pairs_file = root / f"{domain}.json"
+        cats_file = root / f"{domain}-cat.json"
+        for p in (pairs_file, cats_file):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p} not found: is {root} an STL data directory?")
+        return cls(root, domain, load_pairs(pairs_file), load_categories(cats_file))
+
+    @property
+    def scene_dir(self) -> Path:
+        return self.root / "images" / "scenes"
+
+    @property
+    def product_dir(self) -> Path:
+        return self.root / "images" / "products"
+
+    def scene_path(self, sig: str) -> Path:
+        return self.scene_dir / f"{sig}.jpg"
+
+    def product_path(self, sig: str) -> Path:
+        return self.product_dir / f"{sig}.jpg"
+
+    def available_products(self) -> list[str]:
+        """Signatures of the product images on disk that have a category, sorted."""
+        if not self.product_dir.is_dir():
+            return []
+        sigs = (p.stem for p in self.product_dir.glob("*.jpg"))
+        return sorted(s for s in sigs if s in self.categories)
+
+    def available_scenes(self) -> set[str]:
+        if not self.scene_dir.is_dir():
+            return set()
+        return {p.stem for p in self.scene_dir.glob("*.jpg")}
+
+    def pairs_with_images(self) -> list[Pair]:
+        """Pairs whose scene and product images both exist and whose product has a category."""
+        scenes = self.available_scenes()
+        products = set(self.available_products())
+        return [p for p in self.pairs if p.scene in scenes and p.product in products]
+
+    def category(self, product: str) -> str | None:
+        return self.categories.get(product)
+
+    def category_names(self) -> list[str]:
+        """Leaf categories kept for training (dresses dropped), sorted."""
+        return sorted(set(self.categories.values()) - DROPPED_CATEGORIES)
+
+
+def pairs_by_scene(pairs: Iterable[Pair]) -> dict[str, list[Pair]]:
+    """Group pairs by scene signature (a scene can hold several labelled products)."""
+    out: dict[str, list[Pair]] = {}
+    for p in pairs:
+        out.setdefault(p.scene, []).append(p)
+    return out
