@@ -78,8 +78,10 @@ def to_array(image: Image.Image, spec: PreprocessSpec, flip: bool = False) -> np
     arr = np.asarray(resize_image(image, spec), dtype=np.float32)
     if flip:
         arr = arr[:, ::-1, :]
-    arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    mean = np.asarray(spec.mean, np.float32)
+    std = np.asarray(spec.std, np.float32)
+    normalized: np.ndarray = (arr - mean) / std
+    return np.ascontiguousarray(normalized.transpose(2, 0, 1))
 
 
 def to_batch(images: Sequence[Image.Image], spec: PreprocessSpec, flip: bool = False) -> np.ndarray:

@@ -21,7 +21,7 @@ PixelBox = tuple[int, int, int, int]
 
 @dataclass(frozen=True)
 class CropResult:
-    """A crop box in pixels (left, top, right, bottom), or ``None`` with the reason it was dropped."""
+    """A crop box in pixels (left, top, right, bottom), or ``None`` with the reason for the drop."""
 
     box: PixelBox | None
     reason: str = "ok"
@@ -54,6 +54,8 @@ def crop_box(
     min_area_fraction: float = MIN_AREA_FRACTION,
 ) -> CropResult:
     """Where to crop a ``width`` x ``height`` scene so the product at ``bbox`` is left out."""
+    if domain not in ("fashion", "home"):
+        raise ValueError(f"unknown domain {domain!r} (fashion or home)")
     if width <= 0 or height <= 0:
         return CropResult(None, "empty_image")
     reason = validate_bbox(bbox)
@@ -61,15 +63,13 @@ def crop_box(
         return CropResult(None, reason)
     left, top, right, bottom = bbox
     # Grown box in pixels, clipped to the image.
-    gl = max(0, int(round((left - grow) * width)))
-    gt = max(0, int(round((top - grow) * height)))
-    gr = min(width, int(round((right + grow) * width)))
-    gb = min(height, int(round((bottom + grow) * height)))
+    gl = max(0, round((left - grow) * width))
+    gt = max(0, round((top - grow) * height))
+    gr = min(width, round((right + grow) * width))
+    gb = min(height, round((bottom + grow) * height))
     candidates: list[PixelBox] = [(0, 0, width, gt), (0, gb, width, height)]
     if domain == "home":
         candidates += [(0, 0, gl, height), (gr, 0, width, height)]
-    elif domain != "fashion":
-        raise ValueError(f"unknown domain {domain!r} (fashion or home)")
 
     def area(b: PixelBox) -> int:
         return max(0, b[2] - b[0]) * max(0, b[3] - b[1])
@@ -80,7 +80,9 @@ def crop_box(
     return CropResult(best, "ok")
 
 
-def crop_scene(image: Image.Image, bbox: BBox, domain: str = "fashion") -> tuple[Image.Image | None, CropResult]:
+def crop_scene(
+    image: Image.Image, bbox: BBox, domain: str = "fashion"
+) -> tuple[Image.Image | None, CropResult]:
     """The cropped scene as RGB (any input mode), or ``None`` with the reason."""
     result = crop_box(bbox, image.width, image.height, domain)
     if result.box is None:

@@ -22,7 +22,7 @@ DROPPED_CATEGORIES = frozenset({"Dresses"})
 
 @dataclass(frozen=True)
 class Pair:
-    """One STL pair: a product seen inside a scene at ``bbox`` (left, top, right, bottom in [0, 1])."""
+    """One STL pair: a product seen in a scene at ``bbox`` (left, top, right, bottom in [0, 1])."""
 
     scene: str
     product: str
@@ -45,10 +45,13 @@ def load_pairs(path: Path) -> list[Pair]:
                 continue
             try:
                 obj = json.loads(line)
-                bbox = tuple(float(v) for v in obj["bbox"])
-                if len(bbox) != 4:
+                coords = [float(v) for v in obj["bbox"]]
+                if len(coords) != 4:
                     raise ValueError("bbox must have 4 numbers")
-                pairs.append(Pair(str(obj["scene"]), str(obj["product"]), bbox))  # type: ignore[arg-type]
+                left, top, right, bottom = coords
+                pairs.append(
+                    Pair(str(obj["scene"]), str(obj["product"]), (left, top, right, bottom))
+                )
             except (ValueError, KeyError, TypeError) as exc:
                 bad += 1
                 log.warning("%s:%d: skipping malformed pair (%s)", path, lineno, exc)

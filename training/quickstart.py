@@ -1,0 +1,198 @@
+"""``ctl quickstart``: the whole pipeline (features, train, export, index), then serve.
+
+Each step runs through the same ``main(argv)`` as its own ``ctl`` command and is skipped when
+its output is current: a stamp file records a digest of the step's inputs, and a step whose
+stamp matches and whose output exists is not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+RELEASE_BASE = "https://raw.githubusercontent.com/kang205/STL-Dataset/master"
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Stamps:
+    """Per-step digests of inputs, kept in the work dir, written atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def current(self, step: str, digest: str, output: Path) -> bool:
+        path = self.root / f"{step}.json"
+        if not output.exists() or not path.is_file():
+            return False
+        try:
+            return bool(json.loads(path.read_text()).get("digest") == digest)
+        except (OSError, ValueError):
+            return False
+
+    def record(self, step: str, digest: str) -> None:
+        path = self.root / f"{step}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"digest": digest}))
+        os.replace(tmp, path)
+
+
+def _run_step(
+    stamps: Stamps,
+    name: str,
+    digest: str,
+    output: Path,
+    func: Callable[[list[str]], int],
+    argv: list[str],
+) -> None:
+    if stamps.current(name, digest, output):
+        log.info("quickstart: %s is current (%s), skipped", name, output)
+        return
+    log.info("quickstart: %s: ctl %s %s", name, name, " ".join(argv))
+    rc = func(argv)
+    if rc:
+        raise SystemExit(f"quickstart: step {name!r} failed with exit code {rc}")
+    stamps.record(name, digest)
+
+
+def ensure_data(data: Path | None, settings: Settings) -> Path:
+    """The data directory to use: the given one, the configured one, or a fresh download."""
+    if data is not None:
+        if not (data / "fashion.json").is_file():
+            raise SystemExit(f"quickstart: {data} has no fashion.json (an STL data directory?)")
+        return data
+    if (settings.data_dir / "fashion.json").is_file():
+        return settings.data_dir
+    target = settings.work_dir / "stl-fashion"
+    log.info("quickstart: no local data; downloading the released STL pairs into %s", target)
+    release = settings.work_dir / "release"
+    release.mkdir(parents=True, exist_ok=True)
+    for name in ("fashion.json", "fashion-cat.json"):
+        if not (release / name).is_file():
+            urllib.request.urlretrieve(f"{RELEASE_BASE}/{name}", release / name)
+    from training import download
+
+    rc = download.main(
+        [
+            "--pairs",
+            str(release / "fashion.json"),
+            "--categories",
+            str(release / "fashion-cat.json"),
+            "--out",
+            str(target),
+        ]
+    )
+    if rc:
+        raise SystemExit("quickstart: download failed")
+    return target
+
+
+def main(argv: list[str]) -> int:
+    """Build everything that is not current, then serve (unless ``--no-serve``)."""
+    settings = Settings()
+    parser = argparse.ArgumentParser(prog="ctl quickstart", description=__doc__)
+    parser.add_argument("--data", type=Path, default=None, help="STL data dir (default: shared)")
+    parser.add_argument("--work", type=Path, default=settings.work_dir)
+    parser.add_argument("--artifacts", type=Path, default=settings.artifacts_dir)
+    parser.add_argument("--backbone", default=settings.backbone)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the trainer's")
+    parser.add_argument("--seed", type=int, default=settings.seed)
+    parser.add_argument("--host", default=settings.host)
+    parser.add_argument("--port", type=int, default=settings.port)
+    parser.add_argument("--no-serve", action="store_true", help="stop after building the index")
+    args = parser.parse_args(argv)
+
+    from index import cli as index_cli
+    from model import export
+    from training import features, train
+
+    data = ensure_data(args.data, settings).resolve()
+    work: Path = args.work
+    cache = work / "features"
+    run_dir = work / "runs" / "quickstart"
+    artifacts: Path = args.artifacts
+    stamps = Stamps(work / "quickstart")
+
+    feat_digest = _digest("features", str(data), args.backbone)
+    _run_step(
+        stamps,
+        "features",
+        feat_digest,
+        cache,
+        features.main,
+        ["--data", str(data), "--cache", str(cache), "--backbone", args.backbone],
+    )
+
+    train_argv = [
+        "--data",
+        str(data),
+        "--out",
+        str(run_dir),
+        "--cache",
+        str(cache),
+        "--backbone",
+        args.backbone,
+        "--seed",
+        str(args.seed),
+    ]
+    if args.epochs is not None:
+        train_argv += ["--epochs", str(args.epochs)]
+    _run_step(
+        stamps,
+        "train",
+        _digest(feat_digest, train_argv),
+        run_dir / "metrics.json",
+        train.main,
+        train_argv,
+    )
+
+    checkpoint = _file_digest(run_dir / "checkpoint.pt")
+    _run_step(
+        stamps,
+        "export",
+        _digest("export", checkpoint),
+        artifacts / "manifest.json",
+        export.main,
+        ["--run", str(run_dir), "--out", str(artifacts)],
+    )
+
+    manifest = _file_digest(artifacts / "manifest.json")
+    _run_step(
+        stamps,
+        "index",
+        _digest("index", manifest, str(data)),
+        artifacts / "index" / "CURRENT",
+        index_cli.build_main,
+        ["--artifacts", str(artifacts), "--data", str(data)],
+    )
+
+    if args.no_serve:
+        log.info("quickstart: artifacts and index ready in %s", artifacts)
+        return 0
+    from service import main as service_main
+
+    os.environ.setdefault("CTL_SAMPLES_DIR", str(data / "images" / "scenes"))
+    return service_main.main(
+        ["--artifacts", str(artifacts), "--host", args.host, "--port", str(args.port)]
+    )
