@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = 5.0
     inference_threads: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    redis_prefix: str = "ctl:"
+    redis_retry_s: float = 5.0
+    samples_dir: Path | None = None  # sample scenes for the page; default data_dir/images/scenes
+    samples_count: int = 8
+    max_score_ids: int = 1000
 
     # Index.
     ann_threshold: int = 50_000

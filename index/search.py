@@ -1,0 +1,274 @@
+"""Per-category FAISS search and the exact re-scoring that turns candidates into d*.
+
+Retrieval is one inner-product search per (scene, category) with q = f_s + sum_i a_i f_i,
+because with unit vectors d*(s, p) = 2 - <q, f_p>. The candidates are then re-scored from the
+stored embeddings, which gives d_global and d_local too and repairs any approximation error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from model.runtime import SceneEmbedding
+
+log = logging.getLogger(__name__)
+
+FLAT = "flat"
+IVF = "ivf"
+DEFAULT_NPROBE = 48
+"""IVF lists visited per query; bench/bench_index.py shows recall@10 >= 0.95 at 1M vectors."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One recommended product with the paper's distances (lower is a better match)."""
+
+    id: str
+    category: str
+    d_star: float
+    d_global: float
+    d_local: float
+
+
+@dataclass(frozen=True)
+class Similar:
+    """A visually similar product: squared distance between product embeddings."""
+
+    id: str
+    category: str
+    distance: float
+
+
+@dataclass(frozen=True)
+class Product:
+    """A catalog product and the path of its stored image."""
+
+    id: str
+    category: str
+    image: Path
+
+
+def choose_kind(count: int, ann_threshold: int) -> str:
+    """Exact search below ``ann_threshold`` products, IVF at or above it."""
+    return IVF if count >= ann_threshold else FLAT
+
+
+def ivf_lists(count: int) -> int:
+    """About 2 sqrt(n) lists: few enough to train fast on 2 cores, small enough to scan fast."""
+    return max(1, min(count // 39, int(2 * math.sqrt(count))))
+
+
+def make_index(emb: np.ndarray, kind: str, seed: int = 0) -> faiss.Index:
+    """A CPU inner-product index over the rows of ``emb`` (unit vectors, float32)."""
+    n, dim = emb.shape
+    if kind == FLAT:
+        index = faiss.IndexFlatIP(dim)
+    elif kind == IVF:
+        nlist = ivf_lists(n)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = emb if n <= nlist * 64 else emb[np.sort(rng.choice(n, nlist * 64, replace=False))]
+        index.train(np.ascontiguousarray(sample))
+    else:
+        raise ValueError(f"unknown index kind {kind!r}")
+    if n:
+        index.add(np.ascontiguousarray(emb, dtype=np.float32))
+    return index
+
+
+def faiss_gpu_available() -> bool:
+    """True when this faiss build has GPU support and sees a GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+class CategoryIndex:
+    """One category: its product ids, their embeddings and the FAISS index over them."""
+
+    def __init__(
+        self, name: str, ids: list[str], emb: np.ndarray, index: faiss.Index, kind: str
+    ) -> None:
+        if len(ids) != emb.shape[0] or index.ntotal != len(ids):
+            raise ValueError(
+                f"category {name!r}: {len(ids)} ids, {emb.shape[0]} embeddings, "
+                f"{index.ntotal} indexed vectors"
+            )
+        self.name = name
+        self.ids = ids
+        self.emb = emb
+        self.index = index
+        self.kind = kind
+        self.row = {pid: i for i, pid in enumerate(ids)}
+        if kind == IVF:
+            faiss.extract_index_ivf(index).nprobe = DEFAULT_NPROBE
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of the top ``k`` inner products for queries q (B, D); rows -1 = none."""
+        k = min(k, len(self.ids))
+        if k <= 0:
+            empty = np.zeros((q.shape[0], 0))
+            return empty.astype(np.float32), empty.astype(np.int64)
+        scores, rows = self.index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+        return scores, rows
+
+
+class CatalogIndex:
+    """One loaded index version: what the service searches and serves product data from."""
+
+    def __init__(
+        self,
+        version: str,
+        model_version: str,
+        dim: int,
+        categories: dict[str, CategoryIndex],
+        products: dict[str, Product],
+        faiss_device: str = "cpu",
+    ) -> None:
+        self.version = version
+        self.model_version = model_version
+        self.dim = dim
+        self._cats = categories
+        self._products = products
+        self.faiss_device = faiss_device
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self._cats)
+
+    def __len__(self) -> int:
+        return len(self._products)
+
+    def category(self, name: str) -> CategoryIndex:
+        if name not in self._cats:
+            raise KeyError(f"unknown category {name!r}; the index has {sorted(self._cats)}")
+        return self._cats[name]
+
+    def count(self, category: str) -> int:
+        return len(self.category(category))
+
+    def product(self, pid: str) -> Product | None:
+        return self._products.get(pid)
+
+    def product_ids(self) -> list[str]:
+        return list(self._products)
+
+    def image_path(self, pid: str) -> Path | None:
+        p = self._products.get(pid)
+        return p.image if p else None
+
+    def embeddings(self, ids: Sequence[str]) -> np.ndarray:
+        """(N, D) stored product embeddings; KeyError naming the unknown ids."""
+        unknown = [i for i in ids if i not in self._products]
+        if unknown:
+            raise KeyError(f"unknown product ids: {unknown}")
+        out = np.zeros((len(ids), self.dim), np.float32)
+        for n, pid in enumerate(ids):
+            cat = self._cats[self._products[pid].category]
+            out[n] = cat.emb[cat.row[pid]]
+        return out
+
+    def search(self, category: str, q: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """Top ``k`` (id, inner product) of one query vector (D,) within a category."""
+        cat = self.category(category)
+        scores, rows = cat.search(q.reshape(1, -1), k)
+        return [(cat.ids[r], float(s)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0]
+
+
+def exact_distances(
+    f_s: np.ndarray, f_i: np.ndarray, att: np.ndarray, f_p: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """d*, d_global, d_local (each (N,)) of one scene against products f_p (N, D), in float64."""
+    fs = f_s.astype(np.float64)
+    fi = f_i.astype(np.float64)
+    fp = f_p.astype(np.float64)
+    d_global = ((fp - fs[None, :]) ** 2).sum(axis=1)
+    # sum_i a_i |f_i - f_p|^2 = sum_i a_i |f_i|^2 - 2 <sum_i a_i f_i, f_p> + |f_p|^2 (sum a_i = 1)
+    a = att.astype(np.float64)
+    d_local = a @ (fi**2).sum(axis=1) - 2.0 * fp @ (a @ fi) + (fp**2).sum(axis=1) * a.sum()
+    return (d_global + d_local) / 2.0, d_global, d_local
+
+
+def _scored(
+    ids: Sequence[str], category: str, emb: SceneEmbedding, cat_idx: int, f_p: np.ndarray
+) -> list[Scored]:
+    d_star, d_g, d_l = exact_distances(emb.f_s, emb.f_i, emb.attention[cat_idx], f_p)
+    return [
+        Scored(pid, category, float(d_star[n]), float(d_g[n]), float(d_l[n]))
+        for n, pid in enumerate(ids)
+    ]
+
+
+def recommend(
+    catalog: CatalogIndex,
+    emb: SceneEmbedding,
+    cat_idx: int,
+    category: str,
+    k: int,
+    candidates: int = 200,
+) -> list[Scored]:
+    """The ``k`` products of ``category`` with the lowest d* for this scene.
+
+    ``cat_idx`` is the category's position in the encoder's categories (the attention row).
+    Approximate indexes return ``candidates`` (>= k) to be re-scored exactly.
+    """
+    cat = catalog.category(category)
+    q = emb.f_s + emb.attention[cat_idx] @ emb.f_i
+    n = k if cat.kind == FLAT else max(k, candidates)
+    _, rows = cat.search(q[None, :], n)
+    found = [int(r) for r in rows[0] if r >= 0]
+    ids = [cat.ids[r] for r in found]
+    scored = _scored(ids, category, emb, cat_idx, cat.emb[found])
+    scored.sort(key=lambda s: s.d_star)
+    return scored[:k]
+
+
+def score(
+    catalog: CatalogIndex, emb: SceneEmbedding, categories: Sequence[str], ids: Iterable[str]
+) -> tuple[list[Scored], list[str]]:
+    """d*, d_global, d_local of the given products (in the given order), and the unknown ids.
+
+    ``categories`` is the encoder's category list, which orders the attention rows.
+    """
+    known: list[str] = []
+    unknown: list[str] = []
+    for pid in ids:
+        p = catalog.product(pid)
+        (known if p is not None and p.category in categories else unknown).append(pid)
+    out: list[Scored] = []
+    f_p = catalog.embeddings(known)
+    for n, pid in enumerate(known):
+        cat = catalog.product(pid).category  # type: ignore[union-attr]
+        out.extend(_scored([pid], cat, emb, categories.index(cat), f_p[n : n + 1]))
+    return out, unknown
+
+
+def similar(
+    catalog: CatalogIndex, vector: np.ndarray, category: str, k: int, exclude: Iterable[str] = ()
+) -> list[Similar]:
+    """Nearest products of ``category`` to a product embedding (D,), by squared distance."""
+    skip = set(exclude)
+    cat = catalog.category(category)
+    n = k + len(skip) if cat.kind == FLAT else max(k + len(skip), DEFAULT_NPROBE * 4)
+    _, rows = cat.search(vector.reshape(1, -1), n)
+    found = [int(r) for r in rows[0] if r >= 0 and cat.ids[r] not in skip]
+    v = vector.astype(np.float64)
+    dist = ((cat.emb[found].astype(np.float64) - v[None, :]) ** 2).sum(axis=1)
+    order = np.argsort(dist, kind="stable")[:k]
+    return [Similar(cat.ids[found[i]], category, float(dist[i])) for i in order]
+
+
+def similar_to_product(catalog: CatalogIndex, pid: str, k: int) -> list[Similar]:
+    """Nearest other products of the same category as catalog product ``pid``."""
+    p = catalog.product(pid)
+    if p is None:
+        raise KeyError(f"unknown product id {pid!r}")
+    return similar(catalog, catalog.embeddings([pid])[0], p.category, k, exclude=[pid])

@@ -1,0 +1,222 @@
+"""The exported encoders under ONNX Runtime: what the service and the index builder run.
+
+Imports no torch. Loading verifies every file against the manifest checksums first, so a
+tampered or half-copied artifact directory is refused instead of serving wrong embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from model.preprocess import PreprocessSpec, to_batch
+
+log = logging.getLogger(__name__)
+
+SCENE_FILE = "scene.onnx"
+PRODUCT_FILE = "product.onnx"
+PREPROCESS_FILE = "preprocess.json"
+MANIFEST_FILE = "manifest.json"
+REQUIRED_FILES = (SCENE_FILE, PRODUCT_FILE, PREPROCESS_FILE)
+MANIFEST_KEYS = ("version", "backbone", "categories", "embedding_dim", "grid", "files")
+
+
+class ArtifactError(Exception):
+    """The artifact directory is missing, incomplete, tampered with or inconsistent."""
+
+
+@dataclass(frozen=True)
+class SceneEmbedding:
+    """One scene: global f_s (D,), regions f_i (R, D), attention (C, R) for every category."""
+
+    f_s: np.ndarray
+    f_i: np.ndarray
+    attention: np.ndarray
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What the service and the index builder need from an encoder (ONNX or a test fake)."""
+
+    @property
+    def categories(self) -> list[str]: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def providers(self) -> list[str]: ...
+
+    def embed_scenes(self, images: Sequence[Image.Image]) -> list[SceneEmbedding]: ...
+
+    def embed_products(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+
+def query_vectors(emb: SceneEmbedding) -> np.ndarray:
+    """(C, D): q_c = f_s + sum_i a_ci f_i, so that d*(s, p) = 2 - <q_c, f_p> for unit f_p."""
+    return emb.f_s[None, :] + emb.attention @ emb.f_i
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (index embeddings can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(artifacts_dir: Path) -> dict[str, Any]:
+    """The manifest, after checking that it is complete and that every file matches its sha256."""
+    artifacts_dir = Path(artifacts_dir)
+    path = artifacts_dir / MANIFEST_FILE
+    if not path.is_file():
+        raise ArtifactError(
+            f"{path} not found: {artifacts_dir} is not an artifacts directory "
+            "(create one with 'ctl export --run RUN_DIR --out DIR')"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise ArtifactError(f"{path} lacks the keys {missing}")
+    files: dict[str, str] = manifest["files"]
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise ArtifactError(f"{path} lists no checksum for {name}")
+    for name, expected in files.items():
+        file = artifacts_dir / name
+        if not file.is_file():
+            raise ArtifactError(f"{file} is missing (listed in {path})")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise ArtifactError(
+                f"checksum mismatch for {file}: manifest says sha256 {expected}, file has "
+                f"{actual}; the artifact was modified or corrupted, re-run 'ctl export'"
+            )
+    return dict(manifest)
+
+
+def select_providers(device: str = "auto") -> list[str]:
+    """ONNX Runtime execution providers for ``device`` (auto | cpu | cuda), best first."""
+    available = ort.get_available_providers()
+    has_cuda = "CUDAExecutionProvider" in available
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if not has_cuda:
+            raise ArtifactError(
+                f"device 'cuda' requested but onnxruntime offers only {available} "
+                "(install onnxruntime-gpu on a machine with an NVIDIA GPU)"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "auto":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if has_cuda else [
+            "CPUExecutionProvider"
+        ]
+    raise ArtifactError(f"unknown device {device!r}: use auto, cpu or cuda")
+
+
+def _session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    if threads > 0:
+        opts.intra_op_num_threads = threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+
+
+class OnnxEncoder:
+    """Scene and product encoders from an artifacts directory, run by ONNX Runtime."""
+
+    def __init__(
+        self,
+        scene: ort.InferenceSession,
+        product: ort.InferenceSession,
+        spec: PreprocessSpec,
+        manifest: dict[str, Any],
+    ) -> None:
+        self._scene = scene
+        self._product = product
+        self.spec = spec
+        self.manifest = manifest
+
+    @classmethod
+    def from_artifacts(
+        cls, artifacts_dir: Path, device: str = "auto", threads: int = 0
+    ) -> OnnxEncoder:
+        """Verify the checksums, then open both sessions on the best available provider."""
+        artifacts_dir = Path(artifacts_dir)
+        manifest = read_manifest(artifacts_dir)
+        providers = select_providers(device)
+        try:
+            spec = PreprocessSpec.load(artifacts_dir / PREPROCESS_FILE)
+            scene = _session(artifacts_dir / SCENE_FILE, providers, threads)
+            product = _session(artifacts_dir / PRODUCT_FILE, providers, threads)
+        except Exception as exc:
+            raise ArtifactError(f"cannot load the encoders from {artifacts_dir}: {exc}") from exc
+        enc = cls(scene, product, spec, manifest)
+        enc._check_io()
+        log.info(
+            "encoders %s (%s, %d categories) loaded from %s on %s",
+            enc.version,
+            manifest["backbone"],
+            len(enc.categories),
+            artifacts_dir,
+            enc.providers,
+        )
+        return enc
+
+    def _check_io(self) -> None:
+        scene_out = [o.name for o in self._scene.get_outputs()]
+        product_out = [o.name for o in self._product.get_outputs()]
+        if scene_out != ["f_s", "f_i", "attention"] or product_out != ["f_p"]:
+            raise ArtifactError(
+                f"unexpected encoder outputs: scene {scene_out}, product {product_out}; "
+                "expected scene [f_s, f_i, attention] and product [f_p]"
+            )
+        for sess in (self._scene, self._product):
+            if [i.name for i in sess.get_inputs()] != ["image"]:
+                raise ArtifactError("encoders must take one input named 'image'")
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.manifest["categories"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["embedding_dim"])
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers the sessions really run on (CUDA falls back to CPU when unusable)."""
+        return list(self._scene.get_providers())
+
+    def embed_scenes(self, images: Sequence[Image.Image]) -> list[SceneEmbedding]:
+        if not images:
+            return []
+        f_s, f_i, att = self._scene.run(None, {"image": to_batch(images, self.spec)})
+        return [SceneEmbedding(f_s[n], f_i[n], att[n]) for n in range(len(images))]
+
+    def embed_products(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        (f_p,) = self._product.run(None, {"image": to_batch(images, self.spec)})
+        return np.asarray(f_p, np.float32)

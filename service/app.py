@@ -1,0 +1,166 @@
+"""The app factory and its lifespan: models load at startup, never at import.
+
+Tests inject fake loaders or a cache; ``ctl serve`` builds the app from ``Settings``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.cache import Cache, make_cache
+from service.config import Settings
+from service.images import too_large
+from service.metrics import Metrics
+from service.routes import admin, batch, health, products, recommend, samples, score
+from service.serving import (
+    CatalogLoader,
+    EncoderLoader,
+    ServingManager,
+    load_current_catalog,
+    load_onnx_encoder,
+)
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# Room for the multipart framing and the small form fields around the files.
+FORM_OVERHEAD_BYTES = 64 * 1024
+
+
+class BodyLimit:
+    """413 for bodies over the limit, before parsing and without buffering them.
+
+    A declared Content-Length over the limit is refused at once; a body streamed without one
+    is counted as it arrives and refused as soon as it passes the limit.
+    """
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+        self.app, self.limit_for = app, limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            body = json.dumps({"detail": too_large(limit).detail}).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 413,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"connection", b"close"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise too_large(limit)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class RequestMetrics:
+    """Counts requests and times them by route template (not raw path), method and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording)
+        finally:
+            route = scope.get("route")
+            endpoint = "static" if isinstance(route, Mount) else getattr(route, "path", "unmatched")
+            labels = (endpoint, scope["method"], str(status))
+            self.metrics.requests.inc(*labels)
+            self.metrics.latency.observe(time.perf_counter() - start, *labels)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    encoder_loader: EncoderLoader = load_onnx_encoder,
+    catalog_loader: CatalogLoader = load_current_catalog,
+    cache: Cache | None = None,
+) -> FastAPI:
+    """The service. Loaders default to the artifacts in ``settings.artifacts_dir``."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
+        app.state.cache = cache or make_cache(settings, metrics)
+        app.state.faiss_gpus = health.faiss_gpus()
+        manager = ServingManager(settings, metrics, executor, encoder_loader, catalog_loader)
+        await manager.load()
+        app.state.manager = manager
+        log.info("FAISS GPUs: %d; cache: %s", app.state.faiss_gpus, app.state.cache.backend)
+        try:
+            yield
+        finally:
+            await manager.close()
+            await app.state.cache.close()
+            executor.shutdown(wait=True)
+
+    app = FastAPI(
+        title="Complete the Look",
+        summary="Scene-based complementary product recommendation (Kang et al., CVPR 2019)",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.samples = samples.find_samples(settings)
+    for module in (recommend, score, batch, products, health, admin, samples):
+        app.include_router(module.router)
+    if STATIC_DIR.is_dir():
+        # After the API routes, so the page never shadows them.
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
+    else:
+        log.warning("no web page: %s is missing", STATIC_DIR)
+
+    batch_limit = settings.max_upload_bytes * settings.max_batch_items + FORM_OVERHEAD_BYTES
+    single_limit = settings.max_upload_bytes + FORM_OVERHEAD_BYTES
+
+    def limit_for(path: str) -> int:
+        return batch_limit if path.startswith("/batch/") else single_limit
+
+    app.add_middleware(BodyLimit, limit_for=limit_for)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app

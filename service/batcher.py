@@ -1,0 +1,118 @@
+"""Micro-batching: concurrent requests share one encoder call, run off the event loop.
+
+One worker task per batcher takes the first waiting item, gathers more for at most
+``max_wait_s`` (or until ``max_size``), and runs the batch in the given executor. While a
+batch runs, new items queue up, so under load batches fill without any added wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class BatcherClosed(RuntimeError):
+    """Raised to callers that submit after :meth:`MicroBatcher.close`."""
+
+
+class MicroBatcher(Generic[T, R]):
+    """Batch calls of ``fn(items) -> results`` (same length, same order)."""
+
+    def __init__(
+        self,
+        fn: Callable[[Sequence[T]], Sequence[R]],
+        executor: Executor,
+        max_size: int,
+        max_wait_s: float,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        if max_size < 1:
+            raise ValueError(f"max batch size must be at least 1, got {max_size}")
+        self._fn, self._executor = fn, executor
+        self._max_size, self._max_wait = max_size, max(0.0, max_wait_s)
+        self._on_batch = on_batch
+        # ``None`` is the close sentinel: everything queued before it is still processed.
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]] | None] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def submit(self, item: T) -> R:
+        """Queue ``item`` and wait for its result (exceptions of ``fn`` are re-raised here)."""
+        if self._closed:
+            raise BatcherClosed("the batcher is closed")
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run(), name="micro-batcher")
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future))
+        return await future
+
+    async def _gather(self) -> tuple[list[tuple[T, asyncio.Future[R]]], bool]:
+        """The next batch, and whether the close sentinel was reached."""
+        first = await self._queue.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._max_wait
+        while len(batch) < self._max_size:
+            if self._queue.empty():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    entry = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            else:
+                entry = self._queue.get_nowait()
+            if entry is None:
+                return batch, True
+            batch.append(entry)
+        return batch, False
+
+    async def _run(self) -> None:
+        done = False
+        while not done:
+            batch, done = await self._gather()
+            live = [(item, fut) for item, fut in batch if not fut.done()]
+            if live:
+                await self._process(live)
+
+    async def _process(self, live: list[tuple[T, asyncio.Future[R]]]) -> None:
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self._fn, [item for item, _ in live]
+            )
+            if len(results) != len(live):
+                raise RuntimeError(f"batch of {len(live)} gave {len(results)} results")
+        except Exception as exc:
+            log.exception("encoder batch of %d failed", len(live))
+            for _, fut in live:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        if self._on_batch is not None:
+            self._on_batch(len(live), time.perf_counter() - start)
+        for (_, fut), result in zip(live, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)
+
+    async def close(self) -> None:
+        """Refuse new items, finish every queued and running one, then stop the worker."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._worker is not None:
+            await self._queue.put(None)
+            await self._worker

@@ -1,0 +1,177 @@
+"""Byte caches for scene embeddings and results: Redis when configured, an in-process LRU otherwise.
+
+A cache is an optimisation, never a dependency: when Redis fails or is slow, the call is
+bypassed (logged once per outage, counted), Redis is left alone for ``retry_s`` so a dead server
+does not cost every request a timeout, and the next call after that reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import time
+from collections import OrderedDict
+from typing import Protocol
+
+import numpy as np
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from model.runtime import SceneEmbedding
+from service.config import Settings
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Cache(Protocol):
+    """An async byte store with a time to live; misses and failures both return ``None``."""
+
+    backend: str
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryCache:
+    """A bounded LRU of bytes with a TTL, for a single process (the embedded default)."""
+
+    backend = "memory"
+
+    def __init__(self, max_items: int, ttl_s: float) -> None:
+        self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._max, self._ttl = max_items, ttl_s
+        self._lock = threading.Lock()
+
+    async def get(self, key: str) -> bytes | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            expires, value = item
+            if expires < time.monotonic():
+                del self._items[key]
+                return None
+            self._items.move_to_end(key)
+            return value
+
+    async def set(self, key: str, value: bytes) -> None:
+        with self._lock:
+            self._items[key] = (time.monotonic() + self._ttl, value)
+            self._items.move_to_end(key)
+            while len(self._items) > self._max:
+                self._items.popitem(last=False)
+
+    async def close(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+class RedisCache:
+    """Redis with short timeouts and a circuit breaker; failures are counted and bypassed."""
+
+    backend = "redis"
+
+    def __init__(
+        self, url: str, prefix: str, ttl_s: int, timeout_s: float, retry_s: float, metrics: Metrics
+    ) -> None:
+        self._redis = Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._prefix, self._ttl, self._retry_s = prefix, ttl_s, retry_s
+        self._metrics = metrics
+        self._down_until = 0.0
+        self._down = False
+
+    def _available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, op: str, exc: Exception) -> None:
+        self._metrics.cache_errors.inc(self.backend)
+        self._down_until = time.monotonic() + self._retry_s
+        if not self._down:
+            log.warning(
+                "Redis %s failed (%s); bypassing the cache for %.1fs", op, exc, self._retry_s
+            )
+        self._down = True
+
+    def _succeeded(self) -> None:
+        if self._down:
+            log.info("Redis is back; cache enabled again")
+        self._down = False
+
+    async def get(self, key: str) -> bytes | None:
+        if not self._available():
+            return None
+        try:
+            value = await self._redis.get(self._prefix + key)
+        except Exception as exc:
+            self._failed("get", exc)
+            return None
+        self._succeeded()
+        return value if isinstance(value, bytes) else None
+
+    async def set(self, key: str, value: bytes) -> None:
+        if not self._available():
+            return
+        try:
+            await self._redis.set(self._prefix + key, value, ex=self._ttl)
+        except Exception as exc:
+            self._failed("set", exc)
+            return
+        self._succeeded()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def make_cache(settings: Settings, metrics: Metrics) -> Cache:
+    """Redis when ``CTL_REDIS_URL`` is set, the in-process LRU otherwise."""
+    if settings.redis_url:
+        log.info("cache: Redis at %s", settings.redis_url)
+        return RedisCache(
+            settings.redis_url,
+            settings.redis_prefix,
+            settings.cache_ttl_s,
+            settings.redis_timeout_s,
+            settings.redis_retry_s,
+            metrics,
+        )
+    log.info("cache: in-process LRU of %d entries", settings.cache_size)
+    return MemoryCache(settings.cache_size, settings.cache_ttl_s)
+
+
+_HEADER = struct.Struct("<III")
+
+
+def pack_embedding(emb: SceneEmbedding) -> bytes:
+    """A compact, exact byte form of a scene embedding (float32 arrays and their shapes)."""
+    regions, dim = emb.f_i.shape
+    cats = emb.attention.shape[0]
+    return _HEADER.pack(dim, regions, cats) + b"".join(
+        np.ascontiguousarray(a, dtype=np.float32).tobytes()
+        for a in (emb.f_s, emb.f_i, emb.attention)
+    )
+
+
+def unpack_embedding(data: bytes) -> SceneEmbedding | None:
+    """The inverse of :func:`pack_embedding`; ``None`` when malformed (treated as a miss)."""
+    if len(data) < _HEADER.size:
+        return None
+    dim, regions, cats = _HEADER.unpack_from(data)
+    sizes = (dim, regions * dim, cats * regions)
+    if len(data) != _HEADER.size + 4 * sum(sizes):
+        return None
+    flat = np.frombuffer(data, np.float32, offset=_HEADER.size)
+    f_s = flat[:dim]
+    f_i = flat[dim : dim + sizes[1]].reshape(regions, dim)
+    att = flat[dim + sizes[1] :].reshape(cats, regions)
+    return SceneEmbedding(f_s=f_s, f_i=f_i, attention=att)

@@ -1,0 +1,109 @@
+"""The request pipeline behind the recommendation routes, with both cache layers.
+
+A scene is embedded once per distinct image (sha256 of its bytes, per model version) and its
+embedding cached, so other categories and other k reuse it; results are cached per image,
+category, k, model version and index version. Decoding and encoding run off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+from index.search import recommend
+from model.runtime import SceneEmbedding
+from service.cache import Cache, pack_embedding, unpack_embedding
+from service.config import Settings
+from service.images import Upload, decode_image
+from service.metrics import Metrics
+from service.serving import Serving
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The per-request collaborators, bundled so routes pass one object."""
+
+    serving: Serving
+    cache: Cache
+    metrics: Metrics
+    settings: Settings
+
+    async def embed(self, upload: Upload) -> tuple[SceneEmbedding, bool]:
+        """The scene embedding of ``upload`` and whether it came from the cache."""
+        key = f"emb:{self.serving.model_version}:{upload.sha256}"
+        data = await self.cache.get(key)
+        emb = unpack_embedding(data) if data is not None else None
+        if emb is not None:
+            self.metrics.cache_hits.inc("embedding")
+            return emb, True
+        self.metrics.cache_misses.inc("embedding")
+        image = await asyncio.to_thread(decode_image, upload, self.settings.max_image_pixels)
+        emb = await self.serving.batcher.submit(image)
+        await self.cache.set(key, pack_embedding(emb))
+        return emb, False
+
+    def _result_key(self, sha256: str, category: str, k: int) -> str:
+        s = self.serving
+        return f"res:{s.model_version}:{s.index_version}:{sha256}:{category}:{k}"
+
+    async def cached_result(self, sha256: str, category: str, k: int) -> list[dict] | None:
+        """A cached result list for (image, category, k, versions), or ``None``."""
+        data = await self.cache.get(self._result_key(sha256, category, k))
+        if data is None:
+            self.metrics.cache_misses.inc("result")
+            return None
+        self.metrics.cache_hits.inc("result")
+        result: list[dict] = json.loads(data)
+        return result
+
+    async def compute(self, sha256: str, emb: SceneEmbedding, category: str, k: int) -> list[dict]:
+        """Search the catalog for ``category`` and cache the result."""
+        cat_idx = self.serving.category_index(category)
+        scored = recommend(self.serving.catalog, emb, cat_idx, category, k)
+        result = [
+            {
+                "id": s.id,
+                "category": s.category,
+                "d_star": float(s.d_star),
+                "d_global": float(s.d_global),
+                "d_local": float(s.d_local),
+            }
+            for s in scored
+        ]
+        await self.cache.set(self._result_key(sha256, category, k), json.dumps(result).encode())
+        return result
+
+    async def recommend(
+        self, upload: Upload, categories: list[str], k: int
+    ) -> tuple[dict[str, list[dict]], bool]:
+        """Results per category (cached where possible; at most one encoder pass) and whether
+        every one of them came from the cache."""
+        results: dict[str, list[dict]] = {}
+        missing: list[str] = []
+        for category in categories:
+            hit = await self.cached_result(upload.sha256, category, k)
+            if hit is None:
+                missing.append(category)
+            else:
+                results[category] = hit
+        if missing:
+            emb, _ = await self.embed(upload)
+            for category in missing:
+                results[category] = await self.compute(upload.sha256, emb, category, k)
+        return {c: results[c] for c in categories}, not missing
+
+
+def with_ranks(items: list[dict]) -> list[dict]:
+    """Add the 1-based rank and the image URL that the response shows for each product."""
+    return [
+        {**item, "rank": rank, "image_url": f"/products/{item['id']}/image"}
+        for rank, item in enumerate(items, start=1)
+    ]
+
+
+def attention_grid(emb: SceneEmbedding, cat_idx: int) -> list[list[float]]:
+    """The category's attention over the regions as a square grid (rows top to bottom)."""
+    weights = emb.attention[cat_idx]
+    side = round(len(weights) ** 0.5)
+    return [[float(w) for w in weights[r * side : (r + 1) * side]] for r in range(side)]

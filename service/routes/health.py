@@ -1,0 +1,43 @@
+"""Liveness, readiness (what is loaded and where it runs) and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from service.deps import MetricsDep, ServingDep
+from service.schemas import Health, Ready
+
+router = APIRouter(tags=["operations"])
+
+
+def faiss_gpus() -> int:
+    """GPUs FAISS can search on: 0 with faiss-cpu."""
+    import faiss
+
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> dict:
+    """The process answers (it may still be loading)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=Ready, responses={503: {"description": "not loaded yet"}})
+async def readyz(request: Request, serving: ServingDep) -> dict:
+    """Model and index are loaded; the execution providers and FAISS GPUs in use."""
+    return {
+        **serving.versions(),
+        "status": "ready",
+        "providers": serving.encoder.providers,
+        "faiss_gpus": request.app.state.faiss_gpus,
+        "cache": request.app.state.cache.backend,
+        "categories": len(serving.categories),
+    }
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(metrics: MetricsDep) -> Response:
+    """Prometheus text exposition."""
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,103 @@
+"""The catalog: categories, products, their images, and visually similar products."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
+from fastapi.responses import FileResponse
+
+from index.search import Product, Similar, similar, similar_to_product
+from service.deps import PipelineDep, ServingDep, SettingsDep, check_category, check_k
+from service.images import decode_image, read_upload
+from service.routes.recommend import ERRORS, KField
+from service.schemas import Categories, ProductInfo, SimilarResponse
+from service.serving import Serving
+
+router = APIRouter(tags=["catalog"])
+NOT_FOUND: dict[int | str, dict[str, str]] = {404: {"description": "no such product"}}
+
+
+def _product(serving: Serving, product_id: str) -> Product:
+    product = serving.catalog.product(product_id)
+    if product is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no product with id {product_id!r}")
+    return product
+
+
+def _similar_response(serving: Serving, category: str, k: int, found: list[Similar]) -> dict:
+    return {
+        **serving.versions(),
+        "category": category,
+        "k": k,
+        "products": [
+            {
+                "id": s.id,
+                "category": s.category,
+                "rank": rank,
+                "distance": s.distance,
+                "image_url": f"/products/{s.id}/image",
+            }
+            for rank, s in enumerate(found, start=1)
+        ],
+    }
+
+
+@router.get("/categories", response_model=Categories)
+async def categories(serving: ServingDep) -> dict:
+    """The categories that can be recommended, with their product counts."""
+    return {
+        **serving.versions(),
+        "categories": [{"name": c, "count": serving.catalog.count(c)} for c in serving.categories],
+    }
+
+
+@router.get("/products/{product_id}", response_model=ProductInfo, responses=NOT_FOUND)
+async def get_product(product_id: str, serving: ServingDep) -> dict:
+    """One catalog product."""
+    p = _product(serving, product_id)
+    return {"id": p.id, "category": p.category, "image_url": f"/products/{p.id}/image"}
+
+
+@router.get(
+    "/products/{product_id}/image",
+    response_class=FileResponse,
+    responses={**NOT_FOUND, 200: {"content": {"image/jpeg": {}}}},
+)
+async def product_image(product_id: str, serving: ServingDep) -> FileResponse:
+    """The product's catalog photo."""
+    path = serving.catalog.image_path(_product(serving, product_id).id)
+    if path is None or not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no image stored for {product_id!r}")
+    return FileResponse(path, media_type="image/jpeg")
+
+
+@router.get("/products/{product_id}/similar", response_model=SimilarResponse, responses=NOT_FOUND)
+async def similar_products(
+    product_id: str,
+    serving: ServingDep,
+    settings: SettingsDep,
+    k: Annotated[int, Query(description="how many products (1..max_k)")] = 10,
+) -> dict:
+    """Visually similar products of the same category (the product itself excluded)."""
+    check_k(k, settings)
+    p = _product(serving, product_id)
+    return _similar_response(serving, p.category, k, similar_to_product(serving.catalog, p.id, k))
+
+
+@router.post("/similar", response_model=SimilarResponse, responses=ERRORS)
+async def similar_to_photo(
+    pipe: PipelineDep,
+    image: Annotated[UploadFile, File(description="a product photo (JPEG, PNG or WebP)")],
+    category: Annotated[str, Form(description="the category to search", examples=["Shoes"])],
+    k: KField = 10,
+) -> dict:
+    """Products of ``category`` that look like the uploaded product photo."""
+    check_k(k, pipe.settings)
+    check_category(pipe.serving, category)
+    upload = await read_upload(image, pipe.settings.max_upload_bytes)
+    photo = await asyncio.to_thread(decode_image, upload, pipe.settings.max_image_pixels)
+    vector = await pipe.serving.embed_product(photo)
+    found = similar(pipe.serving.catalog, vector, category, k)
+    return _similar_response(pipe.serving, category, k, found)

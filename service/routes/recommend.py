@@ -1,0 +1,84 @@
+"""Complete the look: recommendations for an uploaded scene, one category or many."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from service.deps import PipelineDep, check_category, check_k, unique
+from service.images import read_upload
+from service.recommender import attention_grid, with_ranks
+from service.schemas import CompleteTheLook, CompleteTheLookAll
+
+router = APIRouter(tags=["recommend"])
+
+ImageField = Annotated[UploadFile, File(description="the scene photo (JPEG, PNG or WebP)")]
+KField = Annotated[int, Form(description="how many products per category (1..max_k)")]
+ERRORS: dict[int | str, dict[str, str]] = {
+    413: {"description": "upload over the size limit, or image over the pixel limit"},
+    415: {"description": "not an image, or not JPEG/PNG/WebP"},
+    422: {
+        "description": "truncated image, unknown category (the valid ones are listed), "
+        "k out of range, missing or mistyped field"
+    },
+}
+
+
+@router.post("/complete-the-look", response_model=CompleteTheLook, responses=ERRORS)
+async def complete_the_look(
+    pipe: PipelineDep,
+    image: ImageField,
+    category: Annotated[str, Form(description="a category name", examples=["Shoes"])],
+    k: KField = 10,
+    explain: Annotated[
+        bool, Form(description="add the category's attention over the scene's regions")
+    ] = False,
+) -> dict:
+    """Products of ``category`` that complete the look of the uploaded scene, best first."""
+    check_k(k, pipe.settings)
+    cat_idx = check_category(pipe.serving, category)
+    upload = await read_upload(image, pipe.settings.max_upload_bytes)
+    results, cached = await pipe.recommend(upload, [category], k)
+    attention = None
+    if explain:
+        emb, _ = await pipe.embed(upload)
+        attention = attention_grid(emb, cat_idx)
+    return {
+        **pipe.serving.versions(),
+        "category": category,
+        "k": k,
+        "scene_sha256": upload.sha256,
+        "cached": cached,
+        "products": with_ranks(results[category]),
+        "attention": attention,
+    }
+
+
+@router.post("/complete-the-look/all", response_model=CompleteTheLookAll, responses=ERRORS)
+async def complete_the_look_all(
+    pipe: PipelineDep,
+    image: ImageField,
+    categories: Annotated[
+        list[str] | None,
+        Form(
+            description="categories to recommend (repeat the field); all when absent",
+            examples=[["Shoes", "Handbags, Wallets & Cases"]],
+        ),
+    ] = None,
+    k: KField = 10,
+) -> dict:
+    """Recommendations for every category (or the listed ones) from one encoder pass."""
+    check_k(k, pipe.settings)
+    wanted = unique(categories) or list(pipe.serving.categories)
+    for category in wanted:
+        check_category(pipe.serving, category)
+    upload = await read_upload(image, pipe.settings.max_upload_bytes)
+    results, cached = await pipe.recommend(upload, wanted, k)
+    return {
+        **pipe.serving.versions(),
+        "k": k,
+        "scene_sha256": upload.sha256,
+        "cached": cached,
+        "results": {c: with_ranks(items) for c, items in results.items()},
+    }

@@ -1,0 +1,53 @@
+"""A few sample scenes for the web page, served by name (never by path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.responses import FileResponse
+
+from service.config import Settings
+from service.schemas import Sample
+
+router = APIRouter(tags=["samples"])
+
+MEDIA_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+}
+
+
+def find_samples(settings: Settings) -> dict[str, Path]:
+    """The first ``samples_count`` images of the samples directory, by file name."""
+    root = settings.samples_dir or settings.data_dir / "images" / "scenes"
+    if not root.is_dir():
+        return {}
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in MEDIA_TYPES)
+    return {p.name: p for p in files[: settings.samples_count]}
+
+
+def _samples(request: Request) -> dict[str, Path]:
+    found: dict[str, Path] = request.app.state.samples
+    return found
+
+
+@router.get("/samples", response_model=list[Sample])
+async def list_samples(request: Request) -> list[dict]:
+    """Sample scene photos to try the service with (empty when none are configured)."""
+    return [{"name": name, "url": f"/samples/{name}"} for name in _samples(request)]
+
+
+@router.get(
+    "/samples/{name}",
+    response_class=FileResponse,
+    responses={404: {"description": "no such sample"}},
+)
+async def get_sample(name: str, request: Request) -> FileResponse:
+    """One sample image; only names listed by ``GET /samples`` resolve, so no path escapes."""
+    path = _samples(request).get(name)
+    if path is None or not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sample named {name!r}")
+    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix.lower()])

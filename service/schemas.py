@@ -1,0 +1,179 @@
+"""Response models (request bodies are multipart forms, declared on the routes)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+_PRODUCT_EXAMPLE: dict[str, JsonValue] = {
+    "id": "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+    "category": "Shoes",
+    "rank": 1,
+    "d_star": 0.412,
+    "d_global": 0.633,
+    "d_local": 0.571,
+    "image_url": "/products/0a1b2c3d4e5f60718293a4b5c6d7e8f9/image",
+}
+
+
+class Versions(BaseModel):
+    """Which model and index produced an answer (results are cached per version pair)."""
+
+    model_version: str = Field(examples=["20261125T160000-3f2a"])
+    index_version: str = Field(examples=["20261125T170000-9c1d"])
+
+
+class Distances(BaseModel):
+    """CTL distances of a product to a scene: d* = d_global + d_local (lower is better)."""
+
+    d_star: float
+    d_global: float
+    d_local: float
+
+
+class Recommended(Distances):
+    """One recommended product."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_PRODUCT_EXAMPLE]})
+
+    id: str
+    category: str
+    rank: int = Field(ge=1)
+    image_url: str
+
+
+class CompleteTheLook(Versions):
+    """Recommendations for one scene and one category."""
+
+    category: str
+    k: int
+    scene_sha256: str
+    cached: bool = Field(description="whether the result came from the cache")
+    products: list[Recommended]
+    attention: list[list[float]] | None = Field(
+        default=None,
+        description="with explain=true: the category's attention over the grid x grid regions "
+        "of the scene (rows top to bottom), summing to 1",
+    )
+
+
+class CompleteTheLookAll(Versions):
+    """Recommendations for several categories from one pass through the encoder."""
+
+    k: int
+    scene_sha256: str
+    cached: bool = Field(description="whether the scene embedding came from the cache")
+    results: dict[str, list[Recommended]]
+
+
+class Scored(Distances):
+    """Distances of one requested product."""
+
+    id: str
+    category: str
+
+
+class ScoreResponse(Versions):
+    """Scores of the requested products; ids not in the catalog are listed, not fatal."""
+
+    scene_sha256: str
+    scores: list[Scored]
+    unknown_ids: list[str]
+
+
+class ItemError(BaseModel):
+    """Why one item of a batch failed (the others are unaffected)."""
+
+    status: int = Field(examples=[415])
+    detail: str = Field(examples=["shirt.txt: not an image (expected JPEG, PNG, WEBP)"])
+
+
+class BatchItem(BaseModel):
+    """The outcome for one uploaded scene of a batch."""
+
+    index: int
+    filename: str
+    scene_sha256: str | None = None
+    results: dict[str, list[Recommended]] | None = None
+    error: ItemError | None = None
+
+
+class BatchResponse(Versions):
+    """One entry per uploaded scene, in upload order."""
+
+    k: int
+    items: list[BatchItem]
+
+
+class SimilarProduct(BaseModel):
+    """A visually similar product: squared distance between unit product embeddings."""
+
+    id: str
+    category: str
+    rank: int = Field(ge=1)
+    distance: float
+    image_url: str
+
+
+class SimilarResponse(Versions):
+    """Nearest products of one category by product embedding."""
+
+    category: str
+    k: int
+    products: list[SimilarProduct]
+
+
+class ProductInfo(BaseModel):
+    """A catalog product."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{k: _PRODUCT_EXAMPLE[k] for k in ("id", "category", "image_url")}]
+        }
+    )
+
+    id: str
+    category: str
+    image_url: str
+
+
+class Category(BaseModel):
+    """A category that can be recommended and how many products it holds."""
+
+    name: str = Field(examples=["Shoes"])
+    count: int = Field(examples=[1727])
+
+
+class Categories(Versions):
+    """Every category of the current catalog."""
+
+    categories: list[Category]
+
+
+class Health(BaseModel):
+    """The process is alive."""
+
+    status: str = Field(examples=["ok"])
+
+
+class Ready(Versions):
+    """Model and index are loaded; where they run."""
+
+    status: str = Field(examples=["ready"])
+    providers: list[str] = Field(examples=[["CPUExecutionProvider"]])
+    faiss_gpus: int = Field(description="GPUs FAISS can use (0: CPU search)", examples=[0])
+    cache: str = Field(examples=["redis"])
+    categories: int
+
+
+class Reloaded(Versions):
+    """The versions now served, and the ones they replaced."""
+
+    previous_model_version: str
+    previous_index_version: str
+
+
+class Sample(BaseModel):
+    """A sample scene for the web page."""
+
+    name: str = Field(examples=["0009907bb8b0b7a853a8c7dd5059b751.jpg"])
+    url: str = Field(examples=["/samples/0009907bb8b0b7a853a8c7dd5059b751.jpg"])

@@ -1,0 +1,186 @@
+"""``ctl evaluate`` end to end on a tiny synthetic data directory and a hand-built tiny run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.backbones import build_backbone
+from model.ctl import CTLModel
+from model.preprocess import PreprocessSpec
+from training import evaluate as E
+from training.stl import Pair
+
+CATEGORIES = ["Pants", "Shirts & Tops", "Shoes"]
+LOWER = (0.2, 0.6, 0.8, 0.95)  # crop keeps the part above
+UPPER = (0.3, 0.1, 0.7, 0.3)  # crop keeps the part below, where LOWER's product is visible
+N_SCENES = 12
+PER_CATEGORY = 8
+
+
+def _image(path: Path, size: tuple[int, int], rng: np.random.Generator) -> None:
+    base = rng.integers(0, 256, 3)
+    noise = rng.integers(-40, 40, (size[1], size[0], 3))
+    arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 scenes with two labelled products each, 8 catalog products per category, a dress pair."""
+    root = tmp_path_factory.mktemp("stl")
+    rng = np.random.default_rng(0)
+    cats: dict[str, str] = {}
+    for c, name in enumerate(CATEGORIES):
+        for i in range(PER_CATEGORY):
+            sig = f"p{c}{i:02d}"
+            cats[sig] = f"Apparel & Accessories|{name}"
+            _image(root / "images" / "products" / f"{sig}.jpg", (40, 56), rng)
+    cats["dress0"] = "Apparel & Accessories|Dresses"
+    _image(root / "images" / "products" / "dress0.jpg", (40, 56), rng)
+    pairs = []
+    for s in range(N_SCENES):
+        scene = f"s{s:02d}"
+        _image(root / "images" / "scenes" / f"{scene}.jpg", (90, 120), rng)
+        pairs.append({"scene": scene, "product": f"p{s % 3}{s % PER_CATEGORY:02d}", "bbox": LOWER})
+        pairs.append({"scene": scene, "product": f"p{(s + 1) % 3}{s % 5:02d}", "bbox": UPPER})
+    pairs.append({"scene": "s00", "product": "dress0", "bbox": UPPER})  # dropped category
+    pairs.append({"scene": "missing", "product": "p000", "bbox": LOWER})  # no scene image
+    (root / "fashion.json").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    (root / "fashion-cat.json").write_text(json.dumps(cats))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory as 'ctl train' writes it, with random heads on the tiny backbone."""
+    root = tmp_path_factory.mktemp("run")
+    backbone = build_backbone("tiny")
+    torch.manual_seed(0)
+    model = CTLModel(backbone.global_dim, backbone.local_dim, CATEGORIES, dim=16, hidden=32)
+    model.eval()
+    config = {"model": model.config(), "backbone": "tiny", "backbone_weights": None}
+    torch.save({"model": model.state_dict(), "config": config}, root / "checkpoint.pt")
+    split = {f"s{s:02d}": ("test" if s < 4 else "train") for s in range(N_SCENES)}
+    (root / "split.json").write_text(json.dumps(split))
+    (root / "popularity.json").write_text(json.dumps({"p000": 3, "p100": 2, "p200": 1}))
+    (root / "metrics.json").write_text(json.dumps({"best_val_auc": 0.6, "best_epoch": 1}))
+    return root
+
+
+def _evaluate(run_dir: Path, data_dir: Path, out: Path, *extra: str) -> dict:
+    argv = ["--run", str(run_dir), "--data", str(data_dir), "--out", str(out), "--bootstrap", "200"]
+    assert E.main([*argv, *extra]) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_evaluate_writes_metrics_pictures_report_and_repeats(
+    run_dir: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    first = _evaluate(run_dir, data_dir, tmp_path / "a", "--seed", "3")
+    assert first["n_pairs"] == 2 * N_SCENES  # the dress and the missing scene are left out
+    assert first["n_products"] == len(CATEGORIES) * PER_CATEGORY
+    required = {"auc", "auc_ci95", "top_k_accuracy", "mrr", "mrr_ci95", "mrr_10", "per_category"}
+    assert required <= set(first)
+    assert set(first["top_k_accuracy"]) == {"1", "5", "10", "20", "50"}
+    assert set(first["per_category"]) == set(CATEGORIES)
+    assert set(first["baselines"]) == {"random", "popularity", "imagenet", "global_only"}
+    for baseline in first["baselines"].values():
+        assert required <= set(baseline)
+    assert first["baselines"]["random"]["auc"] == pytest.approx(0.5)
+    assert first["auc_ci95"][0] <= first["auc"] <= first["auc_ci95"][1]
+    att = first["attention"]
+    assert set(att) >= {"top1_hit", "top3_hit", "random_top1_hit", "random_top3_hit"}
+    assert att["n"] == 2 * N_SCENES  # each crop shows the scene's other product
+    assert 0 < att["random_top1_hit"] < att["random_top3_hit"] < 1
+
+    out = tmp_path / "a"
+    report = (out / "report.md").read_text()
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert len(pngs) == 5
+    for name in pngs:
+        assert (out / name).stat().st_size > 5000
+        assert f"]({name})" in report
+
+    again = _evaluate(run_dir, data_dir, tmp_path / "b", "--seed", "3")
+    first.pop("seconds"), again.pop("seconds")
+    assert again == first
+    other = _evaluate(run_dir, data_dir, tmp_path / "a", "--seed", "4")  # cached embeddings
+    assert other["auc"] != first["auc"] or other["mrr_10"] != first["mrr_10"]
+    assert other["mrr"] == first["mrr"]  # full ranking does not depend on the seed
+
+
+def test_split_test_uses_the_runs_split(run_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    m = _evaluate(run_dir, data_dir, tmp_path, "--split", "test")
+    assert m["n_pairs"] == 2 * 4
+
+
+def test_bad_input_fails_with_a_clear_error(
+    run_dir: Path, data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    argv = ["--data", str(data_dir), "--out", str(tmp_path)]
+    assert E.main(["--run", str(tmp_path / "nope"), *argv]) == 1
+    assert "checkpoint.pt not found" in caplog.text
+    assert E.main(["--run", str(run_dir), *argv, "--split", "val"]) == 1
+    assert "no pairs of split 'val'" in caplog.text
+
+
+def test_model_scorer_is_the_models_distance(run_dir: Path, data_dir: Path) -> None:
+    """The vectorized ranking equals d* computed pair by pair with CTLModel.distances."""
+    from training.stl import STLData
+
+    model, _ = E.load_run(run_dir)
+    backbone = build_backbone("tiny")
+    data = STLData.load(data_dir)
+    pairs = E.select_pairs(data, CATEGORIES, "all", {})
+    crops, rows, _ = E.crop_pairs(data, pairs)
+    catalog = [s for s in data.available_products() if data.categories[s] in CATEGORIES]
+    row_of = {s: i for i, s in enumerate(catalog)}
+    eval_pairs = [
+        E.EvalPair(p, r, row_of[p.product], data.categories[p.product])
+        for p, r in zip(pairs, rows, strict=True)
+        if r is not None
+    ]
+    scenes = E.embed(lambda c: E.load_crop(data, c), crops, backbone, model, True, 8)
+    products = E.embed(lambda s: E._rgb(data.product_path(s)), catalog, backbone, model, False, 5)
+    cats = np.array([data.categories[s] for s in catalog], dtype=object)
+    groups = E.group_by_category(eval_pairs, CATEGORIES, cats, row_of, {})
+    g = groups["Shoes"]
+    dist = E.scorers(scenes, products, np.zeros(len(catalog)))["model"](g)
+    with torch.no_grad():
+        crop = crops[int(g.crops[0])]
+        x = torch.from_numpy(np.stack([E.to_batch([E.load_crop(data, crop)], backbone.spec)[0]]))
+        gl, reg = backbone(x)
+        f_s, f_i, keys = model.scene_embeddings(gl, reg)
+        att = model.attention(keys, torch.tensor([g.cat_idx]))
+        f_p = torch.from_numpy(products.emb[g.products])
+        n = f_p.shape[0]
+        d_star, _, _ = model.distances(f_s.expand(n, -1), f_i.expand(n, -1, -1), att.expand(n, -1), f_p)
+    assert dist[0] == pytest.approx(d_star.numpy(), abs=1e-5)
+
+
+def test_other_boxes_and_input_frame() -> None:
+    crop = E.Crop("s", UPPER, (0, 42, 90, 120), 90, 120)
+    boxes = E.other_boxes(crop, "a", {"s": [("a", UPPER), ("b", LOWER), ("c", UPPER)]})
+    assert len(boxes) == 1  # only LOWER; "c" shares the cropped-out box
+    assert boxes[0] == pytest.approx((0.2, (72 - 42) / 78, 0.8, (114 - 42) / 78))
+    pad = PreprocessSpec(size=10, resize="pad")
+    # A 2:1 wide crop is letterboxed: its full height is the middle half of the square.
+    assert E.to_input_frame((0.0, 0.0, 1.0, 1.0), 20, 10, pad) == (0.0, 0.25, 1.0, 0.75)
+    assert E.to_input_frame((0.1, 0.2, 0.3, 0.4), 20, 10, PreprocessSpec()) == (0.1, 0.2, 0.3, 0.4)
+
+
+def test_select_pairs_deduplicates_and_rejects_unknown_split(data_dir: Path) -> None:
+    from training.stl import STLData
+
+    data = STLData.load(data_dir)
+    data.pairs.append(Pair("s01", data.pairs[2].product, LOWER))
+    assert len(E.select_pairs(data, CATEGORIES, "all", {})) == 2 * N_SCENES
+    with pytest.raises(E.EvaluationError, match="unknown split"):
+        E.select_pairs(data, CATEGORIES, "dev", {})

@@ -1,0 +1,319 @@
+"""``ctl download``: fetch the images of a released STL pairs file into a data directory.
+
+The STL image URLs are often dead, so every failure is counted and recorded, never fatal.
+A rerun skips what is already on disk and decodes, so an interrupted download resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from training.stl import load_pairs
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "http://i.pinimg.com/400x"
+FAILURES_FILE = "download-failures.jsonl"
+MAX_BYTES = 20 * 1024 * 1024
+"""No STL image comes near this; a bigger answer is not an image we want."""
+_SIGNATURE = re.compile(r"[0-9A-Za-z]{6,64}")
+_NO_RETRY_STATUS = frozenset(range(400, 500)) - {408, 425, 429}
+"""Client errors other than these are final: asking again gives the same answer."""
+
+
+class FetchError(Exception):
+    """A failed download, with a short ``reason`` used to group failures in the summary."""
+
+    def __init__(self, reason: str, detail: str = "", retry: bool = True) -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        self.retry = retry
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to fetch: ``kind`` is ``scenes`` or ``products``."""
+
+    kind: str
+    sig: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job: Job
+    status: str  # ok | skipped | failed
+    reason: str = ""
+    detail: str = ""
+    attempts: int = 0
+
+
+@dataclass
+class Summary:
+    """Counts of one run, printed at the end."""
+
+    ok: int = 0
+    skipped: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+
+    def add(self, outcome: Outcome) -> None:
+        if outcome.status == "ok":
+            self.ok += 1
+        elif outcome.status == "skipped":
+            self.skipped += 1
+        else:
+            self.failed[outcome.reason] += 1
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.skipped + sum(self.failed.values())
+
+    def render(self) -> str:
+        lines = [
+            f"download: {self.done} files: ok {self.ok}, skipped {self.skipped} (already present),"
+            f" failed {sum(self.failed.values())}"
+        ]
+        lines += [f"  failed {reason}: {n}" for reason, n in sorted(self.failed.items())]
+        return "\n".join(lines)
+
+
+def image_url(base_url: str, sig: str) -> str:
+    """The STL URL pattern: ``{base}/{s[0:2]}/{s[2:4]}/{s[4:6]}/{s}.jpg``."""
+    return f"{base_url.rstrip('/')}/{sig[0:2]}/{sig[2:4]}/{sig[4:6]}/{sig}.jpg"
+
+
+def image_path(out: Path, job: Job) -> Path:
+    return out / "images" / job.kind / f"{job.sig}.jpg"
+
+
+def check_image(data: bytes) -> None:
+    """Raise ``FetchError`` unless ``data`` decodes fully as an image (header and pixels)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+    except Exception as exc:  # PIL raises many types for broken files
+        raise FetchError("not_an_image", f"{type(exc).__name__}: {exc}", retry=False) from exc
+
+
+def is_valid_image(path: Path) -> bool:
+    """Whether a file already on disk decodes, so a rerun can skip it."""
+    try:
+        check_image(path.read_bytes())
+    except (OSError, FetchError):
+        return False
+    return True
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write through a temp file in the same directory, so no half file is ever visible."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes it private; the data is meant to be shared
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fetch_once(url: str, timeout: float) -> bytes:
+    """GET ``url``; raise ``FetchError`` with a reason on any failure."""
+    request = urllib.request.Request(url, headers={"User-Agent": "complete-the-look/0.1"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data: bytes = response.read(MAX_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        raise FetchError(
+            f"http_{exc.code}", str(exc.reason), retry=exc.code not in _NO_RETRY_STATUS
+        ) from exc
+    except TimeoutError as exc:
+        raise FetchError("timeout", str(exc)) from exc
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError):
+            raise FetchError("timeout", str(exc.reason)) from exc
+        raise FetchError("connection_error", str(exc.reason)) from exc
+    except (http.client.HTTPException, OSError) as exc:
+        raise FetchError("connection_error", f"{type(exc).__name__}: {exc}") from exc
+    if len(data) > MAX_BYTES:
+        raise FetchError("too_large", f"over {MAX_BYTES} bytes", retry=False)
+    if not data:
+        raise FetchError("empty_response")
+    return data
+
+
+@dataclass(frozen=True)
+class Fetcher:
+    """How to fetch: where from, how patiently, and where to."""
+
+    out: Path
+    base_url: str = DEFAULT_BASE_URL
+    timeout: float = 10.0
+    retries: int = 3
+    backoff: float = 1.0
+
+    def run(self, job: Job) -> Outcome:
+        """Fetch one image unless a valid copy is present; never raises for a bad download."""
+        if not _SIGNATURE.fullmatch(job.sig):  # it becomes a path: no "/" or ".." in it
+            return Outcome(job, "failed", "bad_signature", repr(job.sig))
+        dest = image_path(self.out, job)
+        if dest.is_file() and is_valid_image(dest):
+            return Outcome(job, "skipped")
+        url = image_url(self.base_url, job.sig)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                data = fetch_once(url, self.timeout)
+                check_image(data)
+                write_atomic(dest, data)
+                return Outcome(job, "ok", attempts=attempt)
+            except FetchError as exc:
+                if not exc.retry or attempt > self.retries:
+                    return Outcome(job, "failed", exc.reason, exc.detail, attempt)
+                delay = self.backoff * 2 ** (attempt - 1)
+                log.debug("%s: %s, retry %d in %.2fs", url, exc, attempt, delay)
+                time.sleep(delay)
+
+
+def jobs_for(pairs_file: Path, limit: int | None = None) -> list[Job]:
+    """The distinct scenes and products of the first ``limit`` pairs, in file order."""
+    pairs = load_pairs(pairs_file)[:limit]
+    scenes = dict.fromkeys(p.scene for p in pairs)
+    products = dict.fromkeys(p.product for p in pairs)
+    return [Job("scenes", s) for s in scenes] + [Job("products", p) for p in products]
+
+
+def download(
+    jobs: Sequence[Job], fetcher: Fetcher, workers: int = 16, log_every_s: float = 10.0
+) -> tuple[Summary, list[Outcome]]:
+    """Run ``jobs`` concurrently; return the counts and the failed outcomes, sorted."""
+    summary = Summary()
+    failures: list[Outcome] = []
+    started = last_log = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [pool.submit(fetcher.run, job) for job in jobs]
+        try:
+            for future in as_completed(futures):
+                outcome = future.result()
+                summary.add(outcome)
+                if outcome.status == "failed":
+                    failures.append(outcome)
+                now = time.monotonic()
+                if now - last_log >= log_every_s or summary.done == len(jobs):
+                    last_log = now
+                    log.info(
+                        "%d/%d files (ok %d, skipped %d, failed %d), %.1f files/s",
+                        summary.done,
+                        len(jobs),
+                        summary.ok,
+                        summary.skipped,
+                        sum(summary.failed.values()),
+                        summary.done / max(now - started, 1e-9),
+                    )
+        except BaseException:  # Ctrl-C: stop now, a rerun resumes
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    failures.sort(key=lambda o: (o.job.kind, o.job.sig))
+    return summary, failures
+
+
+def write_failures(path: Path, failures: Iterable[Outcome], base_url: str) -> None:
+    lines = [
+        json.dumps(
+            {
+                "kind": o.job.kind,
+                "sig": o.job.sig,
+                "url": image_url(base_url, o.job.sig),
+                "reason": o.reason,
+                "detail": o.detail,
+                "attempts": o.attempts,
+            }
+        )
+        + "\n"
+        for o in failures
+    ]
+    write_atomic(path, "".join(lines).encode("utf-8"))
+
+
+def copy_into(src: Path, dest: Path) -> None:
+    """Copy a metadata file into the data directory (atomically; a no-op onto itself)."""
+    if dest.exists() and dest.samefile(src):
+        return
+    write_atomic(dest, src.read_bytes())
+
+
+def infer_domain(pairs_file: Path) -> str:
+    return "home" if pairs_file.name.lower().startswith("home") else "fashion"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="ctl download", description="Fetch the images of an STL pairs file."
+    )
+    parser.add_argument("--pairs", type=Path, required=True, help="STL pairs (JSON lines)")
+    parser.add_argument("--categories", type=Path, required=True, help="product -> category JSON")
+    parser.add_argument("--out", type=Path, required=True, help="data directory to fill")
+    parser.add_argument("--domain", choices=["fashion", "home"], help="default: from --pairs name")
+    parser.add_argument("--base-url", default=DEFAULT_BASE_URL)
+    parser.add_argument("--workers", type=_positive_int, default=16)
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    parser.add_argument("--retries", type=int, default=3, help="retries after the first try")
+    parser.add_argument("--backoff", type=float, default=1.0, help="first retry delay, doubling")
+    parser.add_argument("--limit", type=_positive_int, help="only the first N pairs")
+    parser.add_argument("--log-every", type=float, default=10.0, help="progress every S seconds")
+    args = parser.parse_args(list(argv))
+    if args.timeout <= 0 or args.retries < 0 or args.backoff < 0:
+        parser.error("--timeout must be > 0, --retries and --backoff >= 0")
+    return args
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    for flag, path in (("--pairs", args.pairs), ("--categories", args.categories)):
+        if not path.is_file():
+            log.error("%s %s: no such file", flag, path)
+            return 2
+    domain = args.domain or infer_domain(args.pairs)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    copy_into(args.pairs, out / f"{domain}.json")
+    copy_into(args.categories, out / f"{domain}-cat.json")
+
+    jobs = jobs_for(args.pairs, args.limit)
+    log.info("%d images to check or fetch into %s (domain %s)", len(jobs), out, domain)
+    fetcher = Fetcher(out, args.base_url, args.timeout, args.retries, args.backoff)
+    summary, failures = download(jobs, fetcher, args.workers, args.log_every)
+    failures_path = out / FAILURES_FILE
+    write_failures(failures_path, failures, args.base_url)
+    print(summary.render())
+    if failures:
+        print(f"failures listed in {failures_path}")
+    return 0

@@ -1,0 +1,598 @@
+"""``ctl evaluate``: the paper's metrics, baselines, attention analysis, pictures and report.
+
+The scenes are cropped here (the CTL rules) and every product of the data directory is
+embedded once, so ranking all pairs against their whole category is a few matrix products:
+with unit vectors, d*(s, p) = 2 - <q(s, c), f_p> where q = f_s + sum_i a_i(c) f_i.
+Embeddings are cached under ``OUT_DIR/cache`` (keyed by checkpoint, backbone and inputs), so an
+interrupted or repeated evaluation picks up where it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model.backbones import Backbone, build_backbone
+from model.ctl import CTLModel, load_run
+from model.preprocess import PreprocessSpec, to_batch
+from service.config import Settings
+from training import metrics as M
+from training import plots
+from training.crop import CropResult, CropStats, PixelBox, box_in_crop, crop_box
+from training.report import Picture, write_report
+from training.stl import BBox, Pair, STLData
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("all", "train", "val", "test")
+CURVE_KS = tuple(range(1, 101))
+BASELINES = ("random", "popularity", "imagenet", "global_only")
+SCORER_NOTES = {
+    "model": "the trained CTL model: d* = (d_global + d_local) / 2",
+    "global_only": "the same model without its local/attention branch: d_global only",
+    "imagenet": "squared L2 distance between the raw frozen-backbone global vectors",
+    "popularity": "products ranked by their pair count in the run's training split",
+    "random": "a uniformly random ranking, computed exactly in expectation",
+}
+
+
+class EvaluationError(RuntimeError):
+    """The run or the data cannot be evaluated (no pairs left, unknown split, ...)."""
+
+
+@dataclass(frozen=True)
+class Crop:
+    """One scene crop, shared by the pairs of that scene with the same box."""
+
+    scene: str
+    bbox: BBox
+    box: PixelBox
+    width: int
+    height: int
+
+
+@dataclass
+class Embedded:
+    """Backbone and head outputs for a list of images."""
+
+    raw: np.ndarray  # (N, G) backbone global vectors
+    emb: np.ndarray  # (N, D) f_s for scenes, f_p for products
+    queries: np.ndarray  # (N, C, D) q per category for scenes; (0,) for products
+    attention: np.ndarray  # (N, C, R) for scenes; (0,) for products
+
+
+@dataclass(frozen=True)
+class EvalPair:
+    """A test pair resolved to its crop row, catalog row and category."""
+
+    pair: Pair
+    crop: int
+    product: int
+    category: str
+
+
+@dataclass(frozen=True)
+class CategoryPairs:
+    """The pairs of one category against all the category's catalog products."""
+
+    cat_idx: int
+    pairs: np.ndarray  # (n,) rows into the evaluation's pair list
+    crops: np.ndarray  # (n,) crop rows
+    products: np.ndarray  # (m,) catalog rows
+    pos: np.ndarray  # (n,) column of each positive
+    exclude: np.ndarray  # (n, m) other products labelled with the same scene
+
+
+# --- inputs ---
+
+
+def select_pairs(
+    data: STLData, categories: Sequence[str], split: str, run_split: dict[str, str]
+) -> list[Pair]:
+    """Pairs with both images in one of the model's categories and the split, deduplicated."""
+    if split not in SPLITS:
+        raise EvaluationError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    known = set(categories)
+    seen: set[tuple[str, str]] = set()
+    out: list[Pair] = []
+    for p in data.pairs_with_images():
+        if data.categories.get(p.product) not in known or (p.scene, p.product) in seen:
+            continue
+        if split != "all" and run_split.get(p.scene) != split:
+            continue
+        seen.add((p.scene, p.product))
+        out.append(p)
+    if not out:
+        hint = " (is this the data the run was trained on?)" if split != "all" else ""
+        raise EvaluationError(f"no pairs of split {split!r} with both images in {data.root}{hint}")
+    return out
+
+
+def crop_pairs(data: STLData, pairs: Sequence[Pair]) -> tuple[list[Crop], list[int | None], CropStats]:
+    """The CTL crop of each pair: unique crops, each pair's crop row (``None``: dropped), stats."""
+    stats = CropStats()
+    crops: list[Crop] = []
+    results: dict[tuple[str, BBox], tuple[CropResult, int | None]] = {}
+    rows: list[int | None] = []
+    for p in pairs:
+        key = (p.scene, p.bbox)
+        if key not in results:
+            with Image.open(data.scene_path(p.scene)) as im:
+                w, h = im.size
+            result = crop_box(p.bbox, w, h, data.domain)
+            row = None
+            if result.box is not None:
+                row = len(crops)
+                crops.append(Crop(p.scene, p.bbox, result.box, w, h))
+            results[key] = (result, row)
+        result, row = results[key]
+        stats.add(result.reason)
+        rows.append(row)
+    return crops, rows, stats
+
+
+def _rgb(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def load_crop(data: STLData, crop: Crop) -> Image.Image:
+    return _rgb(data.scene_path(crop.scene)).crop(crop.box)
+
+
+# --- embeddings ---
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def embed(
+    load: Callable[[Any], Image.Image],
+    items: Sequence[Any],
+    backbone: Backbone,
+    model: CTLModel,
+    scenes: bool,
+    batch_size: int,
+) -> Embedded:
+    """Backbone global vectors and head embeddings of ``items`` (``load`` makes each an image)."""
+    what = "scene crops" if scenes else "products"
+    parts: dict[str, list[np.ndarray]] = {"raw": [], "emb": [], "queries": [], "attention": []}
+    done, t0, last = 0, time.monotonic(), 0.0
+    with torch.no_grad():
+        for chunk in _batches(items, batch_size):
+            g, regions = backbone(torch.from_numpy(to_batch([load(i) for i in chunk], backbone.spec)))
+            parts["raw"].append(g.numpy())
+            if scenes:
+                f_s, f_i, keys = model.scene_embeddings(g, regions)
+                att = model.attention_all(keys)
+                parts["emb"].append(f_s.numpy())
+                parts["queries"].append(model.query_vector(f_s, f_i, att).numpy())
+                parts["attention"].append(att.numpy())
+            else:
+                parts["emb"].append(model.product_embedding(g).numpy())
+            done += len(chunk)
+            if time.monotonic() - last > 10 or done == len(items):
+                last = time.monotonic()
+                rate = done / max(1e-9, last - t0)
+                log.info("embedded %d/%d %s (%.0f images/s)", done, len(items), what, rate)
+    out = {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in parts.items()}
+    return Embedded(out["raw"], out["emb"], out["queries"], out["attention"])
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cached_embed(cache: Path, key: str, compute: Callable[[], Embedded]) -> Embedded:
+    """Load ``cache/key.npz`` if present, else compute and store it atomically."""
+    path = cache / f"{key}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            log.info("using cached embeddings %s", path)
+            return Embedded(z["raw"], z["emb"], z["queries"], z["attention"])
+    result = compute()
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=cache)
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, raw=result.raw, emb=result.emb, queries=result.queries, attention=result.attention)
+    os.replace(tmp, path)
+    return result
+
+
+# --- ranking ---
+
+
+def group_by_category(
+    pairs: Sequence[EvalPair],
+    categories: Sequence[str],
+    catalog_categories: np.ndarray,
+    catalog_row: dict[str, int],
+    scene_products: dict[str, set[str]],
+) -> dict[str, CategoryPairs]:
+    """Per category: its pairs, its catalog products, the positives' columns and exclusions."""
+    out: dict[str, CategoryPairs] = {}
+    for c, name in enumerate(categories):
+        rows = np.array([i for i, p in enumerate(pairs) if p.category == name], np.int64)
+        if rows.size == 0:
+            continue
+        products = np.flatnonzero(catalog_categories == name)
+        col = {int(r): j for j, r in enumerate(products)}
+        exclude = np.zeros((rows.size, products.size), bool)
+        for i, r in enumerate(rows):
+            p = pairs[r]
+            for other in scene_products.get(p.pair.scene, set()) - {p.pair.product}:
+                j = col.get(catalog_row.get(other, -1))
+                if j is not None:
+                    exclude[i, j] = True
+        out[name] = CategoryPairs(
+            c,
+            rows,
+            np.array([pairs[r].crop for r in rows], np.int64),
+            products,
+            np.array([col[pairs[r].product] for r in rows], np.int64),
+            exclude,
+        )
+    return out
+
+
+Scorer = Callable[[CategoryPairs], np.ndarray]
+
+
+def scorers(scenes: Embedded, products: Embedded, popularity: np.ndarray) -> dict[str, Scorer]:
+    """Distance matrices (n pairs, m products; lower = better) of the model and each baseline."""
+
+    def model(g: CategoryPairs) -> np.ndarray:
+        q = scenes.queries[g.crops, g.cat_idx].astype(np.float64)
+        return 2.0 - q @ products.emb[g.products].T.astype(np.float64)
+
+    def global_only(g: CategoryPairs) -> np.ndarray:
+        f_s = scenes.emb[g.crops].astype(np.float64)
+        return 2.0 - 2.0 * f_s @ products.emb[g.products].T.astype(np.float64)
+
+    def imagenet(g: CategoryPairs) -> np.ndarray:
+        a = scenes.raw[g.crops].astype(np.float64)
+        b = products.raw[g.products].astype(np.float64)
+        return (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+
+    def by_popularity(g: CategoryPairs) -> np.ndarray:
+        return np.broadcast_to(-popularity[g.products], (g.pairs.size, g.products.size))
+
+    def random(g: CategoryPairs) -> np.ndarray:
+        return np.zeros((g.pairs.size, g.products.size))
+
+    return {
+        "model": model,
+        "global_only": global_only,
+        "imagenet": imagenet,
+        "popularity": by_popularity,
+        "random": random,
+    }
+
+
+def rank_all(
+    groups: dict[str, CategoryPairs], scorer: Scorer, seed: int, draws: int
+) -> M.PairScores:
+    blocks = {name: M.RankingBlock.build(scorer(g), g.pos, g.exclude) for name, g in groups.items()}
+    return M.score_blocks(blocks, seed, draws)
+
+
+# --- attention ---
+
+
+def to_input_frame(box: BBox, width: int, height: int, spec: PreprocessSpec) -> BBox:
+    """A box normalized to a ``width`` x ``height`` crop, in the square frame the backbone saw."""
+    if spec.resize == "stretch":
+        return box
+    scale = 1.0 / max(width, height)
+    w, h = width * scale, height * scale
+    ox, oy = (1.0 - w) / 2, (1.0 - h) / 2
+    return (ox + box[0] * w, oy + box[1] * h, ox + box[2] * w, oy + box[3] * h)
+
+
+def other_boxes(crop: Crop, product: str, scene_boxes: dict[str, list[tuple[str, BBox]]]) -> list[BBox]:
+    """The scene's other labelled products, mapped into the crop (those visible in it)."""
+    out: list[BBox] = []
+    for other, bbox in scene_boxes.get(crop.scene, []):
+        if other == product or bbox == crop.bbox:
+            continue
+        mapped = box_in_crop(bbox, crop.box, crop.width, crop.height)
+        if mapped is not None and mapped not in out:
+            out.append(mapped)
+    return out
+
+
+# --- the command ---
+
+
+def _write_json(path: Path, obj: object) -> None:
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
+
+
+@dataclass
+class Options:
+    split: str = "all"
+    seed: int = 0
+    draws: int = 10
+    n_boot: int = 1000
+    batch_size: int = 32
+    samples: int = 8
+    tsne_products: int = 1500
+    tsne_scenes: int = 400
+
+
+def evaluate(run_dir: Path, data_dir: Path, out_dir: Path, opts: Options) -> dict[str, Any]:
+    """Evaluate a run on a data directory; writes metrics.json, pictures and report.md."""
+    t_start = time.monotonic()
+    model, config = load_run(run_dir)
+    backbone = build_backbone(config["backbone"], config.get("backbone_weights"))
+    categories = model.categories
+    data = STLData.load(data_dir)
+    run_split: dict[str, str] = _read_json(run_dir / "split.json", {})
+    if opts.split != "all" and not run_split:
+        raise EvaluationError(f"{run_dir}/split.json is missing: use --split all")
+    popularity_counts: dict[str, int] = _read_json(run_dir / "popularity.json", {})
+
+    pairs = select_pairs(data, categories, opts.split, run_split)
+    crops, crop_rows, crop_stats = crop_pairs(data, pairs)
+    catalog = [s for s in data.available_products() if data.categories[s] in set(categories)]
+    catalog_row = {s: i for i, s in enumerate(catalog)}
+    catalog_categories = np.array([data.categories[s] for s in catalog], dtype=object)
+    eval_pairs = [
+        EvalPair(p, row, catalog_row[p.product], data.categories[p.product])
+        for p, row in zip(pairs, crop_rows, strict=True)
+        if row is not None
+    ]
+    log.info(
+        "%d pairs (%d crops) of split %s vs %d products; crops: %s",
+        len(eval_pairs), len(crops), opts.split, len(catalog), crop_stats.as_dict(),
+    )
+    if not eval_pairs:
+        raise EvaluationError("every pair was dropped by the crop rules")
+
+    cache = out_dir / "cache"
+    ckpt_sha = hashlib.sha256((run_dir / "checkpoint.pt").read_bytes()).hexdigest()
+    t_embed = time.monotonic()
+    products = cached_embed(
+        cache,
+        "products-" + _digest(ckpt_sha, backbone.key(), str(data.root.resolve()), catalog),
+        lambda: embed(
+            lambda s: _rgb(data.product_path(s)), catalog, backbone, model, False, opts.batch_size
+        ),
+    )
+    scenes = cached_embed(
+        cache,
+        "scenes-" + _digest(ckpt_sha, backbone.key(), str(data.root.resolve()), crops),
+        lambda: embed(lambda c: load_crop(data, c), crops, backbone, model, True, opts.batch_size),
+    )
+    t_rank = time.monotonic()
+
+    scene_boxes: dict[str, list[tuple[str, BBox]]] = {}
+    for p in data.pairs:
+        scene_boxes.setdefault(p.scene, []).append((p.product, p.bbox))
+    scene_products = {s: {prod for prod, _ in v} for s, v in scene_boxes.items()}
+    groups = group_by_category(eval_pairs, categories, catalog_categories, catalog_row, scene_products)
+    popularity = np.array([float(popularity_counts.get(s, 0)) for s in catalog])
+    ranked = {
+        name: rank_all(groups, fn, opts.seed, opts.draws)
+        for name, fn in scorers(scenes, products, popularity).items()
+    }
+    summaries = {name: M.summarize(s, opts.seed, M.KS, opts.n_boot) for name, s in ranked.items()}
+    seconds_rank = time.monotonic() - t_rank
+    log.info("ranked %d pairs x 5 scorers in %.2f s", len(eval_pairs), seconds_rank)
+
+    cat_index = {c: i for i, c in enumerate(categories)}
+    attention = np.stack([scenes.attention[p.crop, cat_index[p.category]] for p in eval_pairs])
+    boxes = [other_boxes(crops[p.crop], p.pair.product, scene_boxes) for p in eval_pairs]
+    relevant = np.stack(
+        [
+            M.region_relevance(
+                [to_input_frame(b, *_crop_size(crops[p.crop]), backbone.spec) for b in bs],
+                backbone.grid,
+            )
+            for p, bs in zip(eval_pairs, boxes, strict=True)
+        ]
+    )
+    attention_stats = M.attention_summary(attention, relevant)
+
+    metrics: dict[str, Any] = {
+        "n_pairs": len(eval_pairs),
+        "n_products": len(catalog),
+        **{k: v for k, v in summaries["model"].items() if k != "n_pairs"},
+        "baselines": {name: summaries[name] for name in BASELINES},
+        "attention": attention_stats,
+        "split": opts.split,
+        "seed": opts.seed,
+        "draws": opts.draws,
+        "run": str(run_dir),
+        "data": str(data_dir),
+        "backbone": backbone.name,
+        "n_crops": len(crops),
+        "crops": crop_stats.as_dict(),
+        "seconds": {
+            "embed": round(t_rank - t_embed, 2),
+            "rank": round(seconds_rank, 2),
+        },
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pictures = draw_pictures(
+        out_dir, data, opts, ranked, summaries, eval_pairs, crops, groups, scenes, products,
+        catalog, attention, relevant, boxes, backbone.grid,
+    )
+    metrics["seconds"]["total"] = round(time.monotonic() - t_start, 2)
+    _write_json(out_dir / "metrics.json", metrics)
+    write_report(
+        out_dir / "report.md", metrics, _read_json(run_dir / "metrics.json", {}), SCORER_NOTES, pictures
+    )
+    return metrics
+
+
+def _crop_size(crop: Crop) -> tuple[int, int]:
+    return crop.box[2] - crop.box[0], crop.box[3] - crop.box[1]
+
+
+def draw_pictures(
+    out_dir: Path,
+    data: STLData,
+    opts: Options,
+    ranked: dict[str, M.PairScores],
+    summaries: dict[str, dict[str, Any]],
+    pairs: Sequence[EvalPair],
+    crops: Sequence[Crop],
+    groups: dict[str, CategoryPairs],
+    scenes: Embedded,
+    products: Embedded,
+    catalog: Sequence[str],
+    attention: np.ndarray,
+    relevant: np.ndarray,
+    boxes: Sequence[Sequence[BBox]],
+    grid: int,
+) -> list[Picture]:
+    """Every PNG of the evaluation, with one sentence each for the report."""
+    rng = np.random.default_rng(opts.seed)
+    out: list[Picture] = []
+    names = ["model", *BASELINES[::-1]]
+
+    path = plots.topk_curves(
+        {n: ranked[n].topk_curve(CURVE_KS) for n in names}, CURVE_KS, len(pairs), out_dir / "topk_accuracy.png"
+    )
+    out.append(Picture(path.name, "Top-k accuracy", "share of test pairs whose true product is among the k closest products of its category, for the model and each baseline"))
+
+    table = {
+        c: {n: summaries[n]["per_category"][c]["auc"] for n in names}
+        for c in summaries["model"]["per_category"]
+    }
+    path = plots.per_category_auc(table, out_dir / "auc_per_category.png")
+    out.append(Picture(path.name, "AUC per category", "binary-choice AUC of the model and each baseline in each category (dashed line: chance)"))
+
+    with_boxes = np.flatnonzero(relevant.any(1))
+    pool = with_boxes if with_boxes.size >= opts.samples else np.arange(len(pairs))
+    chosen = np.sort(rng.choice(pool, min(opts.samples, pool.size), replace=False))
+    samples = []
+    for i in chosen:
+        p = pairs[i]
+        top1 = bool(relevant[i, int(np.argmax(attention[i]))])
+        verdict = "top-1 on a product" if top1 else ("top-1 off products" if relevant[i].any() else "no other product")
+        samples.append(
+            plots.AttentionSample(load_crop(data, crops[p.crop]), attention[i], boxes[i], f"{p.category}: {verdict}")
+        )
+    path = plots.attention_heatmaps(samples, grid, out_dir / "attention.png")
+    out.append(Picture(path.name, "Attention", "the model's attention for the pair's category over sample cropped scenes, with the other labelled products of the scene outlined"))
+
+    rows = []
+    chosen = np.sort(rng.choice(len(pairs), min(4, len(pairs)), replace=False))
+    for i in chosen:
+        p = pairs[i]
+        g = groups[p.category]
+        k = int(np.flatnonzero(g.pairs == i)[0])
+        d = 2.0 - scenes.queries[p.crop, g.cat_idx] @ products.emb[g.products].T
+        order = np.argsort(d, kind="stable")
+        rank = int(np.flatnonzero(order == g.pos[k])[0]) + 1
+
+        def item(j: int) -> tuple[Image.Image, str]:
+            sig = catalog[int(g.products[j])]
+            mark = " ★" if j == g.pos[k] else ""
+            return _rgb(data.product_path(sig)), f"d*={d[j]:.2f}{mark}"
+
+        rows.append(
+            plots.CompatibilityRow(
+                load_crop(data, crops[p.crop]),
+                f"{p.category}: true product\nranked {rank} of {g.products.size}",
+                [item(int(j)) for j in order[:3]],
+                [item(int(j)) for j in order[-3:][::-1]],
+            )
+        )
+    path = plots.compatibility(rows, out_dir / "compatibility.png")
+    out.append(Picture(path.name, "Most and least compatible", "for sample scenes, the 3 products of the pair's category with the smallest d* and the 3 with the largest"))
+
+    path = draw_tsne(out_dir / "tsne.png", rng, opts, pairs, crops, scenes, products, catalog, data)
+    out.append(Picture(path.name, "t-SNE", "scene and product embeddings in two dimensions, coloured by category"))
+    return out
+
+
+def draw_tsne(
+    path: Path,
+    rng: np.random.Generator,
+    opts: Options,
+    pairs: Sequence[EvalPair],
+    crops: Sequence[Crop],
+    scenes: Embedded,
+    products: Embedded,
+    catalog: Sequence[str],
+    data: STLData,
+) -> Path:
+    """t-SNE of a sample of product embeddings f_p and scene embeddings f_s."""
+    from sklearn.manifold import TSNE
+
+    crop_category: dict[int, str] = {}
+    for p in pairs:
+        crop_category.setdefault(p.crop, p.category)
+    crop_rows = np.array(sorted(crop_category), np.int64)
+    crop_rows = np.sort(rng.choice(crop_rows, min(opts.tsne_scenes, crop_rows.size), replace=False))
+    prod_rows = np.sort(rng.choice(len(catalog), min(opts.tsne_products, len(catalog)), replace=False))
+    x = np.concatenate([products.emb[prod_rows], scenes.emb[crop_rows]]).astype(np.float64)
+    cats = [data.categories[catalog[i]] for i in prod_rows] + [crop_category[int(r)] for r in crop_rows]
+    is_scene = np.r_[np.zeros(prod_rows.size, bool), np.ones(crop_rows.size, bool)]
+    perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
+    points = TSNE(2, perplexity=perplexity, init="pca", random_state=opts.seed).fit_transform(x)
+    return plots.tsne(points, cats, is_scene, path)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    s = Settings()
+    ap = argparse.ArgumentParser(prog="ctl evaluate", description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, required=True, help="run directory of 'ctl train'")
+    ap.add_argument("--data", type=Path, default=s.data_dir, help="STL data directory")
+    ap.add_argument("--out", type=Path, required=True, help="where metrics.json, report.md, PNGs go")
+    ap.add_argument("--split", choices=SPLITS, default="all", help="'all' treats every pair as test")
+    ap.add_argument("--seed", type=int, default=s.seed, help="negatives, bootstrap and samples")
+    ap.add_argument("--draws", type=int, default=10, help="negative draws averaged for AUC/MRR@10")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--samples", type=int, default=8, help="scenes in the attention picture")
+    args = ap.parse_args(list(argv))
+    for name in ("draws", "bootstrap", "batch_size", "samples"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str]) -> int:
+    """``ctl evaluate``: prints the headline numbers, writes OUT_DIR/metrics.json and report.md."""
+    args = parse_args(argv)
+    opts = Options(args.split, args.seed, args.draws, args.bootstrap, args.batch_size, args.samples)
+    try:
+        m = evaluate(args.run, args.data, args.out, opts)
+    except (EvaluationError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 1
+    print(
+        f"{m['n_pairs']} pairs, {m['n_products']} products: auc {m['auc']:.3f} "
+        f"[{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}], mrr {m['mrr']:.3f}, "
+        f"mrr@10 {m['mrr_10']:.3f}, top-10 {m['top_k_accuracy']['10']:.3f}; "
+        f"attention top-1 {m['attention']['top1_hit']:.3f} "
+        f"(random {m['attention']['random_top1_hit']:.3f}) -> {args.out}"
+    )
+    return 0

@@ -1,0 +1,416 @@
+"""The frozen-backbone feature cache: the backbone runs once per image, training runs on arrays.
+
+``ctl features --data DIR`` computes, for every CTL example (a pair whose product survives the
+crop rules), the cropped scene's global and region features, and for every catalog product its
+global features, each for several views (``orig``, ``flip``: horizontally flipped). Arrays are
+fp16 ``.npy`` files, memory-mapped when read. The cache directory is keyed by the backbone
+(name, weights file, layers), its preprocessing, the crop rules and the data set, so changing
+any of them starts a new one. Work is done in chunks, each written atomically, with
+``progress.json`` beside them: an interrupted run resumes where it stopped.
+
+``compute_features(backbone, images)`` embeds in-memory images the same way (evaluation uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model.backbones import BACKBONES, Backbone, build_backbone
+from model.preprocess import to_batch
+from service.config import Settings
+from training import crop
+from training.stl import STLData
+
+log = logging.getLogger(__name__)
+
+VIEWS: dict[str, bool] = {"orig": False, "flip": True}
+"""View name -> horizontal flip."""
+DEFAULT_VIEWS = ("orig", "flip")
+CHUNK = 256
+ENGINES = ("auto", "onnx", "torch")
+
+
+def use_all_cores() -> int:
+    """Give torch every core (feature extraction and training are CPU-bound)."""
+    n = os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+@functools.lru_cache(maxsize=4)
+def _onnx_session(backbone: Backbone) -> Any:
+    """The backbone exported to a temporary ONNX file and opened in ONNX Runtime (~2-3x eager)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "backbone.onnx"
+        x = torch.zeros(1, 3, backbone.spec.size, backbone.spec.size)
+        torch.onnx.export(
+            backbone,
+            (x,),
+            str(path),
+            input_names=["image"],
+            output_names=["global", "regions"],
+            dynamic_axes={"image": {0: "batch"}, "global": {0: "batch"}, "regions": {0: "batch"}},
+            dynamo=False,
+        )
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = os.cpu_count() or 1
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _run(backbone: Backbone, batch: np.ndarray, engine: str) -> tuple[np.ndarray, np.ndarray]:
+    if engine in ("auto", "onnx"):
+        try:
+            g, r = _onnx_session(backbone).run(None, {"image": batch})
+            return np.asarray(g), np.asarray(r)
+        except ImportError:
+            if engine == "onnx":
+                raise
+    with torch.no_grad():
+        g_t, r_t = backbone(torch.from_numpy(batch))
+    return g_t.numpy(), r_t.numpy()
+
+
+def compute_features(
+    backbone: Backbone,
+    images: Sequence[Image.Image],
+    batch_size: int = 32,
+    flip: bool = False,
+    engine: str = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone outputs of PIL images: global (N, G) and regions (N, R, L), float32.
+
+    ``engine``: ``"onnx"`` (ONNX Runtime on a temporary export), ``"torch"`` (eager) or
+    ``"auto"`` (ONNX Runtime when installed); both give the same numbers to ~1e-5.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+    gs, rs = [], []
+    for i in range(0, len(images), batch_size):
+        g, r = _run(backbone, to_batch(images[i : i + batch_size], backbone.spec, flip), engine)
+        gs.append(g)
+        rs.append(r)
+    if not gs:
+        n_r = backbone.grid * backbone.grid
+        return np.zeros((0, backbone.global_dim), np.float32), np.zeros(
+            (0, n_r, backbone.local_dim), np.float32
+        )
+    return np.concatenate(gs), np.concatenate(rs)
+
+
+# --- what goes into the cache -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CropItem:
+    """One cropped scene (several pairs of a scene can share a bbox, hence one crop)."""
+
+    scene: str
+    box: crop.PixelBox
+
+
+def ctl_examples(data: STLData) -> tuple[list[CropItem], list[dict[str, Any]], dict[str, int]]:
+    """The scene crops, the CTL examples (pair -> crop row) and the crop rules' drop counts."""
+    stats = crop.CropStats()
+    crops: dict[tuple[str, crop.PixelBox], int] = {}
+    examples: list[dict[str, Any]] = []
+    sizes: dict[str, tuple[int, int]] = {}
+    for pair in data.pairs_with_images():
+        category = data.category(pair.product)
+        reason = crop.drop_reason_for_category(category)
+        if reason is not None:
+            stats.add(reason)
+            continue
+        if pair.scene not in sizes:
+            with Image.open(data.scene_path(pair.scene)) as im:
+                sizes[pair.scene] = im.size
+        result = crop.crop_box(pair.bbox, *sizes[pair.scene], data.domain)
+        stats.add(result.reason)
+        if result.box is None:
+            continue
+        row = crops.setdefault((pair.scene, result.box), len(crops))
+        examples.append(
+            {
+                "scene": pair.scene,
+                "product": pair.product,
+                "bbox": list(pair.bbox),
+                "category": category,
+                "crop": row,
+            }
+        )
+    items = [CropItem(scene, box) for (scene, box) in crops]
+    return items, examples, {"kept": stats.kept, **stats.dropped}
+
+
+def cache_key(backbone: Backbone, data: STLData) -> str:
+    """Backbone identity + crop rules + data set: any change gives a new cache directory."""
+    pairs_file = data.root / f"{data.domain}.json"
+    blob = json.dumps(
+        {
+            "backbone": backbone.key(),
+            "crop": [crop.GROW, crop.MIN_AREA_FRACTION, data.domain],
+            "data": [str(data.root.resolve()), pairs_file.stat().st_size],
+        },
+        sort_keys=True,
+    )
+    return f"{backbone.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def _atomic_json(path: Path, obj: object) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _atomic_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+@dataclass
+class FeatureCache:
+    """A complete cache directory; arrays are memory-mapped fp16, ``(N, ...)`` per view."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def examples(self) -> list[dict[str, Any]]:
+        """``{"scene", "product", "bbox", "category", "crop"}``; ``crop`` is the scene row."""
+        return list(self.meta["examples"])
+
+    @property
+    def products(self) -> list[str]:
+        return list(self.meta["products"])
+
+    @property
+    def product_categories(self) -> list[str]:
+        return list(self.meta["product_categories"])
+
+    @property
+    def views(self) -> list[str]:
+        return list(self.meta["views"])
+
+    def array(self, kind: str, view: str) -> np.ndarray:
+        """``scene_global`` (N, G), ``scene_regions`` (N, R, L) or ``product_global`` (P, G)."""
+        return np.load(self.path / f"{kind}-{view}.npy", mmap_mode="r")
+
+
+# --- building it ---------------------------------------------------------------------------
+
+
+def _load_crop(data: STLData, item: CropItem) -> Image.Image:
+    with Image.open(data.scene_path(item.scene)) as im:
+        return im.convert("RGB").crop(item.box)
+
+
+def _load_product(data: STLData, sig: str) -> Image.Image:
+    with Image.open(data.product_path(sig)) as im:
+        return im.convert("RGB")
+
+
+class _Builder:
+    """Fills one cache directory chunk by chunk, resumably."""
+
+    def __init__(self, path: Path, backbone: Backbone, batch_size: int, engine: str) -> None:
+        self.path, self.backbone = path, backbone
+        self.batch_size, self.engine = batch_size, engine
+        self.chunk_dir = path / "chunks"
+        self.progress_file = path / "progress.json"
+        self.progress: dict[str, Any] = (
+            json.loads(self.progress_file.read_text()) if self.progress_file.is_file() else {}
+        )
+
+    def fill(
+        self, kind: str, view: str, n: int, load: Callable[[int], Image.Image], regions: bool
+    ) -> float:
+        """Compute ``kind-view`` arrays for ``n`` images; returns the seconds spent computing."""
+        final = self.path / f"{kind}-{view}.npy"
+        if final.is_file():
+            return 0.0
+        self.chunk_dir.mkdir(exist_ok=True)
+        n_chunks = (n + CHUNK - 1) // CHUNK
+        todo = [c for c in range(n_chunks) if not self._chunk(kind, view, c).is_file()]
+        if len(todo) < n_chunks:
+            log.info(
+                "%s/%s: resuming, %d of %d chunks done", kind, view, n_chunks - len(todo), n_chunks
+            )
+        flip = VIEWS[view]
+        start = time.perf_counter()
+
+        def images(c: int) -> list[Image.Image]:
+            return [load(i) for i in range(c * CHUNK, min(n, (c + 1) * CHUNK))]
+
+        with ThreadPoolExecutor(1) as pool:  # decode the next chunk while this one runs
+            nxt = pool.submit(images, todo[0]) if todo else None
+            for k, c in enumerate(todo):
+                assert nxt is not None
+                ims = nxt.result()
+                nxt = pool.submit(images, todo[k + 1]) if k + 1 < len(todo) else None
+                g, r = compute_features(self.backbone, ims, self.batch_size, flip, self.engine)
+                arrays = {"global": g.astype(np.float16)}
+                if regions:
+                    arrays["regions"] = r.astype(np.float16)
+                tmp = self._chunk(kind, view, c).with_suffix(".tmp.npz")
+                np.savez(tmp, **arrays)  # type: ignore[arg-type]
+                os.replace(tmp, self._chunk(kind, view, c))
+                done = n_chunks - len(todo) + k + 1
+                secs = time.perf_counter() - start
+                rate = (k + 1) * CHUNK / secs
+                self.progress[f"{kind}-{view}"] = {"chunks_done": done, "chunks": n_chunks}
+                _atomic_json(self.progress_file, self.progress)
+                log.info(
+                    "%s/%s: chunk %d/%d (%.1f img/s, ~%.0f s left)",
+                    kind,
+                    view,
+                    done,
+                    n_chunks,
+                    rate,
+                    (n_chunks - done) * CHUNK / rate,
+                )
+        elapsed = time.perf_counter() - start
+        self._assemble(kind, view, n_chunks, regions)
+        return elapsed
+
+    def _chunk(self, kind: str, view: str, c: int) -> Path:
+        return self.chunk_dir / f"{kind}-{view}-{c:05d}.npz"
+
+    def _assemble(self, kind: str, view: str, n_chunks: int, regions: bool) -> None:
+        parts = [np.load(self._chunk(kind, view, c)) for c in range(n_chunks)]
+        if regions:
+            _atomic_npy(
+                self.path / f"scene_regions-{view}.npy",
+                np.concatenate([p["regions"] for p in parts]),
+            )
+        _atomic_npy(self.path / f"{kind}-{view}.npy", np.concatenate([p["global"] for p in parts]))
+        for c in range(n_chunks):
+            self._chunk(kind, view, c).unlink()
+
+
+def build_cache(
+    data: STLData,
+    backbone: Backbone,
+    cache_root: Path,
+    views: Sequence[str] = DEFAULT_VIEWS,
+    batch_size: int = 32,
+    engine: str = "auto",
+) -> tuple[FeatureCache, float]:
+    """The complete cache for ``data`` and ``backbone`` (computing what is missing), and the
+    seconds this call spent computing features (0 when all was cached)."""
+    unknown = set(views) - set(VIEWS)
+    if unknown:
+        raise ValueError(f"unknown views {sorted(unknown)}; choose from {list(VIEWS)}")
+    path = Path(cache_root) / cache_key(backbone, data)
+    path.mkdir(parents=True, exist_ok=True)
+    meta_file = path / "meta.json"
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+    else:
+        crops, examples, dropped = ctl_examples(data)
+        kept = set(data.category_names())
+        products = [p for p in data.available_products() if data.categories[p] in kept]
+        meta = {
+            "backbone": backbone.describe(),
+            "data": str(data.root.resolve()),
+            "crop_rules": {"grow": crop.GROW, "min_area_fraction": crop.MIN_AREA_FRACTION},
+            "crops": [[c.scene, list(c.box)] for c in crops],
+            "examples": examples,
+            "crop_stats": dropped,
+            "products": products,
+            "product_categories": [data.categories[p] for p in products],
+            "views": [],
+            "seconds": 0.0,
+        }
+        _atomic_json(meta_file, meta)
+    crops_list = [CropItem(s, tuple(b)) for s, b in meta["crops"]]
+    products = meta["products"]
+    log.info(
+        "feature cache %s: %d crops (%d examples), %d products, views %s",
+        path,
+        len(crops_list),
+        len(meta["examples"]),
+        len(products),
+        list(views),
+    )
+    use_all_cores()
+    builder = _Builder(path, backbone, batch_size, engine)
+    spent = 0.0
+    for view in views:
+        spent += builder.fill(
+            "scene_global", view, len(crops_list), lambda i: _load_crop(data, crops_list[i]), True
+        )
+        spent += builder.fill(
+            "product_global", view, len(products), lambda i: _load_product(data, products[i]), False
+        )
+        if view not in meta["views"]:
+            meta["views"].append(view)
+    meta["seconds"] = float(meta["seconds"]) + spent
+    _atomic_json(meta_file, meta)
+    if builder.chunk_dir.is_dir() and not any(builder.chunk_dir.iterdir()):
+        shutil.rmtree(builder.chunk_dir)
+    return FeatureCache(path, meta), spent
+
+
+def add_arguments(parser: argparse.ArgumentParser, settings: Settings) -> None:
+    """The options shared by ``ctl features`` and ``ctl train``."""
+    parser.add_argument("--data", type=Path, default=settings.data_dir, help="STL data directory")
+    parser.add_argument(
+        "--cache", type=Path, default=settings.work_dir / "features", help="feature cache root"
+    )
+    parser.add_argument("--backbone", default=settings.backbone, choices=BACKBONES)
+    parser.add_argument(
+        "--backbone-weights",
+        type=Path,
+        default=settings.backbone_weights,
+        help="weights file overriding the packaged/cached one",
+    )
+    parser.add_argument("--views", default=",".join(DEFAULT_VIEWS), help="comma-separated views")
+    parser.add_argument("--batch-size-features", type=int, default=32)
+    parser.add_argument("--engine", default="auto", choices=ENGINES)
+
+
+def cache_from_args(args: argparse.Namespace) -> tuple[FeatureCache, float]:
+    data = STLData.load(args.data)
+    backbone = build_backbone(args.backbone, args.backbone_weights)
+    views = [v for v in args.views.split(",") if v]
+    return build_cache(data, backbone, args.cache, views, args.batch_size_features, args.engine)
+
+
+def main(argv: list[str]) -> int:
+    """``ctl features``: build (or finish) the feature cache and print where it is."""
+    parser = argparse.ArgumentParser(prog="ctl features", description=__doc__.split("\n")[0])
+    add_arguments(parser, Settings())
+    args = parser.parse_args(argv)
+    cache, spent = cache_from_args(args)
+    print(
+        json.dumps(
+            {
+                "cache": str(cache.path),
+                "examples": len(cache.examples),
+                "products": len(cache.products),
+                "views": cache.views,
+                "seconds_this_run": round(spent, 1),
+                "seconds_total": round(cache.meta["seconds"], 1),
+            }
+        )
+    )
+    return 0
