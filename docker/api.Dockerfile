@@ -10,8 +10,9 @@ COPY pyproject.toml README.md cli.py ./
 COPY service ./service
 COPY model ./model
 COPY index ./index
-# `pip install .` (no extras) installs no torch; training/ is not copied, so `ctl serve` is the
-# image's job and the training commands are simply absent.
+# The index builder (admin catalog updates) reads product paths through training/stl.py, which
+# is plain Python; the rest of training/ (torch) stays out, and `pip install .` installs no torch.
+COPY training/__init__.py training/stl.py ./training/
 RUN pip install . && python -c "import service.app, sys; assert 'torch' not in sys.modules"
 
 # The same uid as the job image, which writes the artifacts volume first.

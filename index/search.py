@@ -69,7 +69,7 @@ def make_index(emb: np.ndarray, kind: str, seed: int = 0) -> faiss.Index:
     """A CPU inner-product index over the rows of ``emb`` (unit vectors, float32)."""
     n, dim = emb.shape
     if kind == FLAT:
-        index = faiss.IndexFlatIP(dim)
+        index: faiss.Index = faiss.IndexFlatIP(dim)
     elif kind == IVF:
         nlist = ivf_lists(n)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)

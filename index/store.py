@@ -229,10 +229,12 @@ class IndexStore:
         )
         return catalog
 
-    def put_image(self, pid: str, image: Image.Image, raw: bytes | None) -> None:
-        """Keep a product's image as ``images/<id>.jpg`` (JPEG bytes as given, else re-encoded)."""
+    def put_image(self, pid: str, image: Image.Image, jpeg: bytes | None) -> None:
+        """Keep a product's image as ``images/<id>.jpg``: a JPEG file's bytes as they are,
+        anything else re-encoded."""
         self.images_dir.mkdir(parents=True, exist_ok=True)
-        if raw is None or image.format != "JPEG":
+        raw = jpeg
+        if raw is None:
             buf = io.BytesIO()
             image.convert("RGB").save(buf, "JPEG", quality=95)
             raw = buf.getvalue()

@@ -125,9 +125,11 @@ def select_providers(device: str = "auto") -> list[str]:
             )
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "auto":
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if has_cuda else [
-            "CPUExecutionProvider"
-        ]
+        return (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            if has_cuda
+            else ["CPUExecutionProvider"]
+        )
     raise ArtifactError(f"unknown device {device!r}: use auto, cpu or cuda")
 
 
@@ -209,14 +211,23 @@ class OnnxEncoder:
         """The providers the sessions really run on (CUDA falls back to CPU when unusable)."""
         return list(self._scene.get_providers())
 
+    def run_scene(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Preprocessed batch (N, 3, S, S) -> f_s (N, D), f_i (N, R, D), attention (N, C, R)."""
+        f_s, f_i, att = self._scene.run(None, {"image": x})
+        return f_s, f_i, att
+
+    def run_product(self, x: np.ndarray) -> np.ndarray:
+        """Preprocessed batch (N, 3, S, S) -> f_p (N, D)."""
+        (f_p,) = self._product.run(None, {"image": x})
+        return np.asarray(f_p, np.float32)
+
     def embed_scenes(self, images: Sequence[Image.Image]) -> list[SceneEmbedding]:
         if not images:
             return []
-        f_s, f_i, att = self._scene.run(None, {"image": to_batch(images, self.spec)})
+        f_s, f_i, att = self.run_scene(to_batch(images, self.spec))
         return [SceneEmbedding(f_s[n], f_i[n], att[n]) for n in range(len(images))]
 
     def embed_products(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), np.float32)
-        (f_p,) = self._product.run(None, {"image": to_batch(images, self.spec)})
-        return np.asarray(f_p, np.float32)
+        return self.run_product(to_batch(images, self.spec))

@@ -126,11 +126,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
         app.state.cache = cache or make_cache(settings, metrics)
-        app.state.faiss_gpus = health.faiss_gpus()
         manager = ServingManager(settings, metrics, executor, encoder_loader, catalog_loader)
         await manager.load()
         app.state.manager = manager
-        log.info("FAISS GPUs: %d; cache: %s", app.state.faiss_gpus, app.state.cache.backend)
         try:
             yield
         finally:

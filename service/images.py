@@ -66,7 +66,8 @@ def decode_image(upload: Upload, max_pixels: int) -> Image.Image:
             ) from None
         except Exception as exc:
             raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: unreadable image header: {exc}"
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"{name}: truncated or corrupt image header: {exc}",
             ) from None
         if image.format not in ALLOWED_FORMATS:
             raise HTTPException(

@@ -160,7 +160,7 @@ class Ready(Versions):
 
     status: str = Field(examples=["ready"])
     providers: list[str] = Field(examples=[["CPUExecutionProvider"]])
-    faiss_gpus: int = Field(description="GPUs FAISS can use (0: CPU search)", examples=[0])
+    faiss_device: str = Field(description="where FAISS searches: cpu or cuda", examples=["cpu"])
     cache: str = Field(examples=["redis"])
     categories: int
 
@@ -177,3 +177,11 @@ class Sample(BaseModel):
 
     name: str = Field(examples=["0009907bb8b0b7a853a8c7dd5059b751.jpg"])
     url: str = Field(examples=["/samples/0009907bb8b0b7a853a8c7dd5059b751.jpg"])
+
+
+class CatalogUpdate(Versions):
+    """A new index version with products added or removed; it is served at once."""
+
+    added: list[str] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
+    products: int = Field(description="products in the new version")

@@ -41,7 +41,7 @@ def load_onnx_encoder(settings: Settings) -> Encoder:
 
 def load_current_catalog(settings: Settings) -> CatalogIndex:
     """The index version that ``artifacts/index/CURRENT`` names."""
-    return IndexStore(settings.artifacts_dir / "index").load()
+    return IndexStore.for_artifacts(settings.artifacts_dir).load(device=settings.device)
 
 
 class Serving:
@@ -138,24 +138,29 @@ class ServingManager:
         self._retiring: set[asyncio.Task[None]] = set()
         self.current: Serving | None = None
 
-    async def load(self) -> Serving:
+    async def load(self, reload_encoder: bool = True) -> Serving:
         """Load the newest encoder and index (off the event loop) and make them current.
 
-        Returns the serving unit it replaced (or the new one on the first load); the old one
-        keeps serving the requests that hold it and is retired when they are done.
+        ``reload_encoder=False`` keeps the current encoder (a catalog update). Returns the
+        serving unit it replaced (or the new one on the first load); the old one keeps
+        serving the requests that hold it and is retired when they are done.
         """
         async with self._lock:
-            encoder = await asyncio.to_thread(self._encoder_loader, self._settings)
+            if reload_encoder or self.current is None:
+                encoder = await asyncio.to_thread(self._encoder_loader, self._settings)
+            else:
+                encoder = self.current.encoder
             catalog = await asyncio.to_thread(self._catalog_loader, self._settings)
             new = Serving(encoder, catalog, self._executor, self._settings, self._metrics)
             old, self.current = self.current, new
             self._metrics.versions.set(new.model_version, new.index_version, exclusive=True)
             log.info(
-                "serving model %s / index %s (%d categories) on %s",
+                "serving model %s / index %s (%d categories); encoder on %s, FAISS on %s",
                 new.model_version,
                 new.index_version,
                 len(new.categories),
                 encoder.providers,
+                catalog.faiss_device,
             )
             if old is None:
                 return new

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.browser
 CHROMIUM = Path(os.environ.get("CTL_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("CTL_TEST_CHROMEDRIVER", "/usr/bin/chromedriver"))
 SHOTS = REPO / "test-artifacts" / "browser"
-K = 4  # products per category asked for; the tiny catalog holds 5 per category
+K = 4  # products per category asked for; the tiny catalog holds PER_CATEGORY = 5
 MAX_UPLOAD_BYTES = 1_000_000  # small, so a too-large photo is cheap to make
 WAIT_S = 20.0
 # Without the background-networking flags Chromium's own connections are refused offline.
@@ -75,17 +75,15 @@ def browser_paths() -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, stl_dir: Path) -> Iterator[Server]:
+def server(stl_dir: Path) -> Iterator[Server]:
     """The real app under uvicorn on a free loopback port, over a tiny real catalog."""
     import uvicorn
-    from factories import make_tiny_artifacts
+    from service_support import tiny_artifacts
 
     from service.app import create_app
     from service.config import Settings
 
-    root = tmp_path_factory.mktemp("browser")
-    artifacts = root / "artifacts"
-    make_tiny_artifacts(artifacts, stl_dir, per_category=5)
+    artifacts = tiny_artifacts(stl_dir)
     scenes_dir = stl_dir / "images" / "scenes"
     settings = Settings(
         data_dir=stl_dir,

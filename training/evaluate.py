@@ -16,7 +16,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,12 @@ from PIL import Image
 
 from model.backbones import Backbone, build_backbone
 from model.ctl import CTLModel, load_run
-from model.preprocess import PreprocessSpec, to_batch
+from model.preprocess import PreprocessSpec
 from service.config import Settings
 from training import metrics as M
 from training import plots
 from training.crop import CropResult, CropStats, PixelBox, box_in_crop, crop_box
+from training.features import compute_features
 from training.report import Picture, write_report
 from training.stl import BBox, Pair, STLData
 
@@ -47,10 +48,26 @@ SCORER_NOTES = {
     "popularity": "products ranked by their pair count in the run's training split",
     "random": "a uniformly random ranking, computed exactly in expectation",
 }
+EMBED_CHUNK = 256
 
 
 class EvaluationError(RuntimeError):
     """The run or the data cannot be evaluated (no pairs left, unknown split, ...)."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """Knobs of one evaluation (the CLI flags)."""
+
+    split: str = "all"
+    seed: int = 0
+    draws: int = 10
+    n_boot: int = 1000
+    batch_size: int = 32
+    samples: int = 8
+    compat_rows: int = 4
+    tsne_products: int = 1000
+    tsne_scenes: int = 300
 
 
 @dataclass(frozen=True)
@@ -63,15 +80,19 @@ class Crop:
     width: int
     height: int
 
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.box[2] - self.box[0], self.box[3] - self.box[1]
 
-@dataclass
+
+@dataclass(frozen=True)
 class Embedded:
     """Backbone and head outputs for a list of images."""
 
     raw: np.ndarray  # (N, G) backbone global vectors
     emb: np.ndarray  # (N, D) f_s for scenes, f_p for products
-    queries: np.ndarray  # (N, C, D) q per category for scenes; (0,) for products
-    attention: np.ndarray  # (N, C, R) for scenes; (0,) for products
+    queries: np.ndarray  # (N, C, D) q per category for scenes; empty for products
+    attention: np.ndarray  # (N, C, R) for scenes; empty for products
 
 
 @dataclass(frozen=True)
@@ -94,6 +115,35 @@ class CategoryPairs:
     products: np.ndarray  # (m,) catalog rows
     pos: np.ndarray  # (n,) column of each positive
     exclude: np.ndarray  # (n, m) other products labelled with the same scene
+
+
+@dataclass
+class Evaluation:
+    """Everything one evaluation computed; the metrics and the pictures are read off it."""
+
+    data: STLData
+    run_dir: Path
+    backbone: Backbone
+    pairs: list[EvalPair]
+    crops: list[Crop]
+    crop_stats: CropStats
+    catalog: list[str]
+    groups: dict[str, CategoryPairs]
+    scenes: Embedded
+    products: Embedded
+    ranked: dict[str, M.PairScores]
+    attention: np.ndarray  # (n, R) attention of each pair's category
+    relevant: np.ndarray  # (n, R) regions covered by other labelled products
+    boxes: list[list[BBox]]  # other labelled products of each pair, in crop coordinates
+    seconds: dict[str, float]
+
+    def model_distances(self, i: int) -> tuple[CategoryPairs, int, np.ndarray]:
+        """Pair ``i``'s category, its row there and d* to every product of the category."""
+        p = self.pairs[i]
+        g = self.groups[p.category]
+        row = int(np.flatnonzero(g.pairs == i)[0])
+        q = self.scenes.queries[p.crop, g.cat_idx]
+        return g, row, 2.0 - self.products.emb[g.products] @ q
 
 
 # --- inputs ---
@@ -121,7 +171,9 @@ def select_pairs(
     return out
 
 
-def crop_pairs(data: STLData, pairs: Sequence[Pair]) -> tuple[list[Crop], list[int | None], CropStats]:
+def crop_pairs(
+    data: STLData, pairs: Sequence[Pair]
+) -> tuple[list[Crop], list[int | None], CropStats]:
     """The CTL crop of each pair: unique crops, each pair's crop row (``None``: dropped), stats."""
     stats = CropStats()
     crops: list[Crop] = []
@@ -144,21 +196,16 @@ def crop_pairs(data: STLData, pairs: Sequence[Pair]) -> tuple[list[Crop], list[i
     return crops, rows, stats
 
 
-def _rgb(path: Path) -> Image.Image:
+def rgb(path: Path) -> Image.Image:
     with Image.open(path) as im:
         return im.convert("RGB")
 
 
 def load_crop(data: STLData, crop: Crop) -> Image.Image:
-    return _rgb(data.scene_path(crop.scene)).crop(crop.box)
+    return rgb(data.scene_path(crop.scene)).crop(crop.box)
 
 
 # --- embeddings ---
-
-
-def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 def embed(
@@ -172,11 +219,13 @@ def embed(
     """Backbone global vectors and head embeddings of ``items`` (``load`` makes each an image)."""
     what = "scene crops" if scenes else "products"
     parts: dict[str, list[np.ndarray]] = {"raw": [], "emb": [], "queries": [], "attention": []}
-    done, t0, last = 0, time.monotonic(), 0.0
-    with torch.no_grad():
-        for chunk in _batches(items, batch_size):
-            g, regions = backbone(torch.from_numpy(to_batch([load(i) for i in chunk], backbone.spec)))
-            parts["raw"].append(g.numpy())
+    t0 = time.monotonic()
+    for start in range(0, len(items), EMBED_CHUNK):
+        images = [load(i) for i in items[start : start + EMBED_CHUNK]]
+        g_np, r_np = compute_features(backbone, images, batch_size)
+        parts["raw"].append(g_np)
+        g, regions = torch.from_numpy(g_np), torch.from_numpy(r_np)
+        with torch.no_grad():
             if scenes:
                 f_s, f_i, keys = model.scene_embeddings(g, regions)
                 att = model.attention_all(keys)
@@ -185,31 +234,30 @@ def embed(
                 parts["attention"].append(att.numpy())
             else:
                 parts["emb"].append(model.product_embedding(g).numpy())
-            done += len(chunk)
-            if time.monotonic() - last > 10 or done == len(items):
-                last = time.monotonic()
-                rate = done / max(1e-9, last - t0)
-                log.info("embedded %d/%d %s (%.0f images/s)", done, len(items), what, rate)
+        done = start + len(images)
+        rate = done / max(1e-9, time.monotonic() - t0)
+        log.info("embedded %d/%d %s (%.0f images/s)", done, len(items), what, rate)
     out = {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in parts.items()}
     return Embedded(out["raw"], out["emb"], out["queries"], out["attention"])
 
 
 def _digest(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def cached_embed(cache: Path, key: str, compute: Callable[[], Embedded]) -> Embedded:
     """Load ``cache/key.npz`` if present, else compute and store it atomically."""
     path = cache / f"{key}.npz"
     if path.is_file():
+        log.info("using cached embeddings %s", path)
         with np.load(path) as z:
-            log.info("using cached embeddings %s", path)
             return Embedded(z["raw"], z["emb"], z["queries"], z["attention"])
     result = compute()
     cache.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".npz", dir=cache)
     with os.fdopen(fd, "wb") as f:
-        np.savez(f, raw=result.raw, emb=result.emb, queries=result.queries, attention=result.attention)
+        np.savez(f, **{k: getattr(result, k) for k in ("raw", "emb", "queries", "attention")})
     os.replace(tmp, path)
     return result
 
@@ -287,7 +335,7 @@ def scorers(scenes: Embedded, products: Embedded, popularity: np.ndarray) -> dic
 def rank_all(
     groups: dict[str, CategoryPairs], scorer: Scorer, seed: int, draws: int
 ) -> M.PairScores:
-    blocks = {name: M.RankingBlock.build(scorer(g), g.pos, g.exclude) for name, g in groups.items()}
+    blocks = {c: M.RankingBlock.build(scorer(g), g.pos, g.exclude) for c, g in groups.items()}
     return M.score_blocks(blocks, seed, draws)
 
 
@@ -304,7 +352,9 @@ def to_input_frame(box: BBox, width: int, height: int, spec: PreprocessSpec) -> 
     return (ox + box[0] * w, oy + box[1] * h, ox + box[2] * w, oy + box[3] * h)
 
 
-def other_boxes(crop: Crop, product: str, scene_boxes: dict[str, list[tuple[str, BBox]]]) -> list[BBox]:
+def other_boxes(
+    crop: Crop, product: str, scene_boxes: dict[str, list[tuple[str, BBox]]]
+) -> list[BBox]:
     """The scene's other labelled products, mapped into the crop (those visible in it)."""
     out: list[BBox] = []
     for other, bbox in scene_boxes.get(crop.scene, []):
@@ -316,7 +366,11 @@ def other_boxes(crop: Crop, product: str, scene_boxes: dict[str, list[tuple[str,
     return out
 
 
-# --- the command ---
+# --- the evaluation ---
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
 
 
 def _write_json(path: Path, obj: object) -> None:
@@ -327,81 +381,67 @@ def _write_json(path: Path, obj: object) -> None:
     os.replace(tmp, path)
 
 
-def _read_json(path: Path, default: Any) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
-
-
-@dataclass
-class Options:
-    split: str = "all"
-    seed: int = 0
-    draws: int = 10
-    n_boot: int = 1000
-    batch_size: int = 32
-    samples: int = 8
-    tsne_products: int = 1500
-    tsne_scenes: int = 400
-
-
-def evaluate(run_dir: Path, data_dir: Path, out_dir: Path, opts: Options) -> dict[str, Any]:
-    """Evaluate a run on a data directory; writes metrics.json, pictures and report.md."""
-    t_start = time.monotonic()
+def run_evaluation(run_dir: Path, data_dir: Path, cache: Path, opts: Options) -> Evaluation:
+    """Crop, embed, rank with every scorer and analyse attention."""
     model, config = load_run(run_dir)
     backbone = build_backbone(config["backbone"], config.get("backbone_weights"))
     categories = model.categories
     data = STLData.load(data_dir)
     run_split: dict[str, str] = _read_json(run_dir / "split.json", {})
     if opts.split != "all" and not run_split:
-        raise EvaluationError(f"{run_dir}/split.json is missing: use --split all")
-    popularity_counts: dict[str, int] = _read_json(run_dir / "popularity.json", {})
+        raise EvaluationError(f"{run_dir / 'split.json'} is missing: use --split all")
+    counts: dict[str, int] = _read_json(run_dir / "popularity.json", {})
 
     pairs = select_pairs(data, categories, opts.split, run_split)
     crops, crop_rows, crop_stats = crop_pairs(data, pairs)
     catalog = [s for s in data.available_products() if data.categories[s] in set(categories)]
     catalog_row = {s: i for i, s in enumerate(catalog)}
-    catalog_categories = np.array([data.categories[s] for s in catalog], dtype=object)
     eval_pairs = [
         EvalPair(p, row, catalog_row[p.product], data.categories[p.product])
         for p, row in zip(pairs, crop_rows, strict=True)
         if row is not None
     ]
-    log.info(
-        "%d pairs (%d crops) of split %s vs %d products; crops: %s",
-        len(eval_pairs), len(crops), opts.split, len(catalog), crop_stats.as_dict(),
-    )
     if not eval_pairs:
         raise EvaluationError("every pair was dropped by the crop rules")
+    log.info(
+        "split %s: %d pairs (%d crops) vs %d products; crops %s",
+        opts.split,
+        len(eval_pairs),
+        len(crops),
+        len(catalog),
+        crop_stats.as_dict(),
+    )
 
-    cache = out_dir / "cache"
-    ckpt_sha = hashlib.sha256((run_dir / "checkpoint.pt").read_bytes()).hexdigest()
-    t_embed = time.monotonic()
+    t0 = time.monotonic()
+    ckpt = hashlib.sha256((run_dir / "checkpoint.pt").read_bytes()).hexdigest()
+    root = str(data.root.resolve())
     products = cached_embed(
         cache,
-        "products-" + _digest(ckpt_sha, backbone.key(), str(data.root.resolve()), catalog),
+        "products-" + _digest(ckpt, backbone.key(), root, catalog),
         lambda: embed(
-            lambda s: _rgb(data.product_path(s)), catalog, backbone, model, False, opts.batch_size
+            lambda s: rgb(data.product_path(s)), catalog, backbone, model, False, opts.batch_size
         ),
     )
     scenes = cached_embed(
         cache,
-        "scenes-" + _digest(ckpt_sha, backbone.key(), str(data.root.resolve()), crops),
+        "scenes-" + _digest(ckpt, backbone.key(), root, crops),
         lambda: embed(lambda c: load_crop(data, c), crops, backbone, model, True, opts.batch_size),
     )
-    t_rank = time.monotonic()
+    t1 = time.monotonic()
 
     scene_boxes: dict[str, list[tuple[str, BBox]]] = {}
     for p in data.pairs:
         scene_boxes.setdefault(p.scene, []).append((p.product, p.bbox))
     scene_products = {s: {prod for prod, _ in v} for s, v in scene_boxes.items()}
-    groups = group_by_category(eval_pairs, categories, catalog_categories, catalog_row, scene_products)
-    popularity = np.array([float(popularity_counts.get(s, 0)) for s in catalog])
+    cats = np.array([data.categories[s] for s in catalog], dtype=object)
+    groups = group_by_category(eval_pairs, categories, cats, catalog_row, scene_products)
+    popularity = np.array([float(counts.get(s, 0)) for s in catalog])
     ranked = {
         name: rank_all(groups, fn, opts.seed, opts.draws)
         for name, fn in scorers(scenes, products, popularity).items()
     }
-    summaries = {name: M.summarize(s, opts.seed, M.KS, opts.n_boot) for name, s in ranked.items()}
-    seconds_rank = time.monotonic() - t_rank
-    log.info("ranked %d pairs x 5 scorers in %.2f s", len(eval_pairs), seconds_rank)
+    t2 = time.monotonic()
+    log.info("ranked %d pairs with %d scorers in %.2f s", len(eval_pairs), len(ranked), t2 - t1)
 
     cat_index = {c: i for i, c in enumerate(categories)}
     attention = np.stack([scenes.attention[p.crop, cat_index[p.category]] for p in eval_pairs])
@@ -409,155 +449,172 @@ def evaluate(run_dir: Path, data_dir: Path, out_dir: Path, opts: Options) -> dic
     relevant = np.stack(
         [
             M.region_relevance(
-                [to_input_frame(b, *_crop_size(crops[p.crop]), backbone.spec) for b in bs],
-                backbone.grid,
+                [to_input_frame(b, *crops[p.crop].size, backbone.spec) for b in bs], backbone.grid
             )
             for p, bs in zip(eval_pairs, boxes, strict=True)
         ]
     )
-    attention_stats = M.attention_summary(attention, relevant)
+    seconds = {"embed": round(t1 - t0, 2), "rank": round(t2 - t1, 2)}
+    return Evaluation(
+        data, run_dir, backbone, eval_pairs, crops, crop_stats, catalog, groups, scenes,
+        products, ranked, attention, relevant, boxes, seconds,
+    )  # fmt: skip
 
-    metrics: dict[str, Any] = {
-        "n_pairs": len(eval_pairs),
-        "n_products": len(catalog),
-        **{k: v for k, v in summaries["model"].items() if k != "n_pairs"},
+
+def metrics_of(ev: Evaluation, opts: Options) -> dict[str, Any]:
+    """``metrics.json``: the model's metrics, the baselines' and the attention analysis."""
+    summaries = {n: M.summarize(s, opts.seed, M.KS, opts.n_boot) for n, s in ev.ranked.items()}
+    model = summaries["model"]
+    return {
+        "n_pairs": model["n_pairs"],
+        "n_products": len(ev.catalog),
+        **{k: v for k, v in model.items() if k != "n_pairs"},
         "baselines": {name: summaries[name] for name in BASELINES},
-        "attention": attention_stats,
+        "attention": M.attention_summary(ev.attention, ev.relevant),
         "split": opts.split,
         "seed": opts.seed,
         "draws": opts.draws,
-        "run": str(run_dir),
-        "data": str(data_dir),
-        "backbone": backbone.name,
-        "n_crops": len(crops),
-        "crops": crop_stats.as_dict(),
-        "seconds": {
-            "embed": round(t_rank - t_embed, 2),
-            "rank": round(seconds_rank, 2),
-        },
+        "run": str(ev.run_dir),
+        "data": str(ev.data.root),
+        "backbone": ev.backbone.name,
+        "n_crops": len(ev.crops),
+        "crops": ev.crop_stats.as_dict(),
+        "seconds": dict(ev.seconds),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pictures = draw_pictures(
-        out_dir, data, opts, ranked, summaries, eval_pairs, crops, groups, scenes, products,
-        catalog, attention, relevant, boxes, backbone.grid,
-    )
-    metrics["seconds"]["total"] = round(time.monotonic() - t_start, 2)
-    _write_json(out_dir / "metrics.json", metrics)
-    write_report(
-        out_dir / "report.md", metrics, _read_json(run_dir / "metrics.json", {}), SCORER_NOTES, pictures
-    )
-    return metrics
 
 
-def _crop_size(crop: Crop) -> tuple[int, int]:
-    return crop.box[2] - crop.box[0], crop.box[3] - crop.box[1]
+# --- pictures ---
 
 
-def draw_pictures(
-    out_dir: Path,
-    data: STLData,
-    opts: Options,
-    ranked: dict[str, M.PairScores],
-    summaries: dict[str, dict[str, Any]],
-    pairs: Sequence[EvalPair],
-    crops: Sequence[Crop],
-    groups: dict[str, CategoryPairs],
-    scenes: Embedded,
-    products: Embedded,
-    catalog: Sequence[str],
-    attention: np.ndarray,
-    relevant: np.ndarray,
-    boxes: Sequence[Sequence[BBox]],
-    grid: int,
-) -> list[Picture]:
-    """Every PNG of the evaluation, with one sentence each for the report."""
-    rng = np.random.default_rng(opts.seed)
-    out: list[Picture] = []
-    names = ["model", *BASELINES[::-1]]
+def _sample(rng: np.random.Generator, pool: np.ndarray, k: int) -> np.ndarray:
+    return np.sort(rng.choice(pool, min(k, pool.size), replace=False))
 
-    path = plots.topk_curves(
-        {n: ranked[n].topk_curve(CURVE_KS) for n in names}, CURVE_KS, len(pairs), out_dir / "topk_accuracy.png"
-    )
-    out.append(Picture(path.name, "Top-k accuracy", "share of test pairs whose true product is among the k closest products of its category, for the model and each baseline"))
 
-    table = {
-        c: {n: summaries[n]["per_category"][c]["auc"] for n in names}
-        for c in summaries["model"]["per_category"]
-    }
-    path = plots.per_category_auc(table, out_dir / "auc_per_category.png")
-    out.append(Picture(path.name, "AUC per category", "binary-choice AUC of the model and each baseline in each category (dashed line: chance)"))
-
-    with_boxes = np.flatnonzero(relevant.any(1))
-    pool = with_boxes if with_boxes.size >= opts.samples else np.arange(len(pairs))
-    chosen = np.sort(rng.choice(pool, min(opts.samples, pool.size), replace=False))
+def _attention_picture(ev: Evaluation, rng: np.random.Generator, opts: Options, path: Path) -> Path:
+    with_boxes = np.flatnonzero(ev.relevant.any(1))
+    pool = with_boxes if with_boxes.size >= opts.samples else np.arange(len(ev.pairs))
     samples = []
-    for i in chosen:
-        p = pairs[i]
-        top1 = bool(relevant[i, int(np.argmax(attention[i]))])
-        verdict = "top-1 on a product" if top1 else ("top-1 off products" if relevant[i].any() else "no other product")
+    for i in _sample(rng, pool, opts.samples):
+        p = ev.pairs[i]
+        if not ev.relevant[i].any():
+            verdict = "no other product in the crop"
+        elif ev.relevant[i, int(np.argmax(ev.attention[i]))]:
+            verdict = "top region on a product"
+        else:
+            verdict = "top region off products"
         samples.append(
-            plots.AttentionSample(load_crop(data, crops[p.crop]), attention[i], boxes[i], f"{p.category}: {verdict}")
+            plots.AttentionSample(
+                load_crop(ev.data, ev.crops[p.crop]),
+                ev.attention[i],
+                ev.boxes[i],
+                f"{p.category}:\n{verdict}",
+            )
         )
-    path = plots.attention_heatmaps(samples, grid, out_dir / "attention.png")
-    out.append(Picture(path.name, "Attention", "the model's attention for the pair's category over sample cropped scenes, with the other labelled products of the scene outlined"))
+    return plots.attention_heatmaps(samples, ev.backbone.grid, path)
 
+
+def _compatibility_picture(
+    ev: Evaluation, rng: np.random.Generator, opts: Options, path: Path
+) -> Path:
     rows = []
-    chosen = np.sort(rng.choice(len(pairs), min(4, len(pairs)), replace=False))
-    for i in chosen:
-        p = pairs[i]
-        g = groups[p.category]
-        k = int(np.flatnonzero(g.pairs == i)[0])
-        d = 2.0 - scenes.queries[p.crop, g.cat_idx] @ products.emb[g.products].T
+    for i in _sample(rng, np.arange(len(ev.pairs)), opts.compat_rows):
+        g, k, d = ev.model_distances(int(i))
         order = np.argsort(d, kind="stable")
         rank = int(np.flatnonzero(order == g.pos[k])[0]) + 1
 
-        def item(j: int) -> tuple[Image.Image, str]:
-            sig = catalog[int(g.products[j])]
-            mark = " ★" if j == g.pos[k] else ""
-            return _rgb(data.product_path(sig)), f"d*={d[j]:.2f}{mark}"
+        def item(j: int, g: CategoryPairs = g, k: int = k, d: np.ndarray = d) -> plots.Thumb:
+            star = " ★" if j == g.pos[k] else ""
+            image = rgb(ev.data.product_path(ev.catalog[int(g.products[j])]))
+            return plots.Thumb(image, f"d*={d[j]:.3f}{star}")
 
+        p = ev.pairs[int(i)]
         rows.append(
             plots.CompatibilityRow(
-                load_crop(data, crops[p.crop]),
-                f"{p.category}: true product\nranked {rank} of {g.products.size}",
+                load_crop(ev.data, ev.crops[p.crop]),
+                f"{p.category}\ntrue product ranked\n{rank} of {g.products.size}",
                 [item(int(j)) for j in order[:3]],
-                [item(int(j)) for j in order[-3:][::-1]],
+                [item(int(j)) for j in order[::-1][:3]],
             )
         )
-    path = plots.compatibility(rows, out_dir / "compatibility.png")
-    out.append(Picture(path.name, "Most and least compatible", "for sample scenes, the 3 products of the pair's category with the smallest d* and the 3 with the largest"))
-
-    path = draw_tsne(out_dir / "tsne.png", rng, opts, pairs, crops, scenes, products, catalog, data)
-    out.append(Picture(path.name, "t-SNE", "scene and product embeddings in two dimensions, coloured by category"))
-    return out
+    return plots.compatibility(rows, path)
 
 
-def draw_tsne(
-    path: Path,
-    rng: np.random.Generator,
-    opts: Options,
-    pairs: Sequence[EvalPair],
-    crops: Sequence[Crop],
-    scenes: Embedded,
-    products: Embedded,
-    catalog: Sequence[str],
-    data: STLData,
-) -> Path:
-    """t-SNE of a sample of product embeddings f_p and scene embeddings f_s."""
+def _tsne_picture(ev: Evaluation, rng: np.random.Generator, opts: Options, path: Path) -> Path:
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     crop_category: dict[int, str] = {}
-    for p in pairs:
+    for p in ev.pairs:
         crop_category.setdefault(p.crop, p.category)
-    crop_rows = np.array(sorted(crop_category), np.int64)
-    crop_rows = np.sort(rng.choice(crop_rows, min(opts.tsne_scenes, crop_rows.size), replace=False))
-    prod_rows = np.sort(rng.choice(len(catalog), min(opts.tsne_products, len(catalog)), replace=False))
-    x = np.concatenate([products.emb[prod_rows], scenes.emb[crop_rows]]).astype(np.float64)
-    cats = [data.categories[catalog[i]] for i in prod_rows] + [crop_category[int(r)] for r in crop_rows]
+    crop_rows = _sample(rng, np.array(sorted(crop_category), np.int64), opts.tsne_scenes)
+    prod_rows = _sample(rng, np.arange(len(ev.catalog)), opts.tsne_products)
+    x = np.concatenate([ev.products.emb[prod_rows], ev.scenes.emb[crop_rows]]).astype(np.float64)
+    cats = [ev.data.categories[ev.catalog[i]] for i in prod_rows]
+    cats += [crop_category[int(r)] for r in crop_rows]
     is_scene = np.r_[np.zeros(prod_rows.size, bool), np.ones(crop_rows.size, bool)]
     perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
-    points = TSNE(2, perplexity=perplexity, init="pca", random_state=opts.seed).fit_transform(x)
+    tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=opts.seed)
+    with threadpool_limits(1):  # one thread: deterministic, and far faster on a busy machine
+        points = tsne.fit_transform(x)
     return plots.tsne(points, cats, is_scene, path)
+
+
+def draw_pictures(
+    ev: Evaluation, metrics: dict[str, Any], opts: Options, out_dir: Path
+) -> list[Picture]:
+    """Every PNG of the evaluation, with one sentence each for the report."""
+    rng = np.random.default_rng(opts.seed)
+    names = ["model", *BASELINES[::-1]]
+    curves = {n: ev.ranked[n].topk_curve(CURVE_KS) for n in names}
+    summaries = {"model": metrics, **metrics["baselines"]}
+    auc_table = {
+        c: {n: summaries[n]["per_category"][c]["auc"] for n in names}
+        for c in metrics["per_category"]
+    }
+    return [
+        Picture(
+            plots.topk_curves(curves, CURVE_KS, len(ev.pairs), out_dir / "topk_accuracy.png").name,
+            "Top-k accuracy",
+            "share of test pairs whose true product is among the k closest products of its "
+            "category, for the model and each baseline (the paper's Fig. 5)",
+        ),
+        Picture(
+            plots.per_category_auc(auc_table, out_dir / "auc_per_category.png").name,
+            "AUC per category",
+            "binary-choice AUC of the model and each baseline in each category",
+        ),
+        Picture(
+            _attention_picture(ev, rng, opts, out_dir / "attention.png").name,
+            "Attention",
+            "the attention of the pair's category over sample cropped scenes, with the other "
+            "labelled products of each scene outlined",
+        ),
+        Picture(
+            _compatibility_picture(ev, rng, opts, out_dir / "compatibility.png").name,
+            "Most and least compatible products",
+            "for sample scenes, the 3 products of the pair's category with the smallest d* and "
+            "the 3 with the largest (the paper's Fig. 7)",
+        ),
+        Picture(
+            _tsne_picture(ev, rng, opts, out_dir / "tsne.png").name,
+            "t-SNE of the embeddings",
+            "scene and product embeddings in two dimensions, coloured by category",
+        ),
+    ]
+
+
+def evaluate(run_dir: Path, data_dir: Path, out_dir: Path, opts: Options) -> dict[str, Any]:
+    """Evaluate a run on a data directory: writes metrics.json, the PNGs and report.md."""
+    t0 = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ev = run_evaluation(run_dir, data_dir, out_dir / "cache", opts)
+    metrics = metrics_of(ev, opts)
+    pictures = draw_pictures(ev, metrics, opts, out_dir)
+    metrics["seconds"]["total"] = round(time.monotonic() - t0, 2)
+    _write_json(out_dir / "metrics.json", metrics)
+    run_metrics = _read_json(run_dir / "metrics.json", {})
+    write_report(out_dir / "report.md", metrics, run_metrics, SCORER_NOTES, pictures)
+    return metrics
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -565,11 +622,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="ctl evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="run directory of 'ctl train'")
     ap.add_argument("--data", type=Path, default=s.data_dir, help="STL data directory")
-    ap.add_argument("--out", type=Path, required=True, help="where metrics.json, report.md, PNGs go")
-    ap.add_argument("--split", choices=SPLITS, default="all", help="'all' treats every pair as test")
-    ap.add_argument("--seed", type=int, default=s.seed, help="negatives, bootstrap and samples")
-    ap.add_argument("--draws", type=int, default=10, help="negative draws averaged for AUC/MRR@10")
-    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    ap.add_argument("--out", type=Path, required=True, help="for metrics.json, report.md, PNGs")
+    ap.add_argument("--split", choices=SPLITS, default="all", help="all: every pair is a test")
+    ap.add_argument("--seed", type=int, default=s.seed, help="negatives, bootstrap, samples")
+    ap.add_argument("--draws", type=int, default=10, help="negative draws for AUC and MRR@10")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% CIs")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--samples", type=int, default=8, help="scenes in the attention picture")
     args = ap.parse_args(list(argv))
@@ -580,19 +637,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``ctl evaluate``: prints the headline numbers, writes OUT_DIR/metrics.json and report.md."""
+    """``ctl evaluate``: prints the headline numbers; writes OUT_DIR/metrics.json and report.md."""
     args = parse_args(argv)
     opts = Options(args.split, args.seed, args.draws, args.bootstrap, args.batch_size, args.samples)
     try:
         m = evaluate(args.run, args.data, args.out, opts)
     except (EvaluationError, FileNotFoundError) as exc:
-        log.error("%s", exc)
+        log.error("ctl evaluate: %s", exc)
         return 1
+    att = m["attention"]
     print(
-        f"{m['n_pairs']} pairs, {m['n_products']} products: auc {m['auc']:.3f} "
-        f"[{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}], mrr {m['mrr']:.3f}, "
-        f"mrr@10 {m['mrr_10']:.3f}, top-10 {m['top_k_accuracy']['10']:.3f}; "
-        f"attention top-1 {m['attention']['top1_hit']:.3f} "
-        f"(random {m['attention']['random_top1_hit']:.3f}) -> {args.out}"
+        f"{m['n_pairs']} pairs vs {m['n_products']} products: AUC {m['auc']:.3f} "
+        f"[{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}], MRR {m['mrr']:.3f}, "
+        f"MRR@10 {m['mrr_10']:.3f}, top-10 {m['top_k_accuracy']['10']:.3f}; attention top-1 "
+        f"{att['top1_hit']:.3f} (random {att['random_top1_hit']:.3f}); report in {args.out}"
     )
     return 0

@@ -11,20 +11,21 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from PIL import Image
 
-from training.stl import BBox  # noqa: E402
+from training.stl import BBox
 
-STYLES: dict[str, dict[str, object]] = {
+STYLES: dict[str, dict[str, Any]] = {
     "model": {"color": "tab:red", "lw": 2.5},
     "global_only": {"color": "tab:orange", "ls": "--"},
     "imagenet": {"color": "tab:blue", "ls": "-."},
@@ -54,7 +55,7 @@ def topk_curves(
     """Top-k accuracy against k for the model and each baseline (the paper's Fig. 5)."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for name, values in curves.items():
-        ax.plot(ks, values, label=name, **STYLES.get(name, {}))  # type: ignore[arg-type]
+        ax.plot(ks, values, label=name, **STYLES.get(name, {}))
     ax.set_xscale("log")
     ax.set_xlabel("k (rank cut-off among all products of the pair's category, log scale)")
     ax.set_ylabel("top-k accuracy (share of pairs)")
@@ -79,7 +80,7 @@ def per_category_auc(table: Mapping[str, Mapping[str, float]], path: Path) -> Pa
             [table[c][name] for c in categories],
             width,
             label=name,
-            color=style.get("color"),  # type: ignore[arg-type]
+            color=style.get("color"),
         )
     ax.axhline(0.5, color="black", lw=0.8, ls="--")
     ax.set_xticks(x, categories, rotation=30, ha="right")
@@ -105,49 +106,52 @@ def attention_heatmaps(samples: Sequence[AttentionSample], grid: int, path: Path
     """Attention over sample cropped scenes, with the other labelled products outlined."""
     cols = min(4, max(1, len(samples)))
     rows = max(1, -(-len(samples) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 4.2 * rows), squeeze=False)
-    image_artist = None
+    aspect = float(np.median([s.image.height / s.image.width for s in samples])) if samples else 1
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.4 * cols + 1, (3.4 * aspect + 0.7) * rows + 0.6), squeeze=False
+    )
+    vmax = max((float(s.attention.max()) for s in samples), default=1.0)
+    heat = None
     for ax, s in zip(axes.flat, samples, strict=False):
         w, h = s.image.size
         ax.imshow(s.image)
-        image_artist = ax.imshow(
+        heat = ax.imshow(
             s.attention.reshape(grid, grid),
             extent=(0, w, h, 0),
             cmap="inferno",
-            alpha=0.55,
+            alpha=0.6,
             interpolation="nearest",
             vmin=0.0,
-            vmax=float(s.attention.max()),
+            vmax=vmax,
         )
         for b in s.boxes:
-            ax.add_patch(
-                Rectangle(
-                    (b[0] * w, b[1] * h),
-                    (b[2] - b[0]) * w,
-                    (b[3] - b[1]) * h,
-                    fill=False,
-                    edgecolor="lime",
-                    lw=2,
-                )
-            )
-        top = int(np.argmax(s.attention))
-        r, c = divmod(top, grid)
-        ax.add_patch(
-            Rectangle((c * w / grid, r * h / grid), w / grid, h / grid, fill=False, ec="cyan", lw=2)
-        )
+            xy, bw, bh = (b[0] * w, b[1] * h), (b[2] - b[0]) * w, (b[3] - b[1]) * h
+            ax.add_patch(Rectangle(xy, bw, bh, fill=False, edgecolor="lime", lw=2))
+        r, c = divmod(int(np.argmax(s.attention)), grid)
+        cell = Rectangle((c * w / grid, r * h / grid), w / grid, h / grid, fill=False)
+        cell.set(edgecolor="cyan", lw=2.5)
+        ax.add_patch(cell)
         ax.set_title(s.title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in list(axes.flat)[len(samples) :]:
         ax.axis("off")
     fig.suptitle(
-        "Attention of the pair's category over the cropped scene "
-        "(bright = attended; cyan = top region; green = other labelled products)",
+        f"Attention of the pair's category on the {grid}x{grid} grid of the cropped scene\n"
+        "(cyan: most attended region; green: other labelled products of the scene)",
         fontsize=10,
     )
-    if image_artist is not None:
-        fig.colorbar(image_artist, ax=axes.ravel().tolist(), shrink=0.6, label="attention (max→bright)")
+    if heat is not None:
+        fig.colorbar(heat, ax=axes.ravel().tolist(), shrink=0.5, label="attention weight")
     return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class Thumb:
+    """A product image and its caption."""
+
+    image: Image.Image
+    caption: str
 
 
 @dataclass(frozen=True)
@@ -156,40 +160,36 @@ class CompatibilityRow:
 
     scene: Image.Image
     title: str
-    best: Sequence[tuple[Image.Image, str]]  # (image, caption)
-    worst: Sequence[tuple[Image.Image, str]]
+    best: Sequence[Thumb]
+    worst: Sequence[Thumb]
 
 
 def compatibility(rows: Sequence[CompatibilityRow], path: Path) -> Path:
-    """For each scene: the scene, its 3 most and 3 least compatible products (the paper's Fig. 7)."""
+    """Per scene: the crop, its 3 most and 3 least compatible products (the paper's Fig. 7)."""
     n_cols = 1 + max((len(r.best) + len(r.worst) for r in rows), default=0)
     fig, axes = plt.subplots(
-        len(rows), n_cols, figsize=(2.1 * n_cols, 2.6 * len(rows)), squeeze=False
+        len(rows), n_cols, figsize=(2.1 * n_cols, 2.7 * len(rows) + 0.5), squeeze=False
     )
     for i, row in enumerate(rows):
         axes[i, 0].imshow(row.scene)
         axes[i, 0].set_title(row.title, fontsize=8)
-        items = [(im, cap, "most") for im, cap in row.best] + [
-            (im, cap, "least") for im, cap in row.worst
-        ]
-        for j, (im, cap, kind) in enumerate(items, start=1):
-            ax = axes[i, j]
-            ax.imshow(im)
-            ax.set_title(f"{kind}: {cap}", fontsize=8, color="darkgreen" if kind == "most" else "darkred")
+        items = [(t, "most", "darkgreen") for t in row.best]
+        items += [(t, "least", "darkred") for t in row.worst]
+        for ax, (thumb, kind, colour) in zip(axes[i, 1:], items, strict=False):
+            ax.imshow(thumb.image)
+            ax.set_title(f"{kind}: {thumb.caption}", fontsize=8, color=colour)
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(
-        "Cropped scene | 3 most compatible | 3 least compatible products of its pair's category "
-        "(d* = model distance, ★ = the true product)",
+        "Cropped scene | 3 most compatible | 3 least compatible products of its pair's category\n"
+        "(d* = model distance, lower = more compatible; ★ = the scene's true product)",
         fontsize=10,
     )
     return _save(fig, path)
 
 
-def tsne(
-    points: np.ndarray, categories: Sequence[str], is_scene: np.ndarray, path: Path
-) -> Path:
+def tsne(points: np.ndarray, categories: Sequence[str], is_scene: np.ndarray, path: Path) -> Path:
     """2-D t-SNE of scene (triangles) and product (dots) embeddings coloured by category."""
     names = sorted(set(categories))
     cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
@@ -199,8 +199,16 @@ def tsne(
     for c in names:
         prod = (cats == c) & ~is_scene
         scene = (cats == c) & is_scene
-        ax.scatter(*points[prod].T, s=6, alpha=0.45, color=colour[c], label=c)
-        ax.scatter(*points[scene].T, s=30, marker="^", color=colour[c], edgecolors="black", lw=0.4)
+        ax.scatter(points[prod, 0], points[prod, 1], s=6, alpha=0.45, color=colour[c], label=c)
+        ax.scatter(
+            points[scene, 0],
+            points[scene, 1],
+            s=30,
+            marker="^",
+            color=colour[c],
+            ec="black",
+            lw=0.4,
+        )
     ax.scatter([], [], s=6, color="gray", label="product (dot)")
     ax.scatter([], [], s=30, marker="^", color="gray", edgecolors="black", label="scene (triangle)")
     ax.set_xlabel("t-SNE dimension 1")

@@ -35,7 +35,14 @@ def _ci(pair: Sequence[float]) -> str:
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return lines + [""]
+    return [*lines, ""]
+
+
+def _run_line(run_metrics: Mapping[str, Any]) -> str:
+    if "best_val_auc" not in run_metrics:
+        return ""
+    auc, epoch = _f(run_metrics["best_val_auc"]), run_metrics.get("best_epoch")
+    return f", best val AUC {auc} at epoch {epoch} of {run_metrics.get('epochs')}"
 
 
 def render(
@@ -50,18 +57,12 @@ def render(
     lines = [
         "# Evaluation report",
         "",
-        f"- run: `{metrics['run']}` (backbone `{metrics['backbone']}`"
-        + (
-            f", best val AUC {_f(run_metrics['best_val_auc'])} at epoch {run_metrics.get('best_epoch')}"
-            if "best_val_auc" in run_metrics
-            else ""
-        )
-        + ")",
+        f"- run: `{metrics['run']}` (backbone `{metrics['backbone']}`{_run_line(run_metrics)})",
         f"- data: `{metrics['data']}`, split `{metrics['split']}`: {metrics['n_pairs']} pairs "
         f"({metrics['n_crops']} scene crops) ranked against {metrics['n_products']} products",
         f"- crops: {metrics['crops']}",
-        f"- seed {metrics['seed']}; AUC and MRR@10 averaged over {metrics['draws']} negative draws; "
-        "95% intervals from a bootstrap over pairs; ties count half (in expectation).",
+        f"- seed {metrics['seed']}; AUC and MRR@10 averaged over {metrics['draws']} negative "
+        "draws; 95% intervals from a bootstrap over pairs; ties count half (in expectation).",
         "",
         "## Model and baselines",
         "",

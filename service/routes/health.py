@@ -10,14 +10,6 @@ from service.schemas import Health, Ready
 router = APIRouter(tags=["operations"])
 
 
-def faiss_gpus() -> int:
-    """GPUs FAISS can search on: 0 with faiss-cpu."""
-    import faiss
-
-    get = getattr(faiss, "get_num_gpus", None)
-    return int(get()) if get is not None else 0
-
-
 @router.get("/healthz", response_model=Health)
 async def healthz() -> dict:
     """The process answers (it may still be loading)."""
@@ -31,7 +23,7 @@ async def readyz(request: Request, serving: ServingDep) -> dict:
         **serving.versions(),
         "status": "ready",
         "providers": serving.encoder.providers,
-        "faiss_gpus": request.app.state.faiss_gpus,
+        "faiss_device": serving.catalog.faiss_device,
         "cache": request.app.state.cache.backend,
         "categories": len(serving.categories),
     }

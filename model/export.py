@@ -1,0 +1,231 @@
+"""``ctl export --run RUN_DIR --out ARTIFACTS_DIR``: the encoders the service runs, as ONNX.
+
+Two graphs with a dynamic batch axis, backbone and heads fused: ``scene.onnx`` (image -> f_s,
+f_i, attention for every category) and ``product.onnx`` (image -> f_p), plus the preprocessing
+spec and a manifest with checksums. The new artifacts are assembled and checked against torch in
+a temp directory beside ``ARTIFACTS_DIR`` and swapped in atomically, so a crash leaves the old
+ones serving; the index kept inside ``ARTIFACTS_DIR`` is carried over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.backbones import Backbone, BackboneError, build_backbone
+from model.ctl import CTLModel, load_run
+from model.runtime import (
+    MANIFEST_FILE,
+    PREPROCESS_FILE,
+    PRODUCT_FILE,
+    SCENE_FILE,
+    ArtifactError,
+    OnnxEncoder,
+    sha256_file,
+)
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+PARITY_TOL = 1e-4
+
+
+class SceneEncoder(nn.Module):
+    """image -> (f_s, f_i, attention over the regions for every category)."""
+
+    def __init__(self, backbone: Backbone, model: CTLModel) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.model = model
+        self.eval()  # the exporter restores the wrapper's mode, and with it the heads'
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        g, regions = self.backbone(image)
+        f_s, f_i, keys = self.model.scene_embeddings(g, regions)
+        return f_s, f_i, self.model.attention_all(keys)
+
+
+class ProductEncoder(nn.Module):
+    """image -> f_p."""
+
+    def __init__(self, backbone: Backbone, model: CTLModel) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.model = model
+        self.eval()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        g, _ = self.backbone(image)
+        return self.model.product_embedding(g)
+
+
+def _export_onnx(module: nn.Module, size: int, outputs: list[str], path: Path) -> None:
+    example = torch.zeros(2, 3, size, size)
+    axes = {name: {0: "batch"} for name in ["image", *outputs]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=["image"],
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
+def check_parity(
+    backbone: Backbone, model: CTLModel, artifacts_dir: Path, images: np.ndarray
+) -> float:
+    """Largest |ONNX Runtime - torch| over every output for ``images`` (N, 3, S, S)."""
+    enc = OnnxEncoder.from_artifacts(artifacts_dir, device="cpu")
+    x = torch.from_numpy(images)
+    with torch.no_grad():
+        want = [*SceneEncoder(backbone, model)(x), ProductEncoder(backbone, model)(x)]
+    got = [*enc.run_scene(images), enc.run_product(images)]
+    return max(float(np.abs(g - w.numpy()).max()) for g, w in zip(got, want, strict=True))
+
+
+def export(
+    backbone: Backbone,
+    model: CTLModel,
+    out_dir: Path,
+    run: str | None = None,
+    run_metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the artifacts of (backbone, model) to ``out_dir`` atomically; returns the manifest."""
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    backbone.eval()
+    model.eval()
+    tmp = out_dir.parent / f".{out_dir.name}.export-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        manifest = _write(backbone, model, tmp, run, run_metrics)
+        images = np.random.default_rng(0).normal(size=(3, 3, backbone.spec.size, backbone.spec.size))
+        err = check_parity(backbone, model, tmp, images.astype(np.float32))
+        if err > PARITY_TOL:
+            raise ArtifactError(f"ONNX Runtime differs from torch by {err:.2e} > {PARITY_TOL}")
+        log.info("ONNX Runtime matches torch within %.2e", err)
+        _swap_in(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported model %s (%s) to %s", manifest["version"], backbone.name, out_dir)
+    return manifest
+
+
+def _write(
+    backbone: Backbone,
+    model: CTLModel,
+    out: Path,
+    run: str | None,
+    run_metrics: dict[str, Any] | None,
+) -> dict[str, Any]:
+    size = backbone.spec.size
+    started = time.perf_counter()
+    _export_onnx(SceneEncoder(backbone, model), size, ["f_s", "f_i", "attention"], out / SCENE_FILE)
+    _export_onnx(ProductEncoder(backbone, model), size, ["f_p"], out / PRODUCT_FILE)
+    log.info("ONNX graphs written in %.1f s", time.perf_counter() - started)
+    backbone.spec.save(out / PREPROCESS_FILE)
+    files = {n: sha256_file(out / n) for n in (SCENE_FILE, PRODUCT_FILE, PREPROCESS_FILE)}
+    version = hashlib.sha256("".join(files[n] for n in sorted(files)).encode()).hexdigest()[:12]
+    manifest = {
+        "version": version,
+        "backbone": backbone.name,
+        "backbone_weights": backbone.weights_id,
+        "categories": list(model.categories),
+        "embedding_dim": model.dim,
+        "grid": backbone.grid,
+        "regions": backbone.grid * backbone.grid,
+        "input_size": size,
+        "files": files,
+        "run": run,
+        "run_metrics": run_metrics or {},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    for name in (*files, MANIFEST_FILE):
+        with open(out / name, "rb") as f:
+            os.fsync(f.fileno())
+    return manifest
+
+
+def _rename_exchange(a: Path, b: Path) -> None:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange):
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(a))
+
+
+def _swap_in(new: Path, out_dir: Path) -> None:
+    """Make ``new`` the content of ``out_dir`` in one atomic step.
+
+    Whatever else ``out_dir`` holds (the index) is hard-linked into ``new`` first; every writer
+    there replaces files instead of editing them, so the links stay valid.
+    """
+    if not out_dir.exists():
+        os.rename(new, out_dir)
+        return
+    for entry in out_dir.iterdir():
+        if entry.name in (SCENE_FILE, PRODUCT_FILE, PREPROCESS_FILE, MANIFEST_FILE):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, new / entry.name, copy_function=os.link, symlinks=True)
+        else:
+            os.link(entry, new / entry.name)
+    _rename_exchange(new, out_dir)
+
+
+def export_run(run_dir: Path, out_dir: Path, weights: Path | None = None) -> dict[str, Any]:
+    """Export the best checkpoint of a training run."""
+    model, config = load_run(run_dir)
+    backbone_weights = weights or config.get("backbone_weights")
+    backbone = build_backbone(config["backbone"], backbone_weights)
+    if (backbone.global_dim, backbone.local_dim) != (model.global_dim, model.local_dim):
+        raise ArtifactError(
+            f"run {run_dir} was trained on features of size {model.global_dim}/{model.local_dim},"
+            f" backbone {backbone.name} gives {backbone.global_dim}/{backbone.local_dim}"
+        )
+    metrics_path = Path(run_dir) / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return export(backbone, model, out_dir, run=str(Path(run_dir).resolve()), run_metrics=metrics)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``ctl export``: prints the manifest on success."""
+    p = argparse.ArgumentParser(prog="ctl export", description=__doc__.splitlines()[0])
+    p.add_argument("--run", type=Path, required=True, help="training run directory")
+    p.add_argument("--out", type=Path, default=None, help="artifacts directory")
+    p.add_argument("--backbone-weights", type=Path, default=None)
+    args = p.parse_args(list(argv) if argv is not None else None)
+    if args.out is None:
+        from service.config import Settings
+
+        args.out = Settings().artifacts_dir
+    try:
+        manifest = export_run(args.run, args.out, args.backbone_weights)
+    except (ArtifactError, BackboneError, FileNotFoundError, KeyError, OSError) as exc:
+        sys.stderr.write(f"ctl export: error: {exc}\n")
+        return 1
+    sys.stdout.write(json.dumps(manifest, indent=2) + "\n")
+    return 0

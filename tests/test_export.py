@@ -1,0 +1,130 @@
+"""model/export.py: ONNX parity with torch for every backbone, checksums, atomic replacement."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import STL_DIR
+from factories import make_tiny_run
+from PIL import Image
+
+from model.backbones import Backbone, build_backbone
+from model.ctl import CTLModel
+from model.export import check_parity, export, export_run, main
+from model.preprocess import to_batch
+from model.runtime import ArtifactError, OnnxEncoder
+
+CATEGORIES = ["Shoes", "Pants", "Shirts & Tops"]
+
+
+def _images(n: int) -> list[Image.Image]:
+    """Real scene photos when the shared data is here, else noise with a gradient."""
+    real = sorted((STL_DIR / "images" / "scenes").glob("*.jpg"))[:n]
+    if len(real) == n:
+        return [Image.open(p).convert("RGB") for p in real]
+    rng = np.random.default_rng(0)
+    grad = np.linspace(0, 255, 96)[None, :, None]
+    return [
+        Image.fromarray(np.clip(rng.normal(128, 40, (96, 96, 3)) + grad - 128, 0, 255).astype("uint8"))
+        for _ in range(n)
+    ]
+
+
+def _backbone(name: str, tmp_path: Path) -> Backbone:
+    if name != "resnet50":
+        return build_backbone(name)
+    # No ImageNet weights here: the same architecture with random weights, given as a file.
+    from torchvision.models import resnet50
+
+    torch.manual_seed(0)
+    path = tmp_path / "resnet50-random.pth"
+    torch.save(resnet50(weights=None).state_dict(), path)
+    return build_backbone("resnet50", path)
+
+
+@pytest.mark.parametrize("name", ["tiny", "efficientnet_lite0", "efficientnet_lite2", "resnet50"])
+def test_onnx_matches_torch(name: str, tmp_path: Path) -> None:
+    backbone = _backbone(name, tmp_path)
+    torch.manual_seed(0)
+    model = CTLModel(backbone.global_dim, backbone.local_dim, CATEGORIES).eval()
+    manifest = export(backbone, model, tmp_path / "artifacts")
+    assert manifest["backbone"] == name
+    assert manifest["categories"] == CATEGORIES
+    images = _images(3)
+    for batch in (images[:1], images):  # the batch axis is dynamic
+        x = to_batch(batch, backbone.spec)
+        assert check_parity(backbone, model, tmp_path / "artifacts", x) < 1e-4
+    enc = OnnxEncoder.from_artifacts(tmp_path / "artifacts", device="cpu")
+    (emb,) = enc.embed_scenes(images[:1])
+    assert emb.f_s.shape == (128,)
+    assert emb.f_i.shape == (49, 128)
+    assert emb.attention.shape == (len(CATEGORIES), 49)
+    assert enc.embed_products(images).shape == (3, 128)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_run(tmp_path_factory.mktemp("run"), CATEGORIES)
+
+
+@pytest.fixture()
+def artifacts(tiny_run: Path, tmp_path: Path) -> Path:
+    export_run(tiny_run, tmp_path / "artifacts")
+    return tmp_path / "artifacts"
+
+
+@pytest.mark.parametrize("victim", ["scene.onnx", "product.onnx", "preprocess.json"])
+def test_tampered_artifact_is_refused(artifacts: Path, victim: str) -> None:
+    path = artifacts / victim
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=f"checksum mismatch for .*{victim}"):
+        OnnxEncoder.from_artifacts(artifacts)
+
+
+def test_missing_artifact_is_refused(artifacts: Path) -> None:
+    (artifacts / "product.onnx").unlink()
+    with pytest.raises(ArtifactError, match="product.onnx is missing"):
+        OnnxEncoder.from_artifacts(artifacts)
+
+
+def test_reexport_swaps_atomically_and_keeps_the_index(
+    artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (artifacts / "index").mkdir()
+    (artifacts / "index" / "CURRENT").write_text("v1\n")
+    old = json.loads((artifacts / "manifest.json").read_text())["version"]
+    other_run = make_tiny_run(tmp_path / "run2", CATEGORIES, seed=1)
+
+    def crash(a: Path, b: Path) -> None:
+        raise OSError("simulated crash before the swap")
+
+    monkeypatch.setattr("model.export._rename_exchange", crash)
+    with pytest.raises(OSError, match="simulated"):
+        export_run(other_run, artifacts)
+    assert OnnxEncoder.from_artifacts(artifacts).version == old
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+    monkeypatch.undo()
+    new = export_run(other_run, artifacts)["version"]
+    assert new != old
+    assert OnnxEncoder.from_artifacts(artifacts).version == new
+    assert (artifacts / "index" / "CURRENT").read_text() == "v1\n"
+
+
+def test_cli(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--run", str(tiny_run), "--out", str(tmp_path / "a")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert printed["run"] == str(tiny_run.resolve())
+    assert printed["run_metrics"]["backbone"] == "tiny"
+    shutil.rmtree(tiny_run.parent / "missing", ignore_errors=True)
+    assert main(["--run", str(tiny_run.parent / "missing"), "--out", str(tmp_path / "b")]) == 1
+    assert "checkpoint.pt not found" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

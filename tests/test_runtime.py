@@ -1,0 +1,74 @@
+"""model/runtime.py: checksum verification, providers, the query vector, no torch on the path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from factories import FakeEncoder
+from PIL import Image
+
+from index.search import exact_distances
+from model.runtime import (
+    ArtifactError,
+    Encoder,
+    OnnxEncoder,
+    query_vectors,
+    read_manifest,
+    select_providers,
+)
+
+
+def test_serving_modules_do_not_import_torch() -> None:
+    code = (
+        "import sys, model.runtime, index.search, index.store, index.build, index.cli\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_fake_encoder_is_an_encoder() -> None:
+    enc = FakeEncoder(["A", "B"])
+    assert isinstance(enc, Encoder)
+    img = Image.new("RGB", (40, 30), (200, 10, 10))
+    (emb,) = enc.embed_scenes([img])
+    assert emb.attention.shape == (2, 49)
+    np.testing.assert_allclose(emb.attention.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_query_vector_gives_d_star() -> None:
+    """d*(s, p) = 2 - <q_c, f_p> for every category c, as the index relies on."""
+    enc = FakeEncoder(["A", "B", "C"])
+    rng = np.random.default_rng(0)
+    scene = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    products = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in "abcd"]
+    (emb,) = enc.embed_scenes([scene])
+    f_p = enc.embed_products(products)
+    q = query_vectors(emb)
+    for c in range(3):
+        d_star, _, _ = exact_distances(emb.f_s, emb.f_i, emb.attention[c], f_p)
+        np.testing.assert_allclose(d_star, 2.0 - f_p @ q[c], atol=1e-5)
+
+
+def test_providers() -> None:
+    assert select_providers("cpu") == ["CPUExecutionProvider"]
+    assert select_providers("auto")[-1] == "CPUExecutionProvider"
+    with pytest.raises(ArtifactError, match="unknown device"):
+        select_providers("tpu")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(ArtifactError, match="onnxruntime-gpu"):
+            select_providers("cuda")
+
+
+def test_not_an_artifacts_dir(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="ctl export"):
+        OnnxEncoder.from_artifacts(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"version": "x"}))
+    with pytest.raises(ArtifactError, match="lacks the keys"):
+        read_manifest(tmp_path)

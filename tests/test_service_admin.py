@@ -1,0 +1,162 @@
+"""Admin endpoints: the token, reloads under load with zero failures, catalog updates."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from service_support import (
+    admin_headers,
+    copy_artifacts,
+    post_scene,
+    scene,
+    serve,
+    settings_for,
+    tiny_artifacts,
+)
+
+from index.build import remove_products
+from index.store import IndexStore
+from model.runtime import Encoder, OnnxEncoder, SceneEmbedding
+from service.config import Settings
+
+
+class SlowEncoder:
+    """The real ONNX encoder, slowed down so that requests are surely in flight."""
+
+    def __init__(self, inner: OnnxEncoder, delay_s: float) -> None:
+        self._inner, self._delay = inner, delay_s
+        self.categories, self.dim = inner.categories, inner.dim
+        self.version, self.providers = inner.version, inner.providers
+
+    def embed_scenes(self, images: Sequence[Image.Image]) -> list[SceneEmbedding]:
+        time.sleep(self._delay)
+        return self._inner.embed_scenes(images)
+
+    def embed_products(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self._inner.embed_products(images)
+
+
+def slow_loader(settings: Settings) -> Encoder:
+    return SlowEncoder(OnnxEncoder.from_artifacts(settings.artifacts_dir, device="cpu"), 0.15)
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({}, 401), (admin_headers("wrong"), 403), ({"Authorization": "Basic abc"}, 401)],
+)
+def test_admin_needs_the_token(stl_dir: Path, headers: dict[str, str], status: int) -> None:
+    with serve(settings_for(tiny_artifacts(stl_dir), stl_dir)) as client:
+        for method, path in (("POST", "/admin/reload"), ("DELETE", "/admin/products/x")):
+            r = client.request(method, path, headers=headers)
+            assert r.status_code == status, r.text
+
+
+def test_admin_is_off_without_a_configured_token(stl_dir: Path) -> None:
+    settings = settings_for(tiny_artifacts(stl_dir), stl_dir, admin_token=None)
+    with serve(settings) as client:
+        r = client.post("/admin/reload", headers=admin_headers())
+        assert r.status_code == 403 and "CTL_ADMIN_TOKEN" in r.json()["detail"]
+
+
+def test_reload_under_load_fails_no_request(stl_dir: Path, tmp_path: Path) -> None:
+    artifacts = copy_artifacts(stl_dir, tmp_path)
+    store = IndexStore.for_artifacts(artifacts)
+    old_version = store.current()
+    settings = settings_for(artifacts, stl_dir, batch_max_size=2)
+    with serve(settings, encoder_loader=slow_loader) as client:
+        category = client.get("/categories").json()["categories"][0]["name"]
+        victim = store.load().category(category).ids[-1]
+        encoder = OnnxEncoder.from_artifacts(artifacts, device="cpu")
+        remove_products(store, encoder, [victim])  # a new version, published on disk
+        new_version = store.current()
+
+        def request(n: int) -> tuple[int, str]:
+            r = post_scene(client, scene(stl_dir, 40 + n), category, k=5)
+            return r.status_code, r.json().get("index_version", r.text)
+
+        with ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(request, n) for n in range(12)]
+            time.sleep(0.2)  # the first batches are inside the slow encoder
+            reload = client.post("/admin/reload", headers=admin_headers())
+            results = [f.result() for f in futures]
+        assert reload.status_code == 200, reload.text
+        assert reload.json()["previous_index_version"] == old_version
+        assert reload.json()["index_version"] == new_version
+        assert [status for status, _ in results] == [200] * 12, results
+        served = {version for _, version in results}
+        assert old_version in served, "no request was in flight during the reload"
+        after = post_scene(client, scene(stl_dir, 60), category, k=5).json()
+        assert after["index_version"] == new_version
+        assert victim not in [p["id"] for p in after["products"]]
+        assert client.get("/readyz").json()["index_version"] == new_version
+
+
+def test_failed_reload_keeps_serving(stl_dir: Path, tmp_path: Path) -> None:
+    artifacts = copy_artifacts(stl_dir, tmp_path)
+    with serve(settings_for(artifacts, stl_dir)) as client:
+        before = client.get("/readyz").json()
+        manifest = artifacts / "manifest.json"
+        tampered = json.loads(manifest.read_text())
+        tampered["files"]["scene.onnx"] = "0" * 64
+        manifest.write_text(json.dumps(tampered))
+        r = client.post("/admin/reload", headers=admin_headers())
+        assert r.status_code == 409 and "checksum" in r.json()["detail"]
+        assert client.get("/readyz").json() == before
+        category = client.get("/categories").json()["categories"][0]["name"]
+        assert post_scene(client, scene(stl_dir, 0), category).status_code == 200
+
+
+def test_add_and_remove_products(stl_dir: Path, tmp_path: Path) -> None:
+    artifacts = copy_artifacts(stl_dir, tmp_path)
+    catalog = IndexStore.for_artifacts(artifacts).load()
+    category = catalog.categories[0]
+    photo = next(
+        p
+        for p in sorted((stl_dir / "images" / "products").glob("*.jpg"))
+        if catalog.product(p.stem) is None
+    )
+    with serve(settings_for(artifacts, stl_dir)) as client:
+        add = client.post(
+            "/admin/products",
+            headers=admin_headers(),
+            data={"product_id": "new-sku-1", "category": category},
+            files={"image": ("p.jpg", photo.read_bytes(), "image/jpeg")},
+        )
+        assert add.status_code == 200, add.text
+        assert add.json()["added"] == ["new-sku-1"] and add.json()["products"] == len(catalog) + 1
+        assert client.get("/products/new-sku-1").json()["category"] == category
+        assert client.get("/products/new-sku-1/image").content == photo.read_bytes()
+        again = client.post(
+            "/admin/products",
+            headers=admin_headers(),
+            data={"product_id": "new-sku-1", "category": category},
+            files={"image": ("p.jpg", photo.read_bytes(), "image/jpeg")},
+        )
+        assert again.status_code == 409 and "already" in again.json()["detail"]
+        bad_cat = client.post(
+            "/admin/products",
+            headers=admin_headers(),
+            data={"product_id": "new-sku-2", "category": "Hats"},
+            files={"image": ("p.jpg", photo.read_bytes(), "image/jpeg")},
+        )
+        assert bad_cat.status_code == 422 and category in bad_cat.json()["detail"]
+        not_image = client.post(
+            "/admin/products",
+            headers=admin_headers(),
+            data={"product_id": "new-sku-3", "category": category},
+            files={"image": ("p.txt", b"text", "text/plain")},
+        )
+        assert not_image.status_code == 415
+
+        gone = client.delete("/admin/products/new-sku-1", headers=admin_headers())
+        assert gone.status_code == 200 and gone.json()["removed"] == ["new-sku-1"]
+        assert client.get("/products/new-sku-1").status_code == 404
+        missing = client.delete("/admin/products/new-sku-1", headers=admin_headers())
+        assert missing.status_code == 404

@@ -1,0 +1,105 @@
+"""Micro-batching: concurrent submits share calls, in order, within the size limit."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import pytest
+
+from service.batcher import BatcherClosed, MicroBatcher
+
+T = TypeVar("T")
+
+
+class Recorder:
+    """A batch function that records its batch sizes and the thread it ran on."""
+
+    def __init__(self, delay: float = 0.0, fail_on: int | None = None) -> None:
+        self.sizes: list[int] = []
+        self.threads: set[str] = set()
+        self.delay, self.fail_on = delay, fail_on
+
+    def __call__(self, items: Sequence[int]) -> list[int]:
+        self.sizes.append(len(items))
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay)
+        if self.fail_on in items:
+            raise ValueError(f"bad item {self.fail_on}")
+        return [i * 10 for i in items]
+
+
+def _run(
+    fn: Recorder,
+    max_size: int,
+    max_wait: float,
+    coro_factory: Callable[[MicroBatcher[int, int]], Awaitable[T]],
+) -> T:
+    """Run ``coro_factory(batcher)`` on a fresh loop with a one-thread executor."""
+
+    async def main() -> T:
+        with ThreadPoolExecutor(1, thread_name_prefix="enc") as pool:
+            batcher: MicroBatcher[int, int] = MicroBatcher(fn, pool, max_size, max_wait)
+            try:
+                return await coro_factory(batcher)
+            finally:
+                await batcher.close()
+
+    return asyncio.run(main())
+
+
+def test_concurrent_submits_share_one_call_off_the_loop() -> None:
+    fn = Recorder()
+
+    async def go(b: MicroBatcher[int, int]) -> list[int]:
+        return list(await asyncio.gather(*(b.submit(i) for i in range(8))))
+
+    assert _run(fn, 16, 0.05, go) == [i * 10 for i in range(8)]
+    assert fn.sizes == [8]
+    assert fn.threads and all(t.startswith("enc") for t in fn.threads)
+
+
+def test_batches_never_exceed_max_size_and_fill_while_busy() -> None:
+    fn = Recorder(delay=0.02)
+
+    async def go(b: MicroBatcher[int, int]) -> list[int]:
+        return list(await asyncio.gather(*(b.submit(i) for i in range(10))))
+
+    assert _run(fn, 4, 0.0, go) == [i * 10 for i in range(10)]
+    assert max(fn.sizes) <= 4 and sum(fn.sizes) == 10
+    assert len(fn.sizes) <= 4, f"no batching under load: {fn.sizes}"
+
+
+def test_a_failing_batch_fails_its_callers_only() -> None:
+    fn = Recorder(fail_on=3)
+
+    async def go(b: MicroBatcher[int, int]) -> tuple[list[object], int]:
+        first = await asyncio.gather(*(b.submit(i) for i in range(4)), return_exceptions=True)
+        return list(first), await b.submit(5)
+
+    first, later = _run(fn, 8, 0.05, go)
+    assert all(isinstance(r, ValueError) and "bad item 3" in str(r) for r in first)
+    assert later == 50
+
+
+def test_close_finishes_queued_items_then_refuses() -> None:
+    fn = Recorder(delay=0.01)
+
+    async def go(b: MicroBatcher[int, int]) -> list[int]:
+        pending = [asyncio.ensure_future(b.submit(i)) for i in range(6)]
+        await asyncio.sleep(0)  # let them queue
+        await b.close()
+        with pytest.raises(BatcherClosed):
+            await b.submit(99)
+        return [p.result() for p in pending]
+
+    assert _run(fn, 2, 0.0, go) == [i * 10 for i in range(6)]
+
+
+def test_max_size_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"), ThreadPoolExecutor(1) as pool:
+        MicroBatcher(Recorder(), pool, 0, 0.0)

@@ -1,0 +1,195 @@
+"""Both cache backends; Redis real, stopped in the middle of a test, and hanging."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from service_support import post_scene, scene, serve, settings_for, tiny_artifacts
+
+from model.runtime import SceneEmbedding
+from service.cache import MemoryCache, pack_embedding, unpack_embedding
+
+
+def test_memory_cache_is_an_lru_with_ttl() -> None:
+    async def run() -> None:
+        cache = MemoryCache(max_items=2, ttl_s=60)
+        await cache.set("a", b"1")
+        await cache.set("b", b"2")
+        assert await cache.get("a") == b"1"  # a is now the most recent
+        await cache.set("c", b"3")
+        assert await cache.get("b") is None
+        assert (await cache.get("a"), await cache.get("c")) == (b"1", b"3")
+        short = MemoryCache(max_items=2, ttl_s=0.01)
+        await short.set("x", b"1")
+        await asyncio.sleep(0.03)
+        assert await short.get("x") is None
+
+    asyncio.run(run())
+
+
+def test_embedding_round_trip_and_malformed_bytes() -> None:
+    rng = np.random.default_rng(0)
+    emb = SceneEmbedding(
+        rng.normal(size=8).astype(np.float32),
+        rng.normal(size=(49, 8)).astype(np.float32),
+        rng.random((3, 49)).astype(np.float32),
+    )
+    back = unpack_embedding(pack_embedding(emb))
+    assert back is not None
+    for a, b in ((emb.f_s, back.f_s), (emb.f_i, back.f_i), (emb.attention, back.attention)):
+        np.testing.assert_array_equal(a, b)
+    assert unpack_embedding(pack_embedding(emb)[:-4]) is None
+    assert unpack_embedding(b"xx") is None
+
+
+# ------------------------------------------------------------------ real Redis
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test alone; only its keys are deleted afterwards."""
+    p = f"ctl-test-{uuid.uuid4().hex[:8]}:"
+    yield p
+    r = redis.Redis.from_url(redis_url)
+    keys = list(r.scan_iter(match=p + "*"))
+    if keys:
+        r.delete(*keys)
+
+
+@pytest.mark.redis
+def test_results_and_embeddings_are_cached_in_redis(
+    redis_url: str, prefix: str, stl_dir: Path
+) -> None:
+    settings = settings_for(
+        tiny_artifacts(stl_dir), stl_dir, redis_url=redis_url, redis_prefix=prefix
+    )
+    data = scene(stl_dir, 20)
+    with serve(settings) as client:
+        category = client.get("/categories").json()["categories"][0]["name"]
+        assert client.get("/readyz").json()["cache"] == "redis"
+        first = post_scene(client, data, category).json()
+        assert first["cached"] is False
+    keys = {k.decode() for k in redis.Redis.from_url(redis_url).scan_iter(match=prefix + "*")}
+    assert any(k.startswith(prefix + "emb:") for k in keys)
+    assert any(k.startswith(prefix + "res:") and category in k for k in keys)
+    with serve(settings) as client:  # a new process-level app: the hit comes from Redis
+        again = post_scene(client, data, category).json()
+    assert again["cached"] is True and again["products"] == first["products"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_redis(port: int) -> subprocess.Popen[bytes]:
+    """A private redis-server (never the shared one on 6379)."""
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if redis.Redis(port=port, socket_timeout=0.2).ping():
+                return proc
+        except redis.RedisError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"redis-server on port {port} did not start")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_redis_stopped_mid_test_is_bypassed_then_reconnected(stl_dir: Path) -> None:
+    port = _free_port()
+    server = _start_redis(port)
+    try:
+        settings = settings_for(
+            tiny_artifacts(stl_dir),
+            stl_dir,
+            redis_url=f"redis://127.0.0.1:{port}/0",
+            redis_retry_s=0.3,
+        )
+        with serve(settings) as client:
+            category = client.get("/categories").json()["categories"][0]["name"]
+            assert post_scene(client, scene(stl_dir, 21), category).json()["cached"] is False
+            assert post_scene(client, scene(stl_dir, 21), category).json()["cached"] is True
+
+            _stop(server)
+            for n in (22, 23):
+                r = post_scene(client, scene(stl_dir, n), category)
+                assert r.status_code == 200 and r.json()["cached"] is False
+            errors = client.get("/metrics").text
+            assert 'ctl_cache_errors_total{backend="redis"}' in errors
+
+            server = _start_redis(port)  # empty: the new server knows no key yet
+            time.sleep(0.4)  # past the retry interval
+            assert post_scene(client, scene(stl_dir, 24), category).status_code == 200
+            keys = redis.Redis(port=port).keys("*")
+            assert keys, "the service did not reconnect to Redis"
+            assert post_scene(client, scene(stl_dir, 24), category).json()["cached"] is True
+    finally:
+        _stop(server)
+
+
+def test_hanging_redis_costs_one_timeout_then_is_skipped(stl_dir: Path) -> None:
+    """A server that accepts connections and never answers (a 'slow' Redis)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    settings = settings_for(
+        tiny_artifacts(stl_dir),
+        stl_dir,
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        redis_timeout_s=0.05,
+        redis_retry_s=60,
+    )
+    try:
+        with serve(settings) as client:
+            category = client.get("/categories").json()["categories"][0]["name"]
+            started = time.perf_counter()
+            for n in range(25, 29):
+                assert post_scene(client, scene(stl_dir, n), category).status_code == 200
+            elapsed = time.perf_counter() - started
+            text = client.get("/metrics").text
+        assert elapsed < 5, f"four requests took {elapsed:.1f}s behind a hanging Redis"
+        line = next(ln for ln in text.splitlines() if ln.startswith("ctl_cache_errors_total{"))
+        assert float(line.split()[-1]) == 1, "Redis was retried within its retry interval"
+    finally:
+        stop.set()
+        thread.join()
+        for s in accepted:
+            s.close()
+        listener.close()

@@ -1,0 +1,96 @@
+"""Training: the loss, and a one-epoch smoke run on a few dozen real STL pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.ctl import CTLModel, load_run
+from service.config import Settings
+from training.stl import STLData
+from training.train import build_parser, train, triplet_loss
+
+
+def small_stl(src: Path, dst: Path, n_pairs: int = 48, n_extra: int = 40) -> Path:
+    """A few dozen real pairs (Shoes, Pants) and extra catalog products, images symlinked."""
+    data = STLData.load(src)
+    keep_cats = {"Shoes", "Pants"}
+    pairs = [p for p in data.pairs_with_images() if data.categories[p.product] in keep_cats]
+    pairs = pairs[:n_pairs]
+    products = {p.product for p in pairs}
+    extra = [p for p in data.available_products() if data.categories[p] in keep_cats]
+    products |= set(extra[:n_extra])
+    for sub in ("scenes", "products"):
+        (dst / "images" / sub).mkdir(parents=True)
+    for p in pairs:
+        link = dst / "images" / "scenes" / f"{p.scene}.jpg"
+        if not link.exists():
+            link.symlink_to(data.scene_path(p.scene))
+    for sig in products:
+        (dst / "images" / "products" / f"{sig}.jpg").symlink_to(data.product_path(sig))
+    lines = [
+        json.dumps({"scene": p.scene, "product": p.product, "bbox": list(p.bbox)}) for p in pairs
+    ]
+    (dst / "fashion.json").write_text("\n".join(lines) + "\n")
+    cats = {sig: f"Apparel|{data.categories[sig]}" for sig in products}
+    (dst / "fashion-cat.json").write_text(json.dumps(cats))
+    return dst
+
+
+def test_zero_loss_when_positives_closer_by_margin() -> None:
+    torch.manual_seed(0)
+    model = CTLModel(8, 4, ["A", "B"], dim=6, hidden=8).eval()
+    f_s, f_i, keys = model.scene_embeddings(torch.randn(5, 8), torch.randn(5, 49, 4))
+    att = model.attention(keys, torch.tensor([0, 1, 0, 1, 1]))
+    q = F.normalize(model.query_vector(f_s, f_i, att), dim=-1)
+    d_pos = model.distances(f_s, f_i, att, q)[0]  # the product along the query: closest
+    d_neg = model.distances(f_s, f_i, att, -q)[0]  # the opposite one: farthest
+    assert (d_neg - d_pos >= 0.2).all()
+    assert triplet_loss(d_pos, d_neg, margin=0.2).item() == 0.0
+    swapped = triplet_loss(d_neg, d_pos, margin=0.2)
+    assert swapped.item() == pytest.approx((d_neg - d_pos + 0.2).mean().item())
+    near = d_pos + 0.1  # closer, but not by the margin
+    assert triplet_loss(d_pos, near, margin=0.2).item() == pytest.approx(0.1)
+
+
+@pytest.mark.timeout(120)
+def test_one_epoch_on_real_pairs(stl_dir: Path, tmp_path: Path) -> None:
+    data_dir = small_stl(stl_dir, tmp_path / "data")
+    out = tmp_path / "run"
+    args = build_parser(Settings()).parse_args(
+        [
+            "--data",
+            str(data_dir),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--backbone",
+            "tiny",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--eval-every",
+            "1",
+            "--batch-size",
+            "16",
+        ]
+    )
+    metrics = train(args)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["epochs"] == 1 and saved["backbone"] == "tiny" and saved["best_epoch"] == 1
+    assert 0.0 <= saved["best_val_auc"] <= 1.0 and saved["best_val_auc"] == metrics["best_val_auc"]
+    assert saved["train_pairs"] > 20 and saved["val_pairs"] > 0
+    assert saved["seconds"]["features"] > 0 and saved["seconds"]["train"] > 0
+    split = json.loads((out / "split.json").read_text())
+    assert set(split.values()) <= {"train", "val", "test"}
+    popularity = json.loads((out / "popularity.json").read_text())
+    assert sum(popularity.values()) == saved["train_pairs"]
+    assert json.loads((out / "categories.json").read_text()) == ["Pants", "Shoes"]
+    assert "val AUC" in (out / "train.log").read_text()
+    model, config = load_run(out)
+    assert config["backbone"] == "tiny" and model.categories == ["Pants", "Shoes"]
+    assert (out / "last.pt").is_file() and (out / "config.json").is_file()
