@@ -21,9 +21,11 @@ from model.runtime import SceneEmbedding
 log = logging.getLogger(__name__)
 
 FLAT = "flat"
-IVF = "ivf"
-DEFAULT_NPROBE = 48
-"""IVF lists visited per query; bench/bench_index.py shows recall@10 >= 0.95 at 1M vectors."""
+IVFPQ = "ivfpq"
+DEFAULT_NPROBE = 128
+"""IVF lists visited per query: bench/bench_index.py shows recall@10 >= 0.95 at 1M vectors."""
+DEFAULT_CANDIDATES = 200
+"""Approximate candidates re-ranked exactly (``Settings.rerank_candidates``)."""
 
 
 @dataclass(frozen=True)
@@ -56,30 +58,38 @@ class Product:
 
 
 def choose_kind(count: int, ann_threshold: int) -> str:
-    """Exact search below ``ann_threshold`` products, IVF at or above it."""
-    return IVF if count >= ann_threshold else FLAT
+    """Exact search below ``ann_threshold`` products, IVF-PQ at or above it."""
+    return IVFPQ if count >= ann_threshold else FLAT
 
 
 def ivf_lists(count: int) -> int:
-    """About 2 sqrt(n) lists: few enough to train fast on 2 cores, small enough to scan fast."""
+    """About 2 sqrt(n) lists: few enough to train in a minute on 2 cores at 1M vectors."""
     return max(1, min(count // 39, int(2 * math.sqrt(count))))
 
 
 def make_index(emb: np.ndarray, kind: str, seed: int = 0) -> faiss.Index:
-    """A CPU inner-product index over the rows of ``emb`` (unit vectors, float32)."""
+    """A CPU inner-product index over the rows of ``emb`` (unit vectors, float32).
+
+    ``ivfpq`` is IVF with 4-bit PQ fast-scan codes (D/2 sub-quantizers): cheap to scan many
+    lists, approximate scores; the candidates are re-ranked exactly from the stored embeddings.
+    """
     n, dim = emb.shape
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
     if kind == FLAT:
         index: faiss.Index = faiss.IndexFlatIP(dim)
-    elif kind == IVF:
+    elif kind == IVFPQ:
         nlist = ivf_lists(n)
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(seed)
-        sample = emb if n <= nlist * 64 else emb[np.sort(rng.choice(n, nlist * 64, replace=False))]
-        index.train(np.ascontiguousarray(sample))
+        index = faiss.index_factory(dim, f"IVF{nlist},PQ{dim // 2}x4fs", faiss.METRIC_INNER_PRODUCT)
+        sample = nlist * 40
+        if n > sample:
+            emb_train = emb[np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))]
+        else:
+            emb_train = emb
+        index.train(emb_train)
     else:
         raise ValueError(f"unknown index kind {kind!r}")
     if n:
-        index.add(np.ascontiguousarray(emb, dtype=np.float32))
+        index.add(emb)
     return index
 
 
@@ -105,7 +115,7 @@ class CategoryIndex:
         self.index = index
         self.kind = kind
         self.row = {pid: i for i, pid in enumerate(ids)}
-        if kind == IVF:
+        if kind == IVFPQ:
             faiss.extract_index_ivf(index).nprobe = DEFAULT_NPROBE
 
     def __len__(self) -> int:
@@ -119,6 +129,20 @@ class CategoryIndex:
             return empty.astype(np.float32), empty.astype(np.int64)
         scores, rows = self.index.search(np.ascontiguousarray(q, dtype=np.float32), k)
         return scores, rows
+
+    def nearest(self, q: np.ndarray, k: int, candidates: int = DEFAULT_CANDIDATES) -> np.ndarray:
+        """Rows of the ``k`` largest <q, f_p> for one query (D,), best first.
+
+        Exact indexes answer directly; approximate ones return ``candidates`` rows that are
+        re-ranked by their exact inner product with the stored embeddings.
+        """
+        n = k if self.kind == FLAT else max(k, candidates)
+        _, rows = self.search(q.reshape(1, -1), n)
+        found = rows[0][rows[0] >= 0]
+        if self.kind != FLAT:
+            exact = self.emb[found] @ q.astype(np.float32)
+            found = found[np.argsort(-exact, kind="stable")[:k]]
+        return found
 
 
 class CatalogIndex:
@@ -218,17 +242,14 @@ def recommend(
     """The ``k`` products of ``category`` with the lowest d* for this scene.
 
     ``cat_idx`` is the category's position in the encoder's categories (the attention row).
-    Approximate indexes return ``candidates`` (>= k) to be re-scored exactly.
+    Approximate indexes fetch ``candidates`` (>= k) that are re-scored exactly.
     """
     cat = catalog.category(category)
     q = emb.f_s + emb.attention[cat_idx] @ emb.f_i
-    n = k if cat.kind == FLAT else max(k, candidates)
-    _, rows = cat.search(q[None, :], n)
-    found = [int(r) for r in rows[0] if r >= 0]
-    ids = [cat.ids[r] for r in found]
-    scored = _scored(ids, category, emb, cat_idx, cat.emb[found])
+    rows = [int(r) for r in cat.nearest(q, k, candidates)]
+    scored = _scored([cat.ids[r] for r in rows], category, emb, cat_idx, cat.emb[rows])
     scored.sort(key=lambda s: s.d_star)
-    return scored[:k]
+    return scored
 
 
 def score(
@@ -257,13 +278,11 @@ def similar(
     """Nearest products of ``category`` to a product embedding (D,), by squared distance."""
     skip = set(exclude)
     cat = catalog.category(category)
-    n = k + len(skip) if cat.kind == FLAT else max(k + len(skip), DEFAULT_NPROBE * 4)
-    _, rows = cat.search(vector.reshape(1, -1), n)
-    found = [int(r) for r in rows[0] if r >= 0 and cat.ids[r] not in skip]
+    rows = [int(r) for r in cat.nearest(vector, k + len(skip)) if cat.ids[r] not in skip][:k]
     v = vector.astype(np.float64)
-    dist = ((cat.emb[found].astype(np.float64) - v[None, :]) ** 2).sum(axis=1)
-    order = np.argsort(dist, kind="stable")[:k]
-    return [Similar(cat.ids[found[i]], category, float(dist[i])) for i in order]
+    dist = ((cat.emb[rows].astype(np.float64) - v[None, :]) ** 2).sum(axis=1)
+    order = np.argsort(dist, kind="stable")
+    return [Similar(cat.ids[rows[i]], category, float(dist[i])) for i in order]
 
 
 def similar_to_product(catalog: CatalogIndex, pid: str, k: int) -> list[Similar]:

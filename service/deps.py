@@ -16,17 +16,17 @@ from service.recommender import Pipeline
 from service.serving import Serving, ServingManager, UnknownCategory
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_cache(request: Request) -> Cache:
+async def get_cache(request: Request) -> Cache:
     cache: Cache = request.app.state.cache
     return cache
 
@@ -47,7 +47,7 @@ async def get_serving(request: Request) -> AsyncIterator[Serving]:
 _bearer = HTTPBearer(auto_error=False, description="the admin token (CTL_ADMIN_TOKEN)")
 
 
-def require_admin(
+async def require_admin(
     settings: Annotated[Settings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
@@ -85,7 +85,7 @@ def check_category(serving: Serving, category: str) -> int:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
-def get_pipeline(
+async def get_pipeline(
     serving: Annotated[Serving, Depends(get_serving)],
     cache: Annotated[Cache, Depends(get_cache)],
     metrics: Annotated[Metrics, Depends(get_metrics)],

@@ -59,7 +59,12 @@ def decode_image(upload: Upload, max_pixels: int) -> Image.Image:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(upload.data))
-        except (UnidentifiedImageError, Image.DecompressionBombError):
+        except Image.DecompressionBombError as exc:
+            raise HTTPException(
+                status.HTTP_413_CONTENT_TOO_LARGE,
+                f"{name}: decompression bomb: {exc} (the limit is {max_pixels} pixels)",
+            ) from None
+        except UnidentifiedImageError:
             raise HTTPException(
                 status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
                 f"{name}: not an image (expected {', '.join(ALLOWED_FORMATS)})",

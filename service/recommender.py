@@ -60,7 +60,7 @@ class Pipeline:
     async def compute(self, sha256: str, emb: SceneEmbedding, category: str, k: int) -> list[dict]:
         """Search the catalog for ``category`` and cache the result."""
         cat_idx = self.serving.category_index(category)
-        scored = recommend(self.serving.catalog, emb, cat_idx, category, k)
+        scored = await asyncio.to_thread(recommend, self.serving.catalog, emb, cat_idx, category, k)
         result = [
             {
                 "id": s.id,

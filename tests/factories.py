@@ -151,5 +151,28 @@ class FakeEncoder:
         return out
 
 
+def synthetic_unit_vectors(
+    n: int, dim: int = 128, seed: int = 0, decay: float = 0.5, chunk: int = 100_000
+) -> np.ndarray:
+    """(n, dim) float32 unit vectors shaped like learned embeddings, not like noise.
+
+    Gaussian with a power-law spectrum (the j-th principal axis has standard deviation
+    j^-decay), in a fixed random rotation, then normalized. Learned embeddings put most of their
+    variance in a few directions; uniform vectors on the sphere are the structureless worst case
+    of nearest-neighbour search. Draws with different ``seed`` share the rotation, so queries
+    and database come from one distribution.
+    """
+    rotation, _ = np.linalg.qr(np.random.default_rng(12345).standard_normal((dim, dim)))
+    scale = np.arange(1, dim + 1, dtype=np.float64) ** -decay
+    basis = (scale[:, None] * rotation.T).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, chunk):
+        end = min(n, start + chunk)
+        x = rng.standard_normal((end - start, dim), dtype=np.float32) @ basis
+        out[start:end] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)

@@ -100,17 +100,16 @@ def server(stl_dir: Path) -> Iterator[Server]:
     uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + WAIT_S
-    while not uv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the service did not start under uvicorn")
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}/"
-    with urllib.request.urlopen(url + "categories", timeout=10) as resp:
-        categories = [c["name"] for c in json.load(resp)["categories"]]
-    scenes = sorted(scenes_dir.glob("*.jpg"))
     try:
-        yield Server(url, categories, scenes)
+        deadline = time.monotonic() + WAIT_S
+        while not uv.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                pytest.fail("the service did not start under uvicorn")
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/"
+        with urllib.request.urlopen(url + "categories", timeout=10) as resp:
+            categories = [c["name"] for c in json.load(resp)["categories"]]
+        yield Server(url, categories, sorted(scenes_dir.glob("*.jpg")))
     finally:
         uv.should_exit = True
         thread.join(timeout=10)
@@ -138,6 +137,15 @@ def driver(browser_paths: tuple[Path, Path]) -> Iterator[Any]:
     finally:
         drv.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def no_script_errors(driver: Any) -> Iterator[None]:
+    """Every test also fails on an uncaught JavaScript error in the page."""
+    driver.get_log("browser")  # drop what earlier tests left
+    yield
+    errors = [e["message"] for e in driver.get_log("browser") if e["source"] == "javascript"]
+    assert not errors, f"JavaScript errors in the page: {errors}"
 
 
 # ------------------------------------------------------------------ helpers
@@ -332,6 +340,32 @@ def test_too_large_upload_is_explained(driver: Any, server: Server, tmp_path: Pa
         "the error message",
     )
     assert "too large" in text, text
+    screenshot(driver, "desktop-too-large")
+
+
+def test_category_gone_from_catalog_is_explained(driver: Any, server: Server) -> None:
+    """A category the page still offers but the catalog no longer has (as after a reload)."""
+    open_page(driver, server)
+    driver.execute_script(
+        "const chip = document.querySelector('.chip').cloneNode(true);"
+        "chip.querySelector('input').value = 'Hats';"
+        "chip.querySelector('span').textContent = 'Hats';"
+        "document.getElementById('categories').append(chip);"
+    )
+    choose_categories(driver, ["Hats"])
+    upload(driver, server.scenes[3])
+    text = wait_for(
+        driver,
+        "const m = document.getElementById('message'); return !m.hidden && m.innerText;",
+        "the error message",
+    )
+    assert "“Hats” is not in the catalog" in text, text
+    assert server.categories[0] in text, f"the valid categories are not listed: {text}"
+    chips = driver.execute_script(
+        "return [...document.querySelectorAll('input[name=category]')].map(b => b.value)"
+    )
+    assert chips == server.categories
+    screenshot(driver, "desktop-unknown-category")
 
 
 def test_sample_scene_with_several_categories(driver: Any, server: Server) -> None:

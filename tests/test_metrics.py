@@ -27,7 +27,7 @@ def _reversed(n: int, m: int) -> M.RankingBlock:
 def test_perfect_model_scores_one() -> None:
     s = M.score_blocks({"Shoes": _perfect(4, 12)}, seed=3)
     out = M.summarize(s, seed=3)
-    assert out["auc"] == 1.0
+    assert out["auc"] == out["auc_exact"] == 1.0
     assert out["mrr"] == 1.0
     assert out["mrr_10"] == 1.0
     assert out["top_k_accuracy"] == {str(k): 1.0 for k in M.KS}
@@ -37,7 +37,7 @@ def test_reversed_model_scores_zero_and_one_over_n() -> None:
     m = 12
     s = M.score_blocks({"Shoes": _reversed(4, m)}, seed=3)
     out = M.summarize(s, seed=3)
-    assert out["auc"] == 0.0
+    assert out["auc"] == out["auc_exact"] == 0.0
     assert out["mrr"] == pytest.approx(1.0 / m)
     assert out["mrr_10"] == pytest.approx(1.0 / 10)
     assert out["top_k_accuracy"]["1"] == 0.0
@@ -59,6 +59,7 @@ def test_hand_computed_ranks() -> None:
     # binary choice: 1 of 4 negatives farther, 1 tie -> (1 + 0.5) / 4 in expectation
     auc = M.binary_choice(block, np.random.default_rng(0), draws=4000)[0]
     assert auc == pytest.approx(1.5 / 4, abs=0.03)
+    assert M.score_blocks({"Shoes": block}).auc_exact[0] == 1.5 / 4
 
 
 def test_constant_scorer_gives_random_expectation() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -242,6 +244,18 @@ def _bomb() -> bytes:
     return encode(Image.new("1", (5000, 5000)), "PNG", optimize=True)
 
 
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels in a few dozen bytes (a bomb)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    idat = chunk(b"IDAT", zlib.compress(b""))
+    return b"\x89PNG\r\n\x1a\n" + ihdr + idat + chunk(b"IEND", b"")
+
+
 def _truncated(stl_dir: Path) -> bytes:
     data = scene(stl_dir, 0)
     return data[: len(data) // 2]
@@ -253,6 +267,7 @@ BAD_UPLOADS = {
     "empty": (lambda d: b"", 422, "empty"),
     "truncated": (_truncated, 422, "truncated"),
     "too many pixels": (lambda d: _bomb(), 413, "pixels"),
+    "decompression bomb": (lambda d: _png_header_only(100_000, 100_000), 413, "bomb"),
     "too many bytes": (lambda d: b"\xff" * 2_000_001, 413, "larger than the limit"),
 }
 

@@ -513,6 +513,10 @@ def _attention_picture(ev: Evaluation, rng: np.random.Generator, opts: Options, 
     return plots.attention_heatmaps(samples, ev.backbone.grid, path)
 
 
+def _thumb(ev: Evaluation, product_row: int, d: float) -> plots.Thumb:
+    return plots.Thumb(rgb(ev.data.product_path(ev.catalog[product_row])), f"d*={d:.3f}")
+
+
 def _compatibility_picture(
     ev: Evaluation, rng: np.random.Generator, opts: Options, path: Path
 ) -> Path:
@@ -520,20 +524,17 @@ def _compatibility_picture(
     for i in _sample(rng, np.arange(len(ev.pairs)), opts.compat_rows):
         g, k, d = ev.model_distances(int(i))
         order = np.argsort(d, kind="stable")
-        rank = int(np.flatnonzero(order == g.pos[k])[0]) + 1
-
-        def item(j: int, g: CategoryPairs = g, k: int = k, d: np.ndarray = d) -> plots.Thumb:
-            star = " ★" if j == g.pos[k] else ""
-            image = rgb(ev.data.product_path(ev.catalog[int(g.products[j])]))
-            return plots.Thumb(image, f"d*={d[j]:.3f}{star}")
-
+        pos = int(g.pos[k])
+        rank = int(np.flatnonzero(order == pos)[0]) + 1
+        truth = _thumb(ev, int(g.products[pos]), d[pos])
         p = ev.pairs[int(i)]
         rows.append(
             plots.CompatibilityRow(
                 load_crop(ev.data, ev.crops[p.crop]),
-                f"{p.category}\ntrue product ranked\n{rank} of {g.products.size}",
-                [item(int(j)) for j in order[:3]],
-                [item(int(j)) for j in order[::-1][:3]],
+                p.category,
+                plots.Thumb(truth.image, f"rank {rank} of {g.products.size}\n{truth.caption}"),
+                [_thumb(ev, int(g.products[j]), d[j]) for j in order[:3]],
+                [_thumb(ev, int(g.products[j]), d[j]) for j in order[::-1][:3]],
             )
         )
     return plots.compatibility(rows, path)
@@ -567,6 +568,7 @@ def draw_pictures(
     names = ["model", *BASELINES[::-1]]
     curves = {n: ev.ranked[n].topk_curve(CURVE_KS) for n in names}
     summaries = {"model": metrics, **metrics["baselines"]}
+    counts = {c: m["n"] for c, m in metrics["per_category"].items()}
     auc_table = {
         c: {n: summaries[n]["per_category"][c]["auc"] for n in names}
         for c in metrics["per_category"]
@@ -579,7 +581,7 @@ def draw_pictures(
             "category, for the model and each baseline (the paper's Fig. 5)",
         ),
         Picture(
-            plots.per_category_auc(auc_table, out_dir / "auc_per_category.png").name,
+            plots.per_category_auc(auc_table, counts, out_dir / "auc_per_category.png").name,
             "AUC per category",
             "binary-choice AUC of the model and each baseline in each category",
         ),
@@ -592,8 +594,8 @@ def draw_pictures(
         Picture(
             _compatibility_picture(ev, rng, opts, out_dir / "compatibility.png").name,
             "Most and least compatible products",
-            "for sample scenes, the 3 products of the pair's category with the smallest d* and "
-            "the 3 with the largest (the paper's Fig. 7)",
+            "for sample scenes, the true product, then the 3 products of its category with the "
+            "smallest d* and the 3 with the largest (the paper's Fig. 7)",
         ),
         Picture(
             _tsne_picture(ev, rng, opts, out_dir / "tsne.png").name,

@@ -149,6 +149,12 @@ class PairScores:
     rr10: np.ndarray  # (n,) the same among the positive and 9 sampled negatives
     less: np.ndarray  # (n,) negatives strictly closer than the positive
     ties: np.ndarray  # (n,) negatives at the same distance
+    negatives: np.ndarray  # (n,) valid negatives of the pair
+
+    @property
+    def auc_exact(self) -> np.ndarray:
+        """The expectation the sampled ``auc`` estimates: share of all negatives beaten."""
+        return (self.negatives - self.less - 0.5 * self.ties) / self.negatives
 
     def topk(self, k: int) -> np.ndarray:
         return topk_hits(self.less, self.ties, k)
@@ -160,7 +166,7 @@ class PairScores:
 
 def score_blocks(blocks: Mapping[str, RankingBlock], seed: int = 0, draws: int = 10) -> PairScores:
     """Every per-pair metric of one scorer on blocks keyed by category."""
-    cats, aucs, rrs, rr10s, lesses, tiess = [], [], [], [], [], []
+    cats, aucs, rrs, rr10s, lesses, tiess, negs = [], [], [], [], [], [], []
     for category, block in blocks.items():
         less, ties = positive_counts(block)
         cats.append(np.full(len(block.pos), category, dtype=object))
@@ -169,6 +175,7 @@ def score_blocks(blocks: Mapping[str, RankingBlock], seed: int = 0, draws: int =
         rrs.append(reciprocal_ranks(less, ties))
         lesses.append(less)
         tiess.append(ties)
+        negs.append(block.valid.sum(1))
 
     def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
@@ -180,6 +187,7 @@ def score_blocks(blocks: Mapping[str, RankingBlock], seed: int = 0, draws: int =
         cat(rr10s, float),
         cat(lesses, int),
         cat(tiess, int),
+        cat(negs, int),
     )
 
 
@@ -224,6 +232,7 @@ def summarize(
         "n_pairs": len(scores.auc),
         "auc": _mean(scores.auc),
         "auc_ci95": list(bootstrap_ci(scores.auc, seed, n_boot)),
+        "auc_exact": _mean(scores.auc_exact),
         "top_k_accuracy": topk(everything),
         "mrr": _mean(scores.rr),
         "mrr_ci95": list(bootstrap_ci(scores.rr, seed, n_boot)),

@@ -66,7 +66,9 @@ def topk_curves(
     return _save(fig, path)
 
 
-def per_category_auc(table: Mapping[str, Mapping[str, float]], path: Path) -> Path:
+def per_category_auc(
+    table: Mapping[str, Mapping[str, float]], counts: Mapping[str, int], path: Path
+) -> Path:
     """Grouped bars: AUC per category (rows of ``table``) for each scorer (its columns)."""
     categories = list(table)
     scorers = list(next(iter(table.values()))) if table else []
@@ -83,12 +85,13 @@ def per_category_auc(table: Mapping[str, Mapping[str, float]], path: Path) -> Pa
             color=style.get("color"),
         )
     ax.axhline(0.5, color="black", lw=0.8, ls="--")
-    ax.set_xticks(x, categories, rotation=30, ha="right")
+    labels = [f"{c} (n={counts.get(c, 0)})" for c in categories]
+    ax.set_xticks(x, labels, rotation=30, ha="right")
     ax.set_ylabel("AUC (binary choice, same-category negative)")
     ax.set_xlabel("category of the positive product")
     ax.set_ylim(0, 1)
-    ax.set_title("AUC per category")
-    ax.legend(loc="lower right", fontsize=8, ncols=len(scorers))
+    ax.set_title("AUC per category (dashed: chance)", pad=28)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=8, ncols=len(scorers))
     return _save(fig, path)
 
 
@@ -156,24 +159,30 @@ class Thumb:
 
 @dataclass(frozen=True)
 class CompatibilityRow:
-    """A cropped scene with the most and least compatible products of one category."""
+    """A cropped scene, its true product, and the most and least compatible of its category."""
 
     scene: Image.Image
     title: str
+    truth: Thumb
     best: Sequence[Thumb]
     worst: Sequence[Thumb]
 
 
 def compatibility(rows: Sequence[CompatibilityRow], path: Path) -> Path:
-    """Per scene: the crop, its 3 most and 3 least compatible products (the paper's Fig. 7)."""
-    n_cols = 1 + max((len(r.best) + len(r.worst) for r in rows), default=0)
+    """Per scene: the crop, its true product, the 3 most and 3 least compatible (paper's Fig. 7)."""
+    n_cols = 2 + max((len(r.best) + len(r.worst) for r in rows), default=0)
     fig, axes = plt.subplots(
-        len(rows), n_cols, figsize=(2.1 * n_cols, 2.7 * len(rows) + 0.5), squeeze=False
+        len(rows),
+        n_cols,
+        figsize=(2.1 * n_cols + 1.4, 2.7 * len(rows) + 0.6),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1.7] + [1.0] * (n_cols - 1)},
     )
     for i, row in enumerate(rows):
         axes[i, 0].imshow(row.scene)
         axes[i, 0].set_title(row.title, fontsize=8)
-        items = [(t, "most", "darkgreen") for t in row.best]
+        items = [(row.truth, "true", "navy")]
+        items += [(t, "most", "darkgreen") for t in row.best]
         items += [(t, "least", "darkred") for t in row.worst]
         for ax, (thumb, kind, colour) in zip(axes[i, 1:], items, strict=False):
             ax.imshow(thumb.image)
@@ -182,8 +191,8 @@ def compatibility(rows: Sequence[CompatibilityRow], path: Path) -> Path:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(
-        "Cropped scene | 3 most compatible | 3 least compatible products of its pair's category\n"
-        "(d* = model distance, lower = more compatible; ★ = the scene's true product)",
+        "Cropped scene | its true product | 3 most | 3 least compatible products of that category"
+        "\n(d* = model distance, lower = more compatible)",
         fontsize=10,
     )
     return _save(fig, path)

@@ -45,6 +45,11 @@ def _run_line(run_metrics: Mapping[str, Any]) -> str:
     return f", best val AUC {auc} at epoch {epoch} of {run_metrics.get('epochs')}"
 
 
+def _crops_line(crops: Mapping[str, Any]) -> str:
+    dropped = ", ".join(f"{n} {why}" for why, n in crops.get("dropped", {}).items()) or "none"
+    return f"{crops.get('kept', 0)} pairs kept; dropped: {dropped}"
+
+
 def render(
     metrics: Mapping[str, Any],
     run_metrics: Mapping[str, Any],
@@ -60,7 +65,7 @@ def render(
         f"- run: `{metrics['run']}` (backbone `{metrics['backbone']}`{_run_line(run_metrics)})",
         f"- data: `{metrics['data']}`, split `{metrics['split']}`: {metrics['n_pairs']} pairs "
         f"({metrics['n_crops']} scene crops) ranked against {metrics['n_products']} products",
-        f"- crops: {metrics['crops']}",
+        f"- crop rules: {_crops_line(metrics['crops'])}",
         f"- seed {metrics['seed']}; AUC and MRR@10 averaged over {metrics['draws']} negative "
         "draws; 95% intervals from a bootstrap over pairs; ties count half (in expectation).",
         "",
@@ -68,12 +73,22 @@ def render(
         "",
     ]
     lines += _table(
-        ["scorer", "AUC", "AUC 95% CI", "MRR", "MRR 95% CI", "MRR@10", *(f"top-{k}" for k in ks)],
+        [
+            "scorer",
+            "AUC",
+            "AUC 95% CI",
+            "AUC (all negatives)",
+            "MRR",
+            "MRR 95% CI",
+            "MRR@10",
+            *(f"top-{k}" for k in ks),
+        ],
         [
             [
                 f"{name}",
                 _f(m["auc"]),
                 _ci(m["auc_ci95"]),
+                _f(m["auc_exact"]),
                 _f(m["mrr"]),
                 _ci(m["mrr_ci95"]),
                 _f(m["mrr_10"]),

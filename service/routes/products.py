@@ -99,5 +99,5 @@ async def similar_to_photo(
     upload = await read_upload(image, pipe.settings.max_upload_bytes)
     photo = await asyncio.to_thread(decode_image, upload, pipe.settings.max_image_pixels)
     vector = await pipe.serving.embed_product(photo)
-    found = similar(pipe.serving.catalog, vector, category, k)
+    found = await asyncio.to_thread(similar, pipe.serving.catalog, vector, category, k)
     return _similar_response(pipe.serving, category, k, found)

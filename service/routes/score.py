@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 from typing import Annotated
 
@@ -39,7 +40,9 @@ async def score_products(
         )
     upload = await read_upload(image, pipe.settings.max_upload_bytes)
     emb, _ = await pipe.embed(upload)
-    scored, unknown = score(pipe.serving.catalog, emb, pipe.serving.encoder.categories, ids)
+    scored, unknown = await asyncio.to_thread(
+        score, pipe.serving.catalog, emb, pipe.serving.encoder.categories, ids
+    )
     return {
         **pipe.serving.versions(),
         "scene_sha256": upload.sha256,

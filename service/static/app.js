@@ -17,6 +17,7 @@ const els = {
   showHeatmap: $("show-heatmap"),
   heatmapCategory: $("heatmap-category"),
   legend: $("legend"),
+  legendPeak: $("legend-peak"),
   form: $("query"),
   categories: $("categories"),
   k: $("k"),
@@ -42,9 +43,10 @@ const state = {
 
 /** An error to show the user: a plain headline and, when the API gave one, its exact reason. */
 class ApiError extends Error {
-  constructor(title, detail = "") {
+  constructor(title, detail = "", status = 0) {
     super(title);
     this.detail = detail;
+    this.status = status;
   }
 }
 
@@ -93,7 +95,9 @@ async function api(path, init) {
   } catch {
     body = null;
   }
-  if (!response.ok) throw new ApiError(errorTitle(response.status), detailText(body));
+  if (!response.ok) {
+    throw new ApiError(errorTitle(response.status), detailText(body), response.status);
+  }
   return body;
 }
 
@@ -166,8 +170,11 @@ function setBusy(text) {
 
 // ---------------------------------------------------------------- categories and samples
 
-async function loadCategories() {
+/** Fill the chips from GET /categories, keeping ``checked`` ticked; returns the names. */
+async function loadCategories(checked = []) {
   const body = await api("categories");
+  const names = body.categories.map((c) => c.name);
+  const keep = checked.filter((c) => names.includes(c));
   els.categories.replaceChildren(
     ...body.categories.map((c, i) => {
       const label = document.createElement("label");
@@ -177,13 +184,14 @@ async function loadCategories() {
       box.type = "checkbox";
       box.name = "category";
       box.value = c.name;
-      box.checked = i === 0;
+      box.checked = keep.length ? keep.includes(c.name) : i === 0;
       const text = document.createElement("span");
       text.textContent = c.name;
       label.append(box, text);
       return label;
     }),
   );
+  return names;
 }
 
 function chosenCategories() {
@@ -228,9 +236,10 @@ async function useSample(sample) {
   try {
     blob = await fetchBlob(sample.url);
   } catch (err) {
-    setBusy("");
     showError(err);
     return;
+  } finally {
+    setBusy("");
   }
   markSample(sample.name);
   setScene(blob, sample.name);
@@ -255,7 +264,9 @@ function setScene(blob, name) {
 }
 
 // A file the browser cannot show is hidden; the API's answer says what is wrong with it.
-els.photo.addEventListener("error", () => els.stage.classList.toggle("unreadable", Boolean(state.image)));
+els.photo.addEventListener("error", () => {
+  els.stage.classList.toggle("unreadable", Boolean(state.image));
+});
 els.photo.addEventListener("load", () => {
   els.stage.classList.remove("unreadable");
   drawHeatmap();
@@ -287,10 +298,12 @@ async function run() {
     for (const r of results) if (r.attention) state.attention.set(r.category, r.attention.flat());
     renderResults(results);
   } catch (err) {
+    const stale = err instanceof ApiError && err.status === 422;
+    const shown = stale ? await staleCategories(categories, err) : err;
     if (seq !== state.seq) return;
     els.results.replaceChildren();
     state.attention.clear();
-    showError(err);
+    showError(shown);
   } finally {
     if (seq === state.seq) {
       setBusy("");
@@ -298,6 +311,27 @@ async function run() {
       updateHeatmapControls();
     }
   }
+}
+
+/**
+ * A 422 can mean the catalog changed since the page loaded (a category was removed): refresh the
+ * list, and if a chosen category is gone say so in plain words.
+ */
+async function staleCategories(chosen, err) {
+  let names;
+  try {
+    names = await loadCategories(chosen);
+  } catch {
+    return err;
+  }
+  const gone = chosen.filter((c) => !names.includes(c));
+  if (gone.length === 0) return err;
+  const list = gone.map((c) => `“${c}”`).join(", ");
+  const verb = gone.length === 1 ? "is" : "are";
+  const title =
+    `${list} ${verb} not in the catalog any more. ` +
+    "The list of categories is up to date now; please choose again.";
+  return new ApiError(title, err.detail, err.status);
 }
 
 // ---------------------------------------------------------------- results
@@ -381,13 +415,16 @@ async function showHeatmap() {
   drawHeatmap();
 }
 
-/** A dark-to-bright ramp (purple, red, orange, yellow) whose opacity rises with attention. */
+/**
+ * RGBA for a min-max scaled weight t in [0, 1]: a dark veil where the model looks least, fading
+ * to a light warm tint where it looks most, so the attended part of the photo stays visible.
+ */
 function heatColor(t) {
   const stops = [
-    [0.0, [48, 18, 110, 0]],
-    [0.35, [150, 30, 120, 90]],
-    [0.65, [235, 90, 40, 150]],
-    [1.0, [255, 230, 60, 190]],
+    [0.0, [20, 10, 50, 165]],
+    [0.45, [150, 35, 110, 95]],
+    [0.75, [245, 110, 40, 60]],
+    [1.0, [255, 225, 60, 70]],
   ];
   let i = 1;
   while (i < stops.length - 1 && t > stops[i][0]) i++;
@@ -414,8 +451,12 @@ function drawHeatmap() {
   cells.height = grid;
   const cctx = cells.getContext("2d");
   const pixels = cctx.createImageData(grid, grid);
-  weights.forEach((w, i) => pixels.data.set(heatColor(hi > lo ? (w - lo) / (hi - lo) : 0.5), i * 4));
+  weights.forEach((w, i) => {
+    pixels.data.set(heatColor(hi > lo ? (w - lo) / (hi - lo) : 0.5), i * 4);
+  });
   cctx.putImageData(pixels, 0, 0);
+  // How peaked the map is: min-max scaling makes even a nearly flat map look contrasted.
+  els.legendPeak.textContent = `(peak ${(hi * weights.length).toFixed(2)}× the average region)`;
 
   // The encoder sees the whole photo stretched to a square, so the grid spans the whole photo.
   const rect = els.photo.getBoundingClientRect();

@@ -1,0 +1,35 @@
+"""``ctl serve``: flags override the CTL_ settings and reach uvicorn; nothing loads early."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cli
+
+
+def test_serve_passes_flags_to_uvicorn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import uvicorn
+
+    seen: dict[str, Any] = {}
+
+    def fake_run(app: Any, **kwargs: Any) -> None:
+        seen.update(kwargs, app=app)
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setenv("CTL_MAX_K", "7")
+    rc = cli.main(["serve", "--artifacts", str(tmp_path), "--host", "0.0.0.0", "--port", "9123"])
+    assert rc == 0
+    assert (seen["host"], seen["port"]) == ("0.0.0.0", 9123)
+    settings = seen["app"].state.settings
+    assert settings.artifacts_dir == tmp_path and settings.max_k == 7
+    assert not hasattr(seen["app"].state, "manager"), "models were loaded before the lifespan"
+
+
+def test_serve_rejects_a_bad_port(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["serve", "--port", "eighty"])
+    assert exc.value.code == 2
+    assert "--port" in capsys.readouterr().err
