@@ -47,6 +47,7 @@ class Row:
     p50_ms: float
     p99_ms: float
     mean_ms: float
+    server_mean_ms: float
 
 
 def _free_port() -> int:
@@ -128,7 +129,26 @@ async def load(
     return latencies, errors, wall
 
 
-def row(mode: str, clients: int, latencies: list[float], errors: int, wall: float) -> Row:
+def server_time(base: str) -> tuple[float, float]:
+    """(sum of seconds, count) of successful /complete-the-look requests, from /metrics."""
+    series = 'endpoint="/complete-the-look",method="POST",status="200"'
+    values = {}
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        for part in ("sum", "count"):
+            if line.startswith(f"ctl_http_request_duration_seconds_{part}{{{series}}}"):
+                values[part] = float(line.rsplit(" ", 1)[1])
+    return values.get("sum", 0.0), values.get("count", 0.0)
+
+
+def measure(
+    base: str, mode: str, payloads: list[bytes], clients: int, category: str, k: int
+) -> Row:
+    """One load level: client-side latencies and the server's own mean time."""
+    sum0, n0 = server_time(base)
+    latencies, errors, wall = asyncio.run(
+        load(f"{base}/complete-the-look", payloads, clients, category, k)
+    )
+    sum1, n1 = server_time(base)
     return Row(
         mode,
         clients,
@@ -138,6 +158,7 @@ def row(mode: str, clients: int, latencies: list[float], errors: int, wall: floa
         1000 * statistics.median(latencies),
         1000 * _percentile(latencies, 0.99),
         1000 * statistics.fmean(latencies),
+        1000 * (sum1 - sum0) / max(n1 - n0, 1),
     )
 
 
@@ -187,47 +208,48 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"need {sum(sizes)} distinct scenes in {args.scenes}, found {len(files)}")
     photos = [f.read_bytes() for f in files[: sum(sizes)]]
 
+    load_before = os.getloadavg()[0]
     port = _free_port()
     server = start_server(args.artifacts, port, {})
     rows: list[Row] = []
     try:
+        # The bare encoder first, in this process while the server idles, so both are measured
+        # under the same machine load (the CPU is shared).
+        per_image, throughput = bare_encoder(
+            args.artifacts, photos[: sizes[0]], [int(b) for b in args.batch_sizes.split(",")]
+        )
         base = f"http://127.0.0.1:{port}"
         category = args.category or httpx.get(f"{base}/categories").json()["categories"][0]["name"]
-        url = f"{base}/complete-the-look"
         log.info("category %r, levels %s, miss requests %s", category, levels, sizes)
-        asyncio.run(load(url, [photos[-1]], 1, category, args.k))  # warm the server up
+        measure(base, "warm-up", [photos[-1]], 1, category, args.k)
         offset = 0
         for clients, n in zip(levels, sizes, strict=True):
             batch = photos[offset : offset + n]
             offset += n
-            lat, err, wall = asyncio.run(load(url, batch, clients, category, args.k))
-            rows.append(row("miss", clients, lat, err, wall))
+            rows.append(measure(base, "miss", batch, clients, category, args.k))
             log.info("%s", rows[-1])
         for clients in levels:
-            lat, err, wall = asyncio.run(
-                load(url, [photos[0]] * args.hit_requests, clients, category, args.k)
-            )
-            rows.append(row("hit", clients, lat, err, wall))
+            hits = [photos[0]] * args.hit_requests
+            rows.append(measure(base, "hit", hits, clients, category, args.k))
             log.info("%s", rows[-1])
     finally:
         server.terminate()
         server.wait(timeout=30)
 
-    per_image, throughput = bare_encoder(
-        args.artifacts, photos[: sizes[0]], [int(b) for b in args.batch_sizes.split(",")]
-    )
     best_bs = max(throughput, key=lambda b: throughput[b])
     miss1 = next(r for r in rows if r.mode == "miss" and r.clients == 1)
     overhead = miss1.mean_ms / (1000 * statistics.fmean(per_image))
     lines = [
-        "| mode | clients | requests | errors | req/s | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| mode | clients | requests | errors | req/s | p50 ms | p99 ms | server mean ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
         *(
             f"| {r.mode} | {r.clients} | {r.requests} | {r.errors} | {r.rps:.1f} | "
-            f"{r.p50_ms:.1f} | {r.p99_ms:.1f} |"
+            f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.server_mean_ms:.1f} |"
             for r in rows
         ),
         "",
+        f"load average (1 min) at the start {load_before:.1f}, at the end {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} CPUs",
         f"bare encoder, batch 1: {1000 * statistics.fmean(per_image):.1f} ms/image "
         f"(same {len(per_image)} photos as the 1-client misses)",
         "bare encoder images/s by batch size: "

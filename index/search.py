@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+# FAISS's OpenMP threads spin while they wait; on a busy 2-core machine that made an index build
+# 16x slower. Passive waiting must be chosen before the OpenMP runtime starts.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import faiss
 import numpy as np
@@ -24,7 +29,7 @@ FLAT = "flat"
 IVFPQ = "ivfpq"
 DEFAULT_NPROBE = 128
 """IVF lists visited per query: bench/bench_index.py shows recall@10 >= 0.95 at 1M vectors."""
-DEFAULT_CANDIDATES = 200
+DEFAULT_CANDIDATES = 500
 """Approximate candidates re-ranked exactly (``Settings.rerank_candidates``)."""
 
 
@@ -237,7 +242,7 @@ def recommend(
     cat_idx: int,
     category: str,
     k: int,
-    candidates: int = 200,
+    candidates: int = DEFAULT_CANDIDATES,
 ) -> list[Scored]:
     """The ``k`` products of ``category`` with the lowest d* for this scene.
 

@@ -99,8 +99,10 @@ def slugify(category: str) -> str:
 
 
 def new_version_id() -> str:
-    """Sortable by creation time, unique across concurrent writers."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    """Sortable by creation time (to the microsecond; writers hold the lock), and unique."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    return f"{stamp}{int(now % 1 * 1e6):06d}Z-{secrets.token_hex(2)}"
 
 
 def _fsync_dir(path: Path) -> None:

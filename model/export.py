@@ -24,6 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+# OpenMP threads spin while they wait, which made exports on a busy 2-core machine several times
+# slower; passive waiting must be chosen before torch starts its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import torch
 from torch import nn
@@ -120,7 +124,9 @@ def export(
     tmp.mkdir()
     try:
         manifest = _write(backbone, model, tmp, run, run_metrics)
-        images = np.random.default_rng(0).normal(size=(3, 3, backbone.spec.size, backbone.spec.size))
+        images = np.random.default_rng(0).normal(
+            size=(3, 3, backbone.spec.size, backbone.spec.size)
+        )
         err = check_parity(backbone, model, tmp, images.astype(np.float32))
         if err > PARITY_TOL:
             raise ArtifactError(f"ONNX Runtime differs from torch by {err:.2e} > {PARITY_TOL}")

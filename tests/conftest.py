@@ -10,6 +10,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 STL_DIR = Path(os.environ.get("CTL_TEST_STL_DIR", REPO.parent / "shared" / "stl-fashion"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# OpenMP threads (torch, faiss) spin while they wait: on a busy 2-core machine that made tests
+# 3-16x slower. It must be chosen before torch or faiss is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

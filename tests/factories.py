@@ -66,7 +66,28 @@ def make_catalog_subset(stl_dir: Path, dest: Path, per_category: int = 5) -> Pat
         if not link.exists():
             os.symlink(data.product_path(pid).resolve(), link)
     (dest / "fashion.json").write_text("")
-    (dest / "fashion-cat.json").write_text(json.dumps({p: f"Fashion|{c}" for p, c in chosen.items()}))
+    (dest / "fashion-cat.json").write_text(
+        json.dumps({p: f"Fashion|{c}" for p, c in chosen.items()})
+    )
+    return dest
+
+
+def make_image_catalog(dest: Path, counts: dict[str, int], seed: int = 0) -> Path:
+    """A data directory of small random product JPEGs, ``counts[category]`` of each (added to
+    what ``dest`` holds; ids are unique per ``seed``)."""
+    rng = np.random.default_rng(seed)
+    products = dest / "images" / "products"
+    products.mkdir(parents=True, exist_ok=True)
+    cat_file = dest / "fashion-cat.json"
+    cats: dict[str, str] = json.loads(cat_file.read_text()) if cat_file.is_file() else {}
+    for cat, n in counts.items():
+        for i in range(n):
+            pid = f"{seed}-{cat[:3].lower()}-{i}"
+            pixels = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(products / f"{pid}.jpg", quality=90)
+            cats[pid] = f"Apparel & Accessories|{cat}"
+    (dest / "fashion.json").write_text("")
+    cat_file.write_text(json.dumps(cats))
     return dest
 
 
@@ -145,9 +166,7 @@ class FakeEncoder:
             logits = -((keys[None, :, :] - self._cat[:, None, :]) ** 2).sum(-1)
             att = np.exp(logits - logits.max(axis=1, keepdims=True))
             att /= att.sum(axis=1, keepdims=True)
-            out.append(
-                SceneEmbedding(f_s, f_i.astype(np.float32), att.astype(np.float32))
-            )
+            out.append(SceneEmbedding(f_s, f_i.astype(np.float32), att.astype(np.float32)))
         return out
 
 

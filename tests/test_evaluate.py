@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from model.backbones import build_backbone
+from model.backbones import Backbone, build_backbone
 from model.ctl import CTLModel
 from model.preprocess import PreprocessSpec, to_batch
 from training import evaluate as E
-from training.stl import Pair
+from training.features import build_cache
+from training.stl import Pair, STLData
 
 CATEGORIES = ["Pants", "Shirts & Tops", "Shoes"]
 LOWER = (0.2, 0.6, 0.8, 0.95)  # crop keeps the part above
@@ -114,15 +115,13 @@ def test_evaluate_writes_metrics_pictures_report_and_repeats(
     assert again == first
     opts = E.Options(seed=4, n_boot=200)
     ev = E.run_evaluation(run_dir, data_dir, out / "cache", opts)
-    assert "using cached embeddings" in caplog.text
+    assert "using cached backbone features" in caplog.text
     other = E.metrics_of(ev, opts)
     assert other["auc"] != first["auc"] or other["mrr_10"] != first["mrr_10"]
     assert other["mrr"] == first["mrr"]  # the full ranking does not depend on the seed
 
 
 def test_split_test_uses_the_runs_split(run_dir: Path, data_dir: Path) -> None:
-    from training.stl import STLData
-
     split = json.loads((run_dir / "split.json").read_text())
     test = E.select_pairs(STLData.load(data_dir), CATEGORIES, "test", split)
     assert len(test) == 2 * 4 and all(split[p.scene] == "test" for p in test)
@@ -140,8 +139,6 @@ def test_bad_input_fails_with_a_clear_error(
 
 def test_model_scorer_is_the_models_distance(run_dir: Path, data_dir: Path) -> None:
     """The vectorized ranking equals d* computed pair by pair with CTLModel.distances."""
-    from training.stl import STLData
-
     model, _ = E.load_run(run_dir)
     backbone = build_backbone("tiny")
     data = STLData.load(data_dir)
@@ -154,8 +151,7 @@ def test_model_scorer_is_the_models_distance(run_dir: Path, data_dir: Path) -> N
         for p, r in zip(pairs, rows, strict=True)
         if r is not None
     ]
-    scenes = E.embed(lambda c: E.load_crop(data, c), crops, backbone, model, True, 8)
-    products = E.embed(lambda s: E.rgb(data.product_path(s)), catalog, backbone, model, False, 5)
+    scenes, products = _embed(backbone, model, data, catalog, crops)
     cats = np.array([data.categories[s] for s in catalog], dtype=object)
     groups = E.group_by_category(eval_pairs, CATEGORIES, cats, row_of, {})
     g = groups["Shoes"]
@@ -173,6 +169,35 @@ def test_model_scorer_is_the_models_distance(run_dir: Path, data_dir: Path) -> N
     assert dist[0] == pytest.approx(d_star.numpy(), abs=1e-4)
 
 
+def _embed(
+    backbone: Backbone, model: CTLModel, data: STLData, catalog: list[str], crops: list[E.Crop]
+) -> tuple[E.Embedded, E.Embedded]:
+    g, r = E.compute(lambda c: E.load_crop(data, c), crops, backbone, 8, True)
+    scenes = E.apply_heads(model, g, r, scenes=True)
+    g, r = E.compute(lambda s: E.rgb(data.product_path(s)), catalog, backbone, 5, False)
+    return scenes, E.apply_heads(model, g, r, scenes=False)
+
+
+def test_features_come_from_the_runs_feature_cache(data_dir: Path, tmp_path: Path) -> None:
+    """A run's own feature cache is reused when it covers the items, and matches fresh features."""
+    backbone = build_backbone("tiny")
+    data = STLData.load(data_dir)
+    cache, _ = build_cache(data, backbone, tmp_path, views=["orig"])
+    crops, _, _ = E.crop_pairs(data, E.select_pairs(data, CATEGORIES, "all", {}))
+    keys = [E._crop_key(c.scene, c.box) for c in crops]
+    config = {"cache": str(cache.path)}
+    found = E.from_training_cache(config, backbone, data, "scenes", keys)
+    assert found is not None
+    g, r = E.compute(lambda c: E.load_crop(data, c), crops, backbone, 8, True)
+    assert np.allclose(found[0], g, atol=2e-2) and np.allclose(found[1], r, atol=2e-2)
+    products = cache.products
+    found_p = E.from_training_cache(config, backbone, data, "products", products[::-1])
+    assert found_p is not None
+    assert np.allclose(found_p[0][::-1], np.asarray(cache.array("product_global", "orig")))
+    assert E.from_training_cache(config, backbone, data, "products", ["unknown"]) is None
+    assert E.from_training_cache({}, backbone, data, "products", products) is None
+
+
 def test_other_boxes_and_input_frame() -> None:
     crop = E.Crop("s", UPPER, (0, 42, 90, 120), 90, 120)
     boxes = E.other_boxes(crop, "a", {"s": [("a", UPPER), ("b", LOWER), ("c", UPPER)]})
@@ -185,10 +210,24 @@ def test_other_boxes_and_input_frame() -> None:
 
 
 def test_select_pairs_deduplicates_and_rejects_unknown_split(data_dir: Path) -> None:
-    from training.stl import STLData
-
     data = STLData.load(data_dir)
     data.pairs.append(Pair("s01", data.pairs[2].product, LOWER))
     assert len(E.select_pairs(data, CATEGORIES, "all", {})) == 2 * N_SCENES
     with pytest.raises(E.EvaluationError, match="unknown split"):
         E.select_pairs(data, CATEGORIES, "dev", {})
+
+
+def test_grouping_excludes_scene_products_and_pairs_without_negatives() -> None:
+    cats = np.array(["Shoes", "Pants", "Pants", "Pants"], dtype=object)
+    row = {"a": 0, "b": 1, "c": 2, "d": 3}
+    pairs = [
+        E.EvalPair(Pair("s", "a", LOWER), 0, 0, "Shoes"),  # its only catalog product
+        E.EvalPair(Pair("s", "b", UPPER), 1, 1, "Pants"),
+        E.EvalPair(Pair("t", "d", LOWER), 2, 3, "Pants"),
+    ]
+    scene_products = {"s": {"a", "b", "c"}, "t": {"d"}}
+    groups = E.group_by_category(pairs, ["Pants", "Shoes"], cats, row, scene_products)
+    assert set(groups) == {"Pants"}
+    g = groups["Pants"]
+    assert g.products.tolist() == [1, 2, 3] and g.pos.tolist() == [0, 2]
+    assert g.exclude.tolist() == [[False, True, False], [False, False, False]]

@@ -30,7 +30,9 @@ def _images(n: int) -> list[Image.Image]:
     rng = np.random.default_rng(0)
     grad = np.linspace(0, 255, 96)[None, :, None]
     return [
-        Image.fromarray(np.clip(rng.normal(128, 40, (96, 96, 3)) + grad - 128, 0, 255).astype("uint8"))
+        Image.fromarray(
+            np.clip(rng.normal(128, 40, (96, 96, 3)) + grad - 128, 0, 255).astype("uint8")
+        )
         for _ in range(n)
     ]
 
@@ -56,9 +58,8 @@ def test_onnx_matches_torch(name: str, tmp_path: Path) -> None:
     assert manifest["backbone"] == name
     assert manifest["categories"] == CATEGORIES
     images = _images(3)
-    for batch in (images[:1], images):  # the batch axis is dynamic
-        x = to_batch(batch, backbone.spec)
-        assert check_parity(backbone, model, tmp_path / "artifacts", x) < 1e-4
+    x = to_batch(images, backbone.spec)  # batch 3: the export traced batch 2, the axis is dynamic
+    assert check_parity(backbone, model, tmp_path / "artifacts", x) < 1e-4
     enc = OnnxEncoder.from_artifacts(tmp_path / "artifacts", device="cpu")
     (emb,) = enc.embed_scenes(images[:1])
     assert emb.f_s.shape == (128,)
@@ -90,7 +91,7 @@ def test_tampered_artifact_is_refused(artifacts: Path, victim: str) -> None:
 
 def test_missing_artifact_is_refused(artifacts: Path) -> None:
     (artifacts / "product.onnx").unlink()
-    with pytest.raises(ArtifactError, match="product.onnx is missing"):
+    with pytest.raises(ArtifactError, match=r"product\.onnx is missing"):
         OnnxEncoder.from_artifacts(artifacts)
 
 

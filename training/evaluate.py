@@ -3,8 +3,10 @@
 The scenes are cropped here (the CTL rules) and every product of the data directory is
 embedded once, so ranking all pairs against their whole category is a few matrix products:
 with unit vectors, d*(s, p) = 2 - <q(s, c), f_p> where q = f_s + sum_i a_i(c) f_i.
-Embeddings are cached under ``OUT_DIR/cache`` (keyed by checkpoint, backbone and inputs), so an
-interrupted or repeated evaluation picks up where it was.
+Backbone features come from the run's own feature cache when it covers the data (same backbone,
+data and crop rules), else they are computed; either way they are kept under ``OUT_DIR/cache``
+(keyed by backbone and inputs), so a repeated evaluation, of this run or of a later run on the
+same backbone, only applies the heads.
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model.backbones import Backbone, build_backbone
+from model.backbones import Backbone, BackboneError, build_backbone
 from model.ctl import CTLModel, load_run
 from model.preprocess import PreprocessSpec
 from service.config import Settings
 from training import metrics as M
 from training import plots
 from training.crop import CropResult, CropStats, PixelBox, box_in_crop, crop_box
-from training.features import compute_features
+from training.features import FeatureCache, cache_key, compute_features
 from training.report import Picture, write_report
 from training.stl import BBox, Pair, STLData
 
@@ -208,37 +210,56 @@ def load_crop(data: STLData, crop: Crop) -> Image.Image:
 # --- embeddings ---
 
 
-def embed(
+def compute(
     load: Callable[[Any], Image.Image],
     items: Sequence[Any],
     backbone: Backbone,
-    model: CTLModel,
-    scenes: bool,
     batch_size: int,
-) -> Embedded:
-    """Backbone global vectors and head embeddings of ``items`` (``load`` makes each an image)."""
-    what = "scene crops" if scenes else "products"
-    parts: dict[str, list[np.ndarray]] = {"raw": [], "emb": [], "queries": [], "attention": []}
+    regions: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone global vectors (N, G) and, if asked, region grids (N, R, L) of ``items``."""
+    gs, rs = [], []
     t0 = time.monotonic()
     for start in range(0, len(items), EMBED_CHUNK):
         images = [load(i) for i in items[start : start + EMBED_CHUNK]]
-        g_np, r_np = compute_features(backbone, images, batch_size)
-        parts["raw"].append(g_np)
-        g, regions = torch.from_numpy(g_np), torch.from_numpy(r_np)
-        with torch.no_grad():
-            if scenes:
-                f_s, f_i, keys = model.scene_embeddings(g, regions)
-                att = model.attention_all(keys)
-                parts["emb"].append(f_s.numpy())
-                parts["queries"].append(model.query_vector(f_s, f_i, att).numpy())
-                parts["attention"].append(att.numpy())
-            else:
-                parts["emb"].append(model.product_embedding(g).numpy())
+        g, r = compute_features(backbone, images, batch_size)
+        gs.append(g)
+        if regions:
+            rs.append(r)
         done = start + len(images)
         rate = done / max(1e-9, time.monotonic() - t0)
-        log.info("embedded %d/%d %s (%.0f images/s)", done, len(items), what, rate)
-    out = {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in parts.items()}
-    return Embedded(out["raw"], out["emb"], out["queries"], out["attention"])
+        log.info("backbone: %d/%d images (%.0f images/s)", done, len(items), rate)
+    empty = np.zeros((0,), np.float32)
+    return np.concatenate(gs) if gs else empty, np.concatenate(rs) if rs else empty
+
+
+def from_training_cache(
+    config: dict[str, Any], backbone: Backbone, data: STLData, kind: str, keys: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The run's own feature cache ('orig' view), when it was built for this backbone and data
+    and holds every item; ``None`` otherwise."""
+    path = Path(config.get("cache") or "")
+    if path.name != cache_key(backbone, data) or not (path / "meta.json").is_file():
+        return None
+    cache = FeatureCache(path, json.loads((path / "meta.json").read_text()))
+    if "orig" not in cache.views:
+        return None
+    if kind == "products":
+        row = {s: i for i, s in enumerate(cache.products)}
+    else:
+        row = {_crop_key(s, tuple(b)): i for i, (s, b) in enumerate(cache.meta["crops"])}
+    if any(k not in row for k in keys):
+        return None
+    rows = np.array([row[k] for k in keys], np.int64)
+    log.info("taking %d %s features from the run's feature cache %s", len(keys), kind, path)
+    if kind == "products":
+        return np.asarray(cache.array("product_global", "orig")[rows], np.float32), np.zeros(0)
+    g = np.asarray(cache.array("scene_global", "orig")[rows], np.float32)
+    return g, np.asarray(cache.array("scene_regions", "orig")[rows], np.float32)
+
+
+def _crop_key(scene: str, box: Sequence[int]) -> str:
+    return f"{scene}:{','.join(str(int(v)) for v in box)}"
 
 
 def _digest(*parts: object) -> str:
@@ -246,20 +267,77 @@ def _digest(*parts: object) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def cached_embed(cache: Path, key: str, compute: Callable[[], Embedded]) -> Embedded:
-    """Load ``cache/key.npz`` if present, else compute and store it atomically."""
-    path = cache / f"{key}.npz"
+def cached_features(
+    path: Path, produce: Callable[[], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone features from ``path`` (.npz) if present, else produced and stored atomically."""
     if path.is_file():
-        log.info("using cached embeddings %s", path)
+        log.info("using cached backbone features %s", path)
         with np.load(path) as z:
-            return Embedded(z["raw"], z["emb"], z["queries"], z["attention"])
-    result = compute()
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=cache)
+            return z["g"].astype(np.float32), z["regions"].astype(np.float32)
+    g, r = produce()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
     with os.fdopen(fd, "wb") as f:
-        np.savez(f, **{k: getattr(result, k) for k in ("raw", "emb", "queries", "attention")})
+        np.savez(f, g=g.astype(np.float16), regions=r.astype(np.float16))
     os.replace(tmp, path)
-    return result
+    return g, r
+
+
+def apply_heads(model: CTLModel, g: np.ndarray, regions: np.ndarray, scenes: bool) -> Embedded:
+    """Head embeddings of backbone features, in batches (attention_all is (B, C, R, D) inside)."""
+    parts: dict[str, list[np.ndarray]] = {"emb": [], "queries": [], "attention": []}
+    with torch.no_grad():
+        for start in range(0, len(g), EMBED_CHUNK):
+            gb = torch.from_numpy(np.ascontiguousarray(g[start : start + EMBED_CHUNK]))
+            if not scenes:
+                parts["emb"].append(model.product_embedding(gb).numpy())
+                continue
+            rb = torch.from_numpy(np.ascontiguousarray(regions[start : start + EMBED_CHUNK]))
+            f_s, f_i, keys = model.scene_embeddings(gb, rb)
+            att = model.attention_all(keys)
+            parts["emb"].append(f_s.numpy())
+            parts["queries"].append(model.query_vector(f_s, f_i, att).numpy())
+            parts["attention"].append(att.numpy())
+    out = {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in parts.items()}
+    return Embedded(g, out["emb"], out["queries"], out["attention"])
+
+
+def embed_all(
+    config: dict[str, Any],
+    backbone: Backbone,
+    model: CTLModel,
+    data: STLData,
+    catalog: list[str],
+    crops: list[Crop],
+    cache: Path,
+    opts: Options,
+) -> tuple[Embedded, Embedded]:
+    """Products and scene crops through the backbone (cached) and the heads."""
+    root, bs = str(data.root.resolve()), opts.batch_size
+
+    def features(
+        kind: str, keys: list[str], produce: Callable[[], tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        path = cache / f"{kind}-{_digest(backbone.key(), root, keys)}.npz"
+        return cached_features(
+            path, lambda: from_training_cache(config, backbone, data, kind, keys) or produce()
+        )
+
+    product_features = features(
+        "products",
+        catalog,
+        lambda: compute(lambda s: rgb(data.product_path(s)), catalog, backbone, bs, False),
+    )
+    scene_features = features(
+        "scenes",
+        [_crop_key(c.scene, c.box) for c in crops],
+        lambda: compute(lambda c: load_crop(data, c), crops, backbone, bs, True),
+    )
+    return (
+        apply_heads(model, *product_features, scenes=False),
+        apply_heads(model, *scene_features, scenes=True),
+    )
 
 
 # --- ranking ---
@@ -287,6 +365,12 @@ def group_by_category(
                 j = col.get(catalog_row.get(other, -1))
                 if j is not None:
                     exclude[i, j] = True
+        ok = products.size - 1 - exclude.sum(1) > 0
+        if not ok.all():
+            log.warning("%s: %d pairs without any negative left out", name, int((~ok).sum()))
+            rows, exclude = rows[ok], exclude[ok]
+        if rows.size == 0:
+            continue
         out[name] = CategoryPairs(
             c,
             rows,
@@ -391,6 +475,8 @@ def run_evaluation(run_dir: Path, data_dir: Path, cache: Path, opts: Options) ->
     if opts.split != "all" and not run_split:
         raise EvaluationError(f"{run_dir / 'split.json'} is missing: use --split all")
     counts: dict[str, int] = _read_json(run_dir / "popularity.json", {})
+    if not counts:
+        log.warning("%s has no popularity.json: the popularity baseline is random", run_dir)
 
     pairs = select_pairs(data, categories, opts.split, run_split)
     crops, crop_rows, crop_stats = crop_pairs(data, pairs)
@@ -413,20 +499,7 @@ def run_evaluation(run_dir: Path, data_dir: Path, cache: Path, opts: Options) ->
     )
 
     t0 = time.monotonic()
-    ckpt = hashlib.sha256((run_dir / "checkpoint.pt").read_bytes()).hexdigest()
-    root = str(data.root.resolve())
-    products = cached_embed(
-        cache,
-        "products-" + _digest(ckpt, backbone.key(), root, catalog),
-        lambda: embed(
-            lambda s: rgb(data.product_path(s)), catalog, backbone, model, False, opts.batch_size
-        ),
-    )
-    scenes = cached_embed(
-        cache,
-        "scenes-" + _digest(ckpt, backbone.key(), root, crops),
-        lambda: embed(lambda c: load_crop(data, c), crops, backbone, model, True, opts.batch_size),
-    )
+    products, scenes = embed_all(config, backbone, model, data, catalog, crops, cache, opts)
     t1 = time.monotonic()
 
     scene_boxes: dict[str, list[tuple[str, BBox]]] = {}
@@ -521,7 +594,8 @@ def _compatibility_picture(
     ev: Evaluation, rng: np.random.Generator, opts: Options, path: Path
 ) -> Path:
     rows = []
-    for i in _sample(rng, np.arange(len(ev.pairs)), opts.compat_rows):
+    ranked = np.sort(np.concatenate([g.pairs for g in ev.groups.values()]))
+    for i in _sample(rng, ranked, opts.compat_rows):
         g, k, d = ev.model_distances(int(i))
         order = np.argsort(d, kind="stable")
         pos = int(g.pos[k])
@@ -608,8 +682,8 @@ def draw_pictures(
 def evaluate(run_dir: Path, data_dir: Path, out_dir: Path, opts: Options) -> dict[str, Any]:
     """Evaluate a run on a data directory: writes metrics.json, the PNGs and report.md."""
     t0 = time.monotonic()
-    out_dir.mkdir(parents=True, exist_ok=True)
     ev = run_evaluation(run_dir, data_dir, out_dir / "cache", opts)
+    out_dir.mkdir(parents=True, exist_ok=True)
     metrics = metrics_of(ev, opts)
     pictures = draw_pictures(ev, metrics, opts, out_dir)
     metrics["seconds"]["total"] = round(time.monotonic() - t0, 2)
@@ -644,7 +718,7 @@ def main(argv: Sequence[str]) -> int:
     opts = Options(args.split, args.seed, args.draws, args.bootstrap, args.batch_size, args.samples)
     try:
         m = evaluate(args.run, args.data, args.out, opts)
-    except (EvaluationError, FileNotFoundError) as exc:
+    except (EvaluationError, BackboneError, FileNotFoundError) as exc:
         log.error("ctl evaluate: %s", exc)
         return 1
     att = m["attention"]

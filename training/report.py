@@ -66,8 +66,11 @@ def render(
         f"- data: `{metrics['data']}`, split `{metrics['split']}`: {metrics['n_pairs']} pairs "
         f"({metrics['n_crops']} scene crops) ranked against {metrics['n_products']} products",
         f"- crop rules: {_crops_line(metrics['crops'])}",
-        f"- seed {metrics['seed']}; AUC and MRR@10 averaged over {metrics['draws']} negative "
-        "draws; 95% intervals from a bootstrap over pairs; ties count half (in expectation).",
+        "- negatives: products of the positive's category, never another product labelled in "
+        "the same scene; AUC = binary choice against one random negative, MRR@10 = rank among "
+        f"the positive and 9 random negatives, both averaged over {metrics['draws']} draws "
+        f"(seed {metrics['seed']}); top-k and MRR rank the positive among all products of its "
+        "category; ties count in expectation; 95% intervals: bootstrap over pairs.",
         "",
         "## Model and baselines",
         "",
@@ -125,7 +128,9 @@ def render(
     lines += ["## Attention (the paper's Table 3)", ""]
     lines += [
         f"On the {att['n']} pairs whose cropped scene shows another labelled product, a region of "
-        "the 7x7 grid is relevant when more than half of it lies inside such a product's box.",
+        "the 7x7 grid is relevant when more than half of it lies inside such a product's box. "
+        "A hit: one of the 1 (3) most attended regions, for the pair's category, is relevant; "
+        "random: the exact chance for regions drawn at random.",
         "",
     ]
     lines += _table(

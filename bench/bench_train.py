@@ -1,0 +1,125 @@
+"""Training throughput: triplets/s on cached features vs through the backbone at every step.
+
+Both sides run the same heads, loss, backward and Adam step on the same real triplets; the
+end-to-end side also decodes, crops and preprocesses the three images of each triplet and runs
+the frozen backbone on them, as the published replications did at every step.
+
+    python bench/bench_train.py [--data DIR] [--cache DIR] [--backbone NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.backbones import build_backbone
+from model.ctl import CTLModel
+from model.preprocess import to_batch
+from service.config import Settings
+from training.features import add_arguments, cache_from_args, use_all_cores
+from training.sampling import TripletSampler
+from training.stl import STLData
+from training.train import Dataset, Tensors, build_parser, exclusion_mask, triplet_step
+
+
+def main() -> None:
+    settings = Settings()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(p, settings)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--cached-steps", type=int, default=20)
+    p.add_argument("--e2e-batch-size", type=int, default=32)
+    p.add_argument("--e2e-steps", type=int, default=2)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    threads = use_all_cores()
+    cache, _ = cache_from_args(args)
+    data = STLData.load(args.data)
+    ds = Dataset.build(cache, data, seed=0)
+    t = Tensors.load(cache, cache.views)
+    train_args = build_parser(settings).parse_args(["--out", "unused"])
+    model = CTLModel(t.scene_global.shape[-1], t.scene_regions.shape[-1], ds.categories)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sampler = TripletSampler(ds.examples["train"], ds.product_cat, ds.scene_products)
+    triplets = sampler.epoch(np.random.default_rng(0))
+    scene_of_row = [""] * t.scene_global.shape[1]
+    for e in cache.examples:
+        scene_of_row[e["crop"]] = e["scene"]
+    gen = torch.Generator().manual_seed(0)
+
+    def step(tensors: Tensors, batch: np.ndarray, excl_batch: np.ndarray) -> None:
+        cats = torch.from_numpy(ds.product_cat[excl_batch[:, 1]])
+        excl = exclusion_mask(excl_batch, scene_of_row, ds)
+        loss = triplet_step(model, tensors, batch, cats, train_args, gen, excl)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    model.train()
+    step(t, triplets[: args.batch_size], triplets[: args.batch_size])  # warm-up
+    start = time.perf_counter()
+    done = 0
+    for k in range(args.cached_steps):
+        batch = triplets[(k * args.batch_size) % len(triplets) :][: args.batch_size]
+        step(t, batch, batch)
+        done += len(batch)
+    cached_rate = done / (time.perf_counter() - start)
+
+    backbone = build_backbone(args.backbone, args.backbone_weights)
+    crops = cache.meta["crops"]
+
+    def scene_image(row: int) -> Image.Image:
+        scene, box = crops[row]
+        with Image.open(data.scene_path(scene)) as im:
+            return im.convert("RGB").crop(tuple(box))
+
+    def product_image(j: int) -> Image.Image:
+        with Image.open(data.product_path(ds.products[j])) as im:
+            return im.convert("RGB")
+
+    start = time.perf_counter()
+    done = 0
+    bsz = args.e2e_batch_size
+    for k in range(args.e2e_steps):
+        batch = triplets[k * bsz : (k + 1) * bsz]
+        scenes = to_batch([scene_image(r) for r in batch[:, 0]], backbone.spec)
+        prods = to_batch(
+            [product_image(j) for j in np.concatenate([batch[:, 1], batch[:, 2]])], backbone.spec
+        )
+        with torch.no_grad():
+            sg, sr = backbone(torch.from_numpy(scenes))
+            pg, _ = backbone(torch.from_numpy(prods))
+        local = np.stack(
+            [np.arange(len(batch)), np.arange(len(batch)), len(batch) + np.arange(len(batch))],
+            axis=1,
+        )
+        step(Tensors(sg[None], sr[None], pg[None]), local, batch)
+        done += len(batch)
+    e2e_rate = done / (time.perf_counter() - start)
+    print(
+        json.dumps(
+            {
+                "backbone": args.backbone,
+                "threads": threads,
+                "cached_triplets_s": round(cached_rate, 1),
+                "cached_batch_size": args.batch_size,
+                "e2e_triplets_s": round(e2e_rate, 2),
+                "e2e_batch_size": bsz,
+                "ratio": round(cached_rate / e2e_rate, 1),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
