@@ -97,10 +97,9 @@ def _export_onnx(module: nn.Module, size: int, outputs: list[str], path: Path) -
 
 
 def check_parity(
-    backbone: Backbone, model: CTLModel, artifacts_dir: Path, images: np.ndarray
+    backbone: Backbone, model: CTLModel, enc: OnnxEncoder, images: np.ndarray
 ) -> float:
     """Largest |ONNX Runtime - torch| over every output for ``images`` (N, 3, S, S)."""
-    enc = OnnxEncoder.from_artifacts(artifacts_dir, device="cpu")
     x = torch.from_numpy(images)
     with torch.no_grad():
         want = [*SceneEncoder(backbone, model)(x), ProductEncoder(backbone, model)(x)]
@@ -120,18 +119,26 @@ def export(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     backbone.eval()
     model.eval()
-    tmp = out_dir.parent / f".{out_dir.name}.export-{secrets.token_hex(4)}"
+    # A mount point (a Docker volume) cannot be swapped: assemble inside it instead.
+    mounted = out_dir.is_dir() and os.path.ismount(out_dir)
+    tmp = (
+        out_dir if mounted else out_dir.parent
+    ) / f".{out_dir.name}.export-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
         manifest = _write(backbone, model, tmp, run, run_metrics)
         images = np.random.default_rng(0).normal(
             size=(3, 3, backbone.spec.size, backbone.spec.size)
         )
-        err = check_parity(backbone, model, tmp, images.astype(np.float32))
+        enc = OnnxEncoder.from_artifacts(tmp, device="cpu")
+        err = check_parity(backbone, model, enc, images.astype(np.float32))
         if err > PARITY_TOL:
             raise ArtifactError(f"ONNX Runtime differs from torch by {err:.2e} > {PARITY_TOL}")
         log.info("ONNX Runtime matches torch within %.2e", err)
-        _swap_in(tmp, out_dir)
+        if mounted:
+            _replace_files(tmp, out_dir)
+        else:
+            _swap_in(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported model %s (%s) to %s", manifest["version"], backbone.name, out_dir)
@@ -181,6 +188,14 @@ def _rename_exchange(a: Path, b: Path) -> None:
     if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange):
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), str(a))
+
+
+def _replace_files(new: Path, out_dir: Path) -> None:
+    """File by file, the manifest last: a crash in between leaves files that fail their
+    checksums (refused on load with a clear error) rather than a silently mixed model."""
+    log.warning("%s is a mount point: replacing its artifacts file by file", out_dir)
+    for name in (SCENE_FILE, PRODUCT_FILE, PREPROCESS_FILE, MANIFEST_FILE):
+        os.replace(new / name, out_dir / name)
 
 
 def _swap_in(new: Path, out_dir: Path) -> None:

@@ -102,8 +102,10 @@ def test_evaluate_writes_metrics_pictures_report_and_repeats(
     assert att["n"] == 2 * N_SCENES  # each crop shows the scene's other product
     assert 0 < att["random_top1_hit"] < att["random_top3_hit"] < 1
 
+    assert first["pairs_by_run_split"] == {"test": 2 * 4, "train": 2 * (N_SCENES - 4)}
     out = tmp_path / "a"
     report = (out / "report.md").read_text()
+    assert "Not held out" in report
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert len(pngs) == 5
     for name in pngs:

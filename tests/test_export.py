@@ -59,8 +59,8 @@ def test_onnx_matches_torch(name: str, tmp_path: Path) -> None:
     assert manifest["categories"] == CATEGORIES
     images = _images(3)
     x = to_batch(images, backbone.spec)  # batch 3: the export traced batch 2, the axis is dynamic
-    assert check_parity(backbone, model, tmp_path / "artifacts", x) < 1e-4
     enc = OnnxEncoder.from_artifacts(tmp_path / "artifacts", device="cpu")
+    assert check_parity(backbone, model, enc, x) < 1e-4
     (emb,) = enc.embed_scenes(images[:1])
     assert emb.f_s.shape == (128,)
     assert emb.f_i.shape == (49, 128)
@@ -117,6 +117,25 @@ def test_reexport_swaps_atomically_and_keeps_the_index(
     assert new != old
     assert OnnxEncoder.from_artifacts(artifacts).version == new
     assert (artifacts / "index" / "CURRENT").read_text() == "v1\n"
+
+
+def test_export_into_a_mount_point(
+    artifacts: Path, tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Docker volume cannot be renamed: the files are replaced in place, the index stays."""
+    (artifacts / "index").mkdir()
+    (artifacts / "index" / "CURRENT").write_text("v1\n")
+    monkeypatch.setattr("os.path.ismount", lambda p: Path(p) == artifacts.resolve())
+    new = export_run(make_tiny_run(tmp_path / "run2", CATEGORIES, seed=1), artifacts)["version"]
+    assert OnnxEncoder.from_artifacts(artifacts).version == new
+    assert (artifacts / "index" / "CURRENT").read_text() == "v1\n"
+    assert sorted(p.name for p in artifacts.iterdir()) == [
+        "index",
+        "manifest.json",
+        "preprocess.json",
+        "product.onnx",
+        "scene.onnx",
+    ]
 
 
 def test_cli(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

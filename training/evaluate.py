@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,7 @@ class Evaluation:
     attention: np.ndarray  # (n, R) attention of each pair's category
     relevant: np.ndarray  # (n, R) regions covered by other labelled products
     boxes: list[list[BBox]]  # other labelled products of each pair, in crop coordinates
+    run_splits: dict[str, int]  # pairs per split of the run ("unseen": scenes it never saw)
     seconds: dict[str, float]
 
     def model_distances(self, i: int) -> tuple[CategoryPairs, int, np.ndarray]:
@@ -528,9 +530,10 @@ def run_evaluation(run_dir: Path, data_dir: Path, cache: Path, opts: Options) ->
         ]
     )
     seconds = {"embed": round(t1 - t0, 2), "rank": round(t2 - t1, 2)}
+    run_splits = Counter(run_split.get(p.pair.scene, "unseen") for p in eval_pairs)
     return Evaluation(
         data, run_dir, backbone, eval_pairs, crops, crop_stats, catalog, groups, scenes,
-        products, ranked, attention, relevant, boxes, seconds,
+        products, ranked, attention, relevant, boxes, dict(sorted(run_splits.items())), seconds,
     )  # fmt: skip
 
 
@@ -551,6 +554,7 @@ def metrics_of(ev: Evaluation, opts: Options) -> dict[str, Any]:
         "data": str(ev.data.root),
         "backbone": ev.backbone.name,
         "n_crops": len(ev.crops),
+        "pairs_by_run_split": ev.run_splits,
         "crops": ev.crop_stats.as_dict(),
         "seconds": dict(ev.seconds),
     }
@@ -580,7 +584,7 @@ def _attention_picture(ev: Evaluation, rng: np.random.Generator, opts: Options, 
                 load_crop(ev.data, ev.crops[p.crop]),
                 ev.attention[i],
                 ev.boxes[i],
-                f"{p.category}:\n{verdict}",
+                f"{p.category}: {verdict}",
             )
         )
     return plots.attention_heatmaps(samples, ev.backbone.grid, path)

@@ -57,10 +57,13 @@ def topk_curves(
     for name, values in curves.items():
         ax.plot(ks, values, label=name, **STYLES.get(name, {}))
     ax.set_xscale("log")
+    ticks = [k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if k <= max(ks)]
+    ax.set_xticks(ticks, [str(k) for k in ticks])
     ax.set_xlabel("k (rank cut-off among all products of the pair's category, log scale)")
     ax.set_ylabel("top-k accuracy (share of pairs)")
     ax.set_title(f"Top-k accuracy on {n_pairs} test pairs")
-    ax.set_ylim(0, 1)
+    top = max((float(np.max(v)) for v in curves.values()), default=1.0)
+    ax.set_ylim(0, min(1.0, top * 1.15 + 0.02))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper left")
     return _save(fig, path)
@@ -113,19 +116,19 @@ def attention_heatmaps(samples: Sequence[AttentionSample], grid: int, path: Path
     fig, axes = plt.subplots(
         rows, cols, figsize=(3.4 * cols + 1, (3.4 * aspect + 0.7) * rows + 0.6), squeeze=False
     )
-    vmax = max((float(s.attention.max()) for s in samples), default=1.0)
     heat = None
     for ax, s in zip(axes.flat, samples, strict=False):
         w, h = s.image.size
         ax.imshow(s.image)
+        peak = float(s.attention.max())
         heat = ax.imshow(
-            s.attention.reshape(grid, grid),
+            s.attention.reshape(grid, grid) / max(peak, 1e-12),
             extent=(0, w, h, 0),
             cmap="inferno",
-            alpha=0.6,
+            alpha=0.5,
             interpolation="nearest",
             vmin=0.0,
-            vmax=vmax,
+            vmax=1.0,
         )
         for b in s.boxes:
             xy, bw, bh = (b[0] * w, b[1] * h), (b[2] - b[0]) * w, (b[3] - b[1]) * h
@@ -134,7 +137,7 @@ def attention_heatmaps(samples: Sequence[AttentionSample], grid: int, path: Path
         cell = Rectangle((c * w / grid, r * h / grid), w / grid, h / grid, fill=False)
         cell.set(edgecolor="cyan", lw=2.5)
         ax.add_patch(cell)
-        ax.set_title(s.title, fontsize=9)
+        ax.set_title(f"{s.title}\n(largest weight {peak:.3f})", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in list(axes.flat)[len(samples) :]:
@@ -145,7 +148,12 @@ def attention_heatmaps(samples: Sequence[AttentionSample], grid: int, path: Path
         fontsize=10,
     )
     if heat is not None:
-        fig.colorbar(heat, ax=axes.ravel().tolist(), shrink=0.5, label="attention weight")
+        fig.colorbar(
+            heat,
+            ax=axes.ravel().tolist(),
+            shrink=0.5,
+            label="attention / largest weight in the scene",
+        )
     return _save(fig, path)
 
 

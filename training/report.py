@@ -45,6 +45,13 @@ def _run_line(run_metrics: Mapping[str, Any]) -> str:
     return f", best val AUC {auc} at epoch {epoch} of {run_metrics.get('epochs')}"
 
 
+def _held_out_line(by_split: Mapping[str, int]) -> str:
+    parts = ", ".join(f"{n} {split}" for split, n in by_split.items())
+    seen = by_split.get("train", 0) + by_split.get("val", 0)
+    warn = " **Not held out: the run trained or selected on some of these pairs.**" if seen else ""
+    return f"- pairs by the run's own split: {parts or 'unknown'}.{warn}"
+
+
 def _crops_line(crops: Mapping[str, Any]) -> str:
     dropped = ", ".join(f"{n} {why}" for why, n in crops.get("dropped", {}).items()) or "none"
     return f"{crops.get('kept', 0)} pairs kept; dropped: {dropped}"
@@ -66,6 +73,7 @@ def render(
         f"- data: `{metrics['data']}`, split `{metrics['split']}`: {metrics['n_pairs']} pairs "
         f"({metrics['n_crops']} scene crops) ranked against {metrics['n_products']} products",
         f"- crop rules: {_crops_line(metrics['crops'])}",
+        _held_out_line(metrics.get("pairs_by_run_split", {})),
         "- negatives: products of the positive's category, never another product labelled in "
         "the same scene; AUC = binary choice against one random negative, MRR@10 = rank among "
         f"the positive and 9 random negatives, both averaged over {metrics['draws']} draws "
