@@ -1,8 +1,11 @@
 """Service benchmark: uvicorn on loopback, load at 1, 8 and 32 clients, misses and hits.
 
 Cache misses use distinct real scene photos (each sent once); cache hits repeat one warmed
-photo. The bare encoder is measured in the same run on the same photos: per-image time at
-batch 1 (for the overhead ratio) and images/s at its best batch size (for the throughput ratio).
+photo. The bare encoder (the same ONNX files, in this process) is measured in the same run, next
+to what it is compared with, because the CPU is shared: at 1 client each request alternates with
+a bare batch-1 call on the same photo (the overhead ratio); before each concurrent level, a sweep
+of batch sizes on that level's photos gives the bare images/s at the best size (the throughput
+ratio).
 
     python bench/bench_service.py --artifacts artifacts --scenes ../shared/stl-fashion/images/scenes
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import io
 import json
 import logging
@@ -94,39 +98,75 @@ def start_server(artifacts: Path, port: int, env: dict[str, str]) -> subprocess.
     raise SystemExit("the server did not become ready in 120 s")
 
 
-async def load(
-    url: str, payloads: list[bytes], clients: int, category: str, k: int
-) -> tuple[list[float], int, float]:
-    """Send every payload once, ``clients`` at a time; (latencies s, errors, wall s)."""
+def multipart_request(port: int, photo: bytes, category: str, k: int) -> bytes:
+    """The complete HTTP/1.1 request for one photo, built before the clock starts."""
+    boundary = "ctlbench" + hashlib.sha1(photo).hexdigest()[:16]
+    fields = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in (("category", category), ("k", str(k)))
+    ]
+    body = (
+        "".join(fields).encode()
+        + f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+        f'filename="scene.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
+        + photo
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST /complete-the-look HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> int:
+    """Send one request on a keep-alive connection and read the whole response; its status."""
+    writer.write(request)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    lengths = [int(ln.split(":", 1)[1]) for ln in lines if ln.lower().startswith("content-length:")]
+    if not lengths:
+        raise ValueError("response without Content-Length")
+    length = lengths[0]
+    await reader.readexactly(length)
+    return int(lines[0].split()[1])
+
+
+async def load(port: int, requests: list[bytes], clients: int) -> tuple[list[float], int, float]:
+    """Send every prebuilt request once, ``clients`` connections at a time; (latencies s,
+    errors, wall s). A minimal HTTP/1.1 client, so the load generator, which shares the CPU
+    with the server, costs little."""
     queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for p in payloads:
-        queue.put_nowait(p)
+    for r in requests:
+        queue.put_nowait(r)
     latencies: list[float] = []
     errors = 0
 
-    async def client(http: httpx.AsyncClient) -> None:
+    async def client() -> None:
         nonlocal errors
-        while not queue.empty():
-            data = queue.get_nowait()
-            start = time.perf_counter()
-            try:
-                r = await http.post(
-                    url,
-                    files={"image": ("scene.jpg", data, "image/jpeg")},
-                    data={"category": category, "k": str(k)},
-                )
-                ok = r.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            latencies.append(time.perf_counter() - start)
-            errors += not ok
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while not queue.empty():
+                request = queue.get_nowait()
+                start = time.perf_counter()
+                try:
+                    ok = await _exchange(reader, writer, request) == 200
+                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    ok = False
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                latencies.append(time.perf_counter() - start)
+                errors += not ok
+        finally:
+            writer.close()
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
-        start = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(clients)))
-        wall = time.perf_counter() - start
-    return latencies, errors, wall
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return latencies, errors, time.perf_counter() - start
 
 
 def server_time(base: str) -> tuple[float, float]:
@@ -140,14 +180,11 @@ def server_time(base: str) -> tuple[float, float]:
     return values.get("sum", 0.0), values.get("count", 0.0)
 
 
-def measure(
-    base: str, mode: str, payloads: list[bytes], clients: int, category: str, k: int
-) -> Row:
+def measure(port: int, mode: str, requests: list[bytes], clients: int) -> Row:
     """One load level: client-side latencies and the server's own mean time."""
+    base = f"http://127.0.0.1:{port}"
     sum0, n0 = server_time(base)
-    latencies, errors, wall = asyncio.run(
-        load(f"{base}/complete-the-look", payloads, clients, category, k)
-    )
+    latencies, errors, wall = asyncio.run(load(port, requests, clients))
     sum1, n1 = server_time(base)
     return Row(
         mode,
@@ -162,27 +199,79 @@ def measure(
     )
 
 
-def bare_encoder(
-    artifacts: Path, photos: list[bytes], batch_sizes: list[int]
-) -> tuple[list[float], dict[int, float]]:
-    """Per-image seconds at batch 1 on ``photos`` and images/s for each batch size."""
-    encoder = OnnxEncoder.from_artifacts(artifacts, device="auto")
-    images = [Image.open(io.BytesIO(p)).convert("RGB") for p in photos]
-    encoder.embed_scenes(images[:2])  # warm-up
-    per_image = []
-    for im in images:
+class BareEncoder:
+    """The same encoder the server loads, run directly in this process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.encoder = OnnxEncoder.from_artifacts(
+            settings.artifacts_dir, device=settings.device, threads=settings.inference_threads
+        )
+
+    @staticmethod
+    def _images(photos: list[bytes]) -> list[Image.Image]:
+        return [Image.open(io.BytesIO(p)).convert("RGB") for p in photos]
+
+    def seconds(self, photo: bytes) -> float:
+        """One photo at batch 1 (decoding not included: that is part of the service's work)."""
+        (image,) = self._images([photo])
         start = time.perf_counter()
-        encoder.embed_scenes([im])
-        per_image.append(time.perf_counter() - start)
-    throughput = {}
-    for bs in batch_sizes:
-        n = max(bs, min(len(images), 4 * bs)) // bs * bs
-        batch_images = [images[i % len(images)] for i in range(n)]
-        start = time.perf_counter()
-        for i in range(0, n, bs):
-            encoder.embed_scenes(batch_images[i : i + bs])
-        throughput[bs] = n / (time.perf_counter() - start)
-    return per_image, throughput
+        self.encoder.embed_scenes([image])
+        return time.perf_counter() - start
+
+    def throughput(self, photos: list[bytes], batch_sizes: list[int]) -> dict[int, float]:
+        """Images/s at each batch size."""
+        images = self._images(photos)
+        self.encoder.embed_scenes(images[:2])  # warm-up
+        out = {}
+        for bs in batch_sizes:
+            n = max(bs, min(len(images), 4 * bs)) // bs * bs
+            batch_images = [images[i % len(images)] for i in range(n)]
+            start = time.perf_counter()
+            for i in range(0, n, bs):
+                self.encoder.embed_scenes(batch_images[i : i + bs])
+            out[bs] = n / (time.perf_counter() - start)
+        return out
+
+
+def interleaved(
+    port: int, photos: list[bytes], requests: list[bytes], bare: BareEncoder
+) -> tuple[Row, list[float]]:
+    """One client, alternating a bare encoder call and a request for each photo, so that both
+    see the same machine load (the CPU is shared); the row and the bare seconds."""
+    latencies: list[float] = []
+    bare_s: list[float] = []
+    errors = 0
+    base = f"http://127.0.0.1:{port}"
+    sum0, n0 = server_time(base)
+
+    async def run() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for photo, request in zip(photos, requests, strict=True):
+                bare_s.append(bare.seconds(photo))
+                start = time.perf_counter()
+                errors += await _exchange(reader, writer, request) != 200
+                latencies.append(time.perf_counter() - start)
+        finally:
+            writer.close()
+
+    asyncio.run(run())
+    sum1, n1 = server_time(base)
+    return (
+        Row(
+            "miss",
+            1,
+            len(latencies),
+            errors,
+            len(latencies) / sum(latencies),
+            1000 * statistics.median(latencies),
+            1000 * _percentile(latencies, 0.99),
+            1000 * statistics.fmean(latencies),
+            1000 * (sum1 - sum0) / max(n1 - n0, 1),
+        ),
+        bare_s,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--category", default=None, help="default: the first served category")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="CTL_X=V", help="server setting (repeat)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -209,36 +301,53 @@ def main(argv: list[str] | None = None) -> int:
     photos = [f.read_bytes() for f in files[: sum(sizes)]]
 
     load_before = os.getloadavg()[0]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     port = _free_port()
-    server = start_server(args.artifacts, port, {})
+    server_env = dict(e.split("=", 1) for e in args.env)
+    server = start_server(args.artifacts, port, server_env)
     rows: list[Row] = []
-    try:
-        # The bare encoder first, in this process while the server idles, so both are measured
-        # under the same machine load (the CPU is shared).
-        per_image, throughput = bare_encoder(
-            args.artifacts, photos[: sizes[0]], [int(b) for b in args.batch_sizes.split(",")]
+    bare_best: dict[int, tuple[int, float]] = {}  # clients -> (best batch, images/s) just before
+    # The server's settings (CTL_* of this process plus --env), so both run the same encoder.
+    bare = BareEncoder(
+        Settings(
+            **{k.removeprefix("CTL_").lower(): v for k, v in server_env.items()},
+            artifacts_dir=args.artifacts,
         )
+    )
+    try:
         base = f"http://127.0.0.1:{port}"
         category = args.category or httpx.get(f"{base}/categories").json()["categories"][0]["name"]
         log.info("category %r, levels %s, miss requests %s", category, levels, sizes)
-        measure(base, "warm-up", [photos[-1]], 1, category, args.k)
+
+        def build(batch: list[bytes]) -> list[bytes]:
+            return [multipart_request(port, p, category, args.k) for p in batch]
+
+        measure(port, "warm-up", build([photos[-1]]), 1)
         offset = 0
+        bare_s: list[float] = []
         for clients, n in zip(levels, sizes, strict=True):
             batch = photos[offset : offset + n]
             offset += n
-            rows.append(measure(base, "miss", batch, clients, category, args.k))
+            if clients == 1:
+                row, bare_s = interleaved(port, batch, build(batch), bare)
+            else:
+                sweep = bare.throughput(batch, batch_sizes)
+                best = max(sweep, key=lambda b: sweep[b])
+                bare_best[clients] = (best, sweep[best])
+                log.info("bare encoder images/s by batch size: %s", sweep)
+                row = measure(port, "miss", build(batch), clients)
+            rows.append(row)
             log.info("%s", rows[-1])
         for clients in levels:
-            hits = [photos[0]] * args.hit_requests
-            rows.append(measure(base, "hit", hits, clients, category, args.k))
+            hits = build([photos[0]]) * args.hit_requests
+            rows.append(measure(port, "hit", hits, clients))
             log.info("%s", rows[-1])
     finally:
         server.terminate()
         server.wait(timeout=30)
 
-    best_bs = max(throughput, key=lambda b: throughput[b])
-    miss1 = next(r for r in rows if r.mode == "miss" and r.clients == 1)
-    overhead = miss1.mean_ms / (1000 * statistics.fmean(per_image))
+    miss = {r.clients: r for r in rows if r.mode == "miss"}
+    overhead = miss[1].mean_ms / (1000 * statistics.fmean(bare_s)) if 1 in miss else float("nan")
     lines = [
         "| mode | clients | requests | errors | req/s | p50 ms | p99 ms | server mean ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -250,16 +359,13 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"load average (1 min) at the start {load_before:.1f}, at the end {os.getloadavg()[0]:.1f} "
         f"on {os.cpu_count()} CPUs",
-        f"bare encoder, batch 1: {1000 * statistics.fmean(per_image):.1f} ms/image "
-        f"(same {len(per_image)} photos as the 1-client misses)",
-        "bare encoder images/s by batch size: "
-        + ", ".join(f"{b}: {v:.1f}" for b, v in throughput.items()),
-        f"best batch size {best_bs}: {throughput[best_bs]:.1f} images/s",
-        f"overhead ratio (1-client miss mean latency / bare batch-1 time): {overhead:.2f}",
+        f"bare encoder, batch 1: {1000 * statistics.fmean(bare_s):.1f} ms/image, interleaved "
+        f"with the {len(bare_s)} 1-client misses on the same photos",
+        f"overhead ratio (1-client miss mean latency / bare batch-1 mean): {overhead:.2f}",
         *(
-            f"miss throughput at {r.clients} clients / bare best: {r.rps / throughput[best_bs]:.2f}"
-            for r in rows
-            if r.mode == "miss" and r.clients >= 8
+            f"{c} clients: misses {miss[c].rps:.1f} req/s; bare encoder just before: "
+            f"{ips:.1f} images/s at its best batch size {bs}; ratio {miss[c].rps / ips:.2f}"
+            for c, (bs, ips) in bare_best.items()
         ),
     ]
     print("\n".join(lines))
@@ -268,9 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "rows": [asdict(r) for r in rows],
-                    "bare_ms_per_image_batch1": 1000 * statistics.fmean(per_image),
-                    "bare_images_per_s": throughput,
-                    "best_batch": best_bs,
+                    "bare_ms_per_image_batch1": 1000 * statistics.fmean(bare_s),
+                    "bare_best_before_level": bare_best,
                     "overhead_ratio": overhead,
                 },
                 indent=2,

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from index.search import (
+    FLAT,
     CatalogIndex,
     CategoryIndex,
     Product,
@@ -213,8 +214,8 @@ class IndexStore:
         for name, info in man["categories"].items():
             slug = info["slug"]
             index = faiss.read_index(str(vdir / f"{slug}.faiss"))
-            if gpu is not None and index.ntotal:
-                index = faiss.index_cpu_to_gpu(gpu, 0, index)
+            if gpu is not None and index.ntotal and info["kind"] == FLAT:
+                index = faiss.index_cpu_to_gpu(gpu, 0, index)  # no PQ fast-scan on GPUs
             ids = json.loads((vdir / f"{slug}.ids.json").read_text())
             emb = np.load(vdir / f"{slug}.emb.npy")
             cats[name] = CategoryIndex(name, ids, emb, index, info["kind"])

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     max_k: int = 100
     max_batch_items: int = 32
     batch_max_size: int = 16
-    batch_max_wait_ms: float = 5.0
+    batch_max_wait_ms: float = 0.0  # 0: no added wait; batches fill while the encoder is busy
     inference_threads: int = 0
     device: str = "auto"  # auto | cpu | cuda
     redis_prefix: str = "ctl:"
