@@ -37,6 +37,11 @@ class Head(nn.Module):
 class CTLModel(nn.Module):
     """Scene and product embeddings, category attention and the CTL distances."""
 
+    global_mean: torch.Tensor
+    global_std: torch.Tensor
+    local_mean: torch.Tensor
+    local_std: torch.Tensor
+
     def __init__(
         self,
         global_dim: int,
@@ -57,17 +62,34 @@ class CTLModel(nn.Module):
         self.g_local = Head(local_dim, dim, hidden, dropout)  # g(Θl): style of each region
         self.g_key = Head(local_dim, dim, hidden, dropout)  # g(Θl^): attention keys
         self.category_emb = nn.Parameter(torch.randn(len(self.categories), dim) * 0.1)
+        # Per-dimension standardization of the backbone features (set from training data): the
+        # concatenated taps differ in scale, and unscaled the largest ones drown the others.
+        self.register_buffer("global_mean", torch.zeros(global_dim))
+        self.register_buffer("global_std", torch.ones(global_dim))
+        self.register_buffer("local_mean", torch.zeros(local_dim))
+        self.register_buffer("local_std", torch.ones(local_dim))
+
+    @torch.no_grad()
+    def set_input_stats(self, global_feats: torch.Tensor, local_feats: torch.Tensor) -> None:
+        """Standardize inputs with the mean/std of training features ((N, G) and (M, L))."""
+        self.global_mean.copy_(global_feats.mean(0))
+        self.global_std.copy_(global_feats.std(0) + 1e-3)
+        self.local_mean.copy_(local_feats.mean(0))
+        self.local_std.copy_(local_feats.std(0) + 1e-3)
+
+    def _g(self, g: torch.Tensor) -> torch.Tensor:
+        return self.input_drop((g - self.global_mean) / self.global_std)
 
     def product_embedding(self, g: torch.Tensor) -> torch.Tensor:
         """f_p (B, D) from product global features (B, G)."""
-        return self.g_global(self.input_drop(g))
+        return self.g_global(self._g(g))
 
     def scene_embeddings(
         self, g: torch.Tensor, regions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """f_s (B, D), f_i (B, R, D) and the keys f^_i (B, R, D) of a scene."""
-        regions = self.input_drop(regions)
-        return self.g_global(self.input_drop(g)), self.g_local(regions), self.g_key(regions)
+        regions = self.input_drop((regions - self.local_mean) / self.local_std)
+        return self.g_global(self._g(g)), self.g_local(regions), self.g_key(regions)
 
     def category_embeddings(self) -> torch.Tensor:
         """e^_c (C, D), unit length."""

@@ -194,6 +194,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--contrastive", type=float, default=0.0, help="weight of in-batch softmax loss")
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="z-score backbone features with training statistics",
+    )
     return p
 
 
@@ -231,6 +237,14 @@ def _train(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         args.dropout,
         args.input_dropout,
     )
+    if args.standardize:
+        train_rows = torch.tensor(sorted({e.row for e in ds.examples["train"]}))
+        model.set_input_stats(
+            torch.cat(
+                [t.scene_global[:, train_rows].flatten(0, 1), t.product_global.flatten(0, 1)]
+            ),
+            t.scene_regions[:, train_rows].flatten(0, 2),
+        )
     config = {
         "model": model.config(),
         "backbone": args.backbone,
