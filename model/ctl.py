@@ -154,6 +154,10 @@ def load_run(run_dir: Path | str) -> tuple[CTLModel, dict[str, Any]]:
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     config: dict[str, Any] = dict(ckpt["config"])
     model = CTLModel.from_config(config["model"])
-    model.load_state_dict(ckpt["model"])
+    # Runs from before input standardization lack its buffers: their identity defaults apply.
+    result = model.load_state_dict(ckpt["model"], strict=False)
+    stats = {"global_mean", "global_std", "local_mean", "local_std"}
+    if result.unexpected_keys or set(result.missing_keys) - stats:
+        raise RuntimeError(f"{ckpt_path}: checkpoint does not match its config: {result}")
     model.eval()
     return model, config
