@@ -10,9 +10,7 @@ COPY pyproject.toml README.md cli.py ./
 COPY service ./service
 COPY model ./model
 COPY index ./index
-# The index builder (admin catalog updates) reads product paths through training/stl.py, which
-# is plain Python; the rest of training/ (torch) stays out, and `pip install .` installs no torch.
-COPY training/__init__.py training/stl.py ./training/
+# training/ (torch) stays out: the API needs only service/, index/ and model/runtime.py.
 RUN pip install . && python -c "import service.app, sys; assert 'torch' not in sys.modules"
 
 # The same uid as the job image, which writes the artifacts volume first.

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from index import catalog
 from index.store import CategoryData, IndexStore, UnknownProductError, atomic_write_bytes
 from model.runtime import Encoder
-from training.stl import STLData
 
 log = logging.getLogger(__name__)
 
@@ -220,16 +220,20 @@ def catalog_items(
 ) -> tuple[list[tuple[str, str, Path]], dict[str, str]]:
     """(id, category, image path) of every product image under ``DIR/images/products``, sorted,
     and id -> reason for those without a category the model knows."""
-    data = STLData.load(Path(data_dir))
-    if not data.product_dir.is_dir():
-        raise BuildError(f"{data.product_dir} not found: no product images to index")
+    images = catalog.product_dir(data_dir)
+    if not images.is_dir():
+        raise BuildError(f"{images} not found: no product images to index")
+    try:
+        category_of = catalog.read_categories(data_dir)
+    except (OSError, ValueError) as exc:
+        raise BuildError(str(exc)) from exc
     known = set(categories)
     items: list[tuple[str, str, Path]] = []
     skipped: dict[str, str] = {}
-    for path in sorted(data.product_dir.glob("*.jpg")):
-        cat = data.category(path.stem)
+    for path in sorted(images.glob("*.jpg")):
+        cat = category_of.get(path.stem)
         if cat is None:
-            skipped[path.stem] = f"no category in {data.domain}-cat.json"
+            skipped[path.stem] = "no category in fashion-cat.json"
         elif cat not in known:
             skipped[path.stem] = f"category {cat!r} is not one of the model's"
         else:
@@ -302,7 +306,7 @@ def build_index(
 
 
 def _reload(data_dir: Path, pid: str) -> _Loaded:
-    loaded = load_image(STLData(Path(data_dir)).product_path(pid))
+    loaded = load_image(catalog.product_path(data_dir, pid))
     if isinstance(loaded, str):
         raise BuildError(f"product image {pid} became unreadable during the build: {loaded}")
     return loaded

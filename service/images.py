@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 
 from fastapi import HTTPException, UploadFile, status
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 _CHUNK = 256 * 1024
@@ -94,4 +94,6 @@ def decode_image(upload: Upload, max_pixels: int) -> Image.Image:
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
                 f"{name}: truncated or corrupt image: {exc}",
             ) from None
+    # Phone photos are stored sideways with an EXIF orientation; browsers honour it, so must we.
+    image = ImageOps.exif_transpose(image)
     return image if image.mode == "RGB" else image.convert("RGB")

@@ -184,7 +184,7 @@ def main(argv: list[str]) -> int:
         _digest("index", manifest, str(data)),
         artifacts / "index" / "CURRENT",
         index_cli.build_main,
-        ["--artifacts", str(artifacts), "--data", str(data)],
+        ["--artifacts", str(artifacts), "--data", str(data), "--work-dir", str(work)],
     )
 
     if args.no_serve:
