@@ -95,5 +95,5 @@ def decode_image(upload: Upload, max_pixels: int) -> Image.Image:
                 f"{name}: truncated or corrupt image: {exc}",
             ) from None
     # Phone photos are stored sideways with an EXIF orientation; browsers honour it, so must we.
-    image = ImageOps.exif_transpose(image)
-    return image if image.mode == "RGB" else image.convert("RGB")
+    upright = ImageOps.exif_transpose(image)
+    return upright if upright.mode == "RGB" else upright.convert("RGB")
