@@ -42,7 +42,6 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
-    default_k: int = 10
     max_k: int = 100
     max_batch_items: int = 32
     batch_max_size: int = 16
@@ -57,7 +56,7 @@ class Settings(BaseSettings):
 
     # Index.
     ann_threshold: int = 50_000
-    rerank_candidates: int = 200
+    rerank_candidates: int = 500  # approximate-index candidates re-scored exactly (recall@10)
 
 
 @lru_cache(maxsize=1)

@@ -15,6 +15,9 @@ from service.metrics import Metrics
 from service.recommender import Pipeline
 from service.serving import Serving, ServingManager, UnknownCategory
 
+DEFAULT_K = 10
+"""Products per category when a request does not say (the OpenAPI default, so a constant)."""
+
 
 async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings

@@ -60,7 +60,15 @@ class Pipeline:
     async def compute(self, sha256: str, emb: SceneEmbedding, category: str, k: int) -> list[dict]:
         """Search the catalog for ``category`` and cache the result."""
         cat_idx = self.serving.category_index(category)
-        scored = await asyncio.to_thread(recommend, self.serving.catalog, emb, cat_idx, category, k)
+        scored = await asyncio.to_thread(
+            recommend,
+            self.serving.catalog,
+            emb,
+            cat_idx,
+            category,
+            k,
+            self.settings.rerank_candidates,
+        )
         result = [
             {
                 "id": s.id,

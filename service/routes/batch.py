@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 
-from service.deps import PipelineDep, check_category, check_k
+from service.deps import DEFAULT_K, PipelineDep, check_category, check_k
 from service.images import read_upload
 from service.recommender import Pipeline, with_ranks
 from service.routes.recommend import ERRORS, KField
@@ -82,7 +82,7 @@ async def batch_complete_the_look(
             examples=['[["Shoes"], ["Pants", "Shoes"]]'],
         ),
     ] = None,
-    k: KField = 10,
+    k: KField = DEFAULT_K,
 ) -> dict:
     """Recommendations for each uploaded scene; per-item errors do not fail the batch."""
     check_k(k, pipe.settings)

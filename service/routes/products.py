@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, sta
 from fastapi.responses import FileResponse
 
 from index.search import Product, Similar, similar, similar_to_product
-from service.deps import PipelineDep, ServingDep, SettingsDep, check_category, check_k
+from service.deps import DEFAULT_K, PipelineDep, ServingDep, SettingsDep, check_category, check_k
 from service.images import decode_image, read_upload
 from service.routes.recommend import ERRORS, KField
 from service.schemas import Categories, ProductInfo, SimilarResponse
@@ -78,7 +78,7 @@ async def similar_products(
     product_id: str,
     serving: ServingDep,
     settings: SettingsDep,
-    k: Annotated[int, Query(description="how many products (1..max_k)")] = 10,
+    k: Annotated[int, Query(description="how many products (1..max_k)")] = DEFAULT_K,
 ) -> dict:
     """Visually similar products of the same category (the product itself excluded)."""
     check_k(k, settings)
@@ -91,7 +91,7 @@ async def similar_to_photo(
     pipe: PipelineDep,
     image: Annotated[UploadFile, File(description="a product photo (JPEG, PNG or WebP)")],
     category: Annotated[str, Form(description="the category to search", examples=["Shoes"])],
-    k: KField = 10,
+    k: KField = DEFAULT_K,
 ) -> dict:
     """Products of ``category`` that look like the uploaded product photo."""
     check_k(k, pipe.settings)

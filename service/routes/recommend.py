@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from service.deps import PipelineDep, check_category, check_k, unique
+from service.deps import DEFAULT_K, PipelineDep, check_category, check_k, unique
 from service.images import read_upload
 from service.recommender import attention_grid, with_ranks
 from service.schemas import CompleteTheLook, CompleteTheLookAll
@@ -30,7 +30,7 @@ async def complete_the_look(
     pipe: PipelineDep,
     image: ImageField,
     category: Annotated[str, Form(description="a category name", examples=["Shoes"])],
-    k: KField = 10,
+    k: KField = DEFAULT_K,
     explain: Annotated[
         bool, Form(description="add the category's attention over the scene's regions")
     ] = False,
@@ -66,7 +66,7 @@ async def complete_the_look_all(
             examples=[["Shoes", "Handbags, Wallets & Cases"]],
         ),
     ] = None,
-    k: KField = 10,
+    k: KField = DEFAULT_K,
 ) -> dict:
     """Recommendations for every category (or the listed ones) from one encoder pass."""
     check_k(k, pipe.settings)
