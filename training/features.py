@@ -2,7 +2,8 @@
 
 ``ctl features --data DIR`` computes, for every CTL example (a pair whose product survives the
 crop rules), the cropped scene's global and region features, and for every catalog product its
-global features, each for several views (``orig``, ``flip``: horizontally flipped). Arrays are
+global features, each for several views (``orig``, ``flip``: horizontally flipped, ``zoom``:
+centre 90% crop). Arrays are
 fp16 ``.npy`` files, memory-mapped when read. The cache directory is keyed by the backbone
 (name, weights file, layers), its preprocessing, the crop rules and the data set, so changing
 any of them starts a new one. Work is done in chunks, each written atomically, with
@@ -40,8 +41,26 @@ from training.stl import STLData
 
 log = logging.getLogger(__name__)
 
-VIEWS: dict[str, bool] = {"orig": False, "flip": True}
-"""View name -> horizontal flip."""
+
+@dataclass(frozen=True)
+class View:
+    """An augmentation of the input image: horizontal flip and/or a centre crop of ``zoom``."""
+
+    flip: bool = False
+    zoom: float = 1.0
+
+    def apply(self, image: Image.Image) -> Image.Image:
+        """The centre ``zoom`` fraction of each side (the flip happens in preprocessing)."""
+        if self.zoom >= 1.0:
+            return image
+        w, h = image.size
+        cw, ch = max(1, round(w * self.zoom)), max(1, round(h * self.zoom))
+        left, top = (w - cw) // 2, (h - ch) // 2
+        return image.crop((left, top, left + cw, top + ch))
+
+
+VIEWS: dict[str, View] = {"orig": View(), "flip": View(flip=True), "zoom": View(zoom=0.9)}
+"""View name -> augmentation; ``zoom`` is the centre 90% of the image."""
 DEFAULT_VIEWS = ("orig", "flip")
 CHUNK = 256
 ENGINES = ("auto", "onnx", "torch")
@@ -254,11 +273,11 @@ class _Builder:
             log.info(
                 "%s/%s: resuming, %d of %d chunks done", kind, view, n_chunks - len(todo), n_chunks
             )
-        flip = VIEWS[view]
+        aug = VIEWS[view]
         start = time.perf_counter()
 
         def images(c: int) -> list[Image.Image]:
-            return [load(i) for i in range(c * CHUNK, min(n, (c + 1) * CHUNK))]
+            return [aug.apply(load(i)) for i in range(c * CHUNK, min(n, (c + 1) * CHUNK))]
 
         with ThreadPoolExecutor(1) as pool:  # decode the next chunk while this one runs
             nxt = pool.submit(images, todo[0]) if todo else None
@@ -266,7 +285,7 @@ class _Builder:
                 assert nxt is not None
                 ims = nxt.result()
                 nxt = pool.submit(images, todo[k + 1]) if k + 1 < len(todo) else None
-                g, r = compute_features(self.backbone, ims, self.batch_size, flip, self.engine)
+                g, r = compute_features(self.backbone, ims, self.batch_size, aug.flip, self.engine)
                 arrays = {"global": g.astype(np.float16)}
                 if regions:
                     arrays["regions"] = r.astype(np.float16)
