@@ -10,9 +10,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
-    """The shared STL-Fashion subset beside the checkout, else ./data."""
-    shared = Path(__file__).resolve().parent.parent.parent / "shared" / "stl-fashion"
-    return shared if shared.is_dir() else Path("data")
+    """The shared STL-Fashion subset beside the checkout (or the working dir), else ./data."""
+    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        shared = base.parent / "shared" / "stl-fashion"
+        if shared.is_dir():
+            return shared
+    return Path("data")
 
 
 class Settings(BaseSettings):

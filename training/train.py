@@ -88,15 +88,28 @@ class Dataset:
 
 @torch.no_grad()
 def evaluate_auc(
-    model: CTLModel, t: Tensors, sampler: TripletSampler, examples: list[Example]
+    model: CTLModel,
+    t: Tensors,
+    sampler: TripletSampler,
+    examples: list[Example],
+    views: tuple[int, ...] = (0,),
 ) -> float:
-    """Mean over pairs of P(d*(s, neg) > d*(s, pos)) over every valid negative (ties count 1/2)."""
+    """Mean over pairs of P(d*(s, neg) > d*(s, pos)) over every valid negative (ties count 1/2).
+
+    ``views``: the cached views whose embeddings are averaged (test-time augmentation; the
+    product vectors are renormalized so that d* = 2 - <q, f_p> still ranks them).
+    """
     model.eval()
-    f_p = model.product_embedding(t.product_global[0])
+    f_p = F.normalize(
+        torch.stack([model.product_embedding(t.product_global[v]) for v in views]).mean(0), dim=-1
+    )
     rows = torch.tensor([e.row for e in examples])
     cats = torch.tensor([e.category for e in examples])
-    f_s, f_i, keys = model.scene_embeddings(t.scene_global[0, rows], t.scene_regions[0, rows])
-    q = model.query_vector(f_s, f_i, model.attention(keys, cats))
+    qs = []
+    for v in views:
+        f_s, f_i, keys = model.scene_embeddings(t.scene_global[v, rows], t.scene_regions[v, rows])
+        qs.append(model.query_vector(f_s, f_i, model.attention(keys, cats)))
+    q = torch.stack(qs).mean(0)
     scores = (q @ f_p.T).numpy()  # d* = 2 - score: higher score = closer
     aucs = []
     for i, ex in enumerate(examples):
