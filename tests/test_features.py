@@ -108,3 +108,21 @@ def test_compute_features_engines_agree() -> None:
     np.testing.assert_allclose(r1, r2, atol=1e-4)
     with pytest.raises(ValueError, match="unknown engine"):
         compute_features(bb, ims, engine="tpu")
+
+
+def test_zoom_view_is_the_backbone_on_the_centre_crop(tmp_path: Path) -> None:
+    img = Image.fromarray(np.arange(100 * 50 * 3, dtype=np.uint8).reshape(50, 100, 3))
+    zoomed = features.VIEWS["zoom"].apply(img)
+    assert zoomed.size == (90, 45)
+    np.testing.assert_array_equal(np.asarray(zoomed), np.asarray(img)[2:47, 5:95])
+    assert features.VIEWS["orig"].apply(img) is img
+    data = make_data(tmp_path / "data")
+    bb = build_backbone("tiny")
+    cache, _ = build_cache(data, bb, tmp_path / "cache", views=("orig", "zoom"))
+    prod = Image.open(data.product_path(cache.products[0])).convert("RGB")
+    ref, _ = compute_features(bb, [features.VIEWS["zoom"].apply(prod)], engine="torch")
+    np.testing.assert_allclose(
+        cache.array("product_global", "zoom")[0], ref[0], rtol=1e-2, atol=1e-3
+    )
+    with pytest.raises(ValueError, match="unknown views"):
+        build_cache(data, bb, tmp_path / "cache", views=("orig", "zoom2"))

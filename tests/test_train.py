@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from model.ctl import CTLModel, load_run
 from service.config import Settings
 from training.stl import STLData
-from training.train import build_parser, train, triplet_loss
+from training.train import Tensors, build_parser, train, triplet_loss, triplet_step
 
 
 def small_stl(src: Path, dst: Path, n_pairs: int = 48, n_extra: int = 40) -> Path:
@@ -94,3 +95,42 @@ def test_one_epoch_on_real_pairs(stl_dir: Path, tmp_path: Path) -> None:
     model, config = load_run(out)
     assert config["backbone"] == "tiny" and model.categories == ["Pants", "Shoes"]
     assert (out / "last.pt").is_file() and (out / "config.json").is_file()
+
+
+def _toy(n_views: int = 1, scenes: int = 6, products: int = 12) -> tuple[CTLModel, Tensors]:
+    torch.manual_seed(0)
+    model = CTLModel(8, 4, ["A", "B"], dim=6, hidden=8).eval()
+    t = Tensors(
+        torch.randn(n_views, scenes, 8),
+        torch.randn(n_views, scenes, 49, 4),
+        torch.randn(n_views, products, 8),
+    )
+    return model, t
+
+
+@pytest.mark.parametrize("mode", ["random", "hard", "semihard"])
+def test_mined_negatives(mode: str) -> None:
+    model, t = _toy()
+    batch = np.array([[i, i, 6 + i % 4] for i in range(6)])
+    cats = torch.zeros(6, dtype=torch.long)  # one category: every batch product is a candidate
+    excl = torch.zeros(6, 12, dtype=torch.bool)
+    excl[torch.arange(6), torch.arange(6)] = True  # a scene's own product is never its negative
+    args = build_parser(Settings()).parse_args(["--out", "x", "--negatives", mode])
+    loss = triplet_step(model, t, batch, cats, args, torch.Generator(), excl)
+    with torch.no_grad():
+        f_s, f_i, keys = model.scene_embeddings(t.scene_global[0, :6], t.scene_regions[0, :6])
+        q = model.query_vector(f_s, f_i, model.attention(keys, cats))
+        f_p = model.product_embedding(t.product_global[0])
+        cand = torch.cat([f_p[batch[:, 1]], f_p[batch[:, 2]]])
+        sim = q @ cand.T
+        sim_pos = sim[torch.arange(6), torch.arange(6)]
+        expected = []
+        for i in range(6):
+            ok = [j for j in range(12) if not excl[i, j]]
+            if mode == "semihard":
+                ok = [j for j in ok if sim[i, j] < sim_pos[i]] or [6 + i]
+            elif mode == "random":
+                ok = [6 + i]
+            expected.append(max(float(sim[i, j]) for j in ok))
+        ref = triplet_loss(2 - sim_pos, 2 - torch.tensor(expected), args.margin)
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-5)

@@ -88,28 +88,15 @@ class Dataset:
 
 @torch.no_grad()
 def evaluate_auc(
-    model: CTLModel,
-    t: Tensors,
-    sampler: TripletSampler,
-    examples: list[Example],
-    views: tuple[int, ...] = (0,),
+    model: CTLModel, t: Tensors, sampler: TripletSampler, examples: list[Example]
 ) -> float:
-    """Mean over pairs of P(d*(s, neg) > d*(s, pos)) over every valid negative (ties count 1/2).
-
-    ``views``: the cached views whose embeddings are averaged (test-time augmentation; the
-    product vectors are renormalized so that d* = 2 - <q, f_p> still ranks them).
-    """
+    """Mean over pairs of P(d*(s, neg) > d*(s, pos)) over every valid negative (ties count 1/2)."""
     model.eval()
-    f_p = F.normalize(
-        torch.stack([model.product_embedding(t.product_global[v]) for v in views]).mean(0), dim=-1
-    )
+    f_p = model.product_embedding(t.product_global[0])
     rows = torch.tensor([e.row for e in examples])
     cats = torch.tensor([e.category for e in examples])
-    qs = []
-    for v in views:
-        f_s, f_i, keys = model.scene_embeddings(t.scene_global[v, rows], t.scene_regions[v, rows])
-        qs.append(model.query_vector(f_s, f_i, model.attention(keys, cats)))
-    q = torch.stack(qs).mean(0)
+    f_s, f_i, keys = model.scene_embeddings(t.scene_global[0, rows], t.scene_regions[0, rows])
+    q = model.query_vector(f_s, f_i, model.attention(keys, cats))
     scores = (q @ f_p.T).numpy()  # d* = 2 - score: higher score = closer
     aucs = []
     for i, ex in enumerate(examples):
@@ -144,17 +131,19 @@ def triplet_step(
     f_pos = model.product_embedding(t.product_global[v[1], p])
     f_neg = model.product_embedding(t.product_global[v[2], n])
     sim_pos = (q * f_pos).sum(-1)
-    if args.negatives == "hard":
+    sim_neg = (q * f_neg).sum(-1)
+    if args.negatives in ("hard", "semihard"):
         # Every product in the batch is a candidate negative for every scene: same category,
-        # not paired with the scene. Take the hardest (most similar) one.
+        # not paired with the scene. "hard" takes the most similar one; "semihard" the most
+        # similar one that is still farther than the positive (else the drawn negative).
         cand = torch.cat([f_pos, f_neg])  # (2B, D)
         cand_cat = torch.cat([cats, cats])
         sim = q @ cand.T  # (B, 2B)
         valid = (cand_cat[None, :] == cats[:, None]) & ~excl
-        sim_neg = sim.masked_fill(~valid, -1e4).max(1).values
-        sim_neg = torch.where(valid.any(1), sim_neg, (q * f_neg).sum(-1))
-    else:
-        sim_neg = (q * f_neg).sum(-1)
+        if args.negatives == "semihard":
+            valid &= sim < sim_pos.detach()[:, None]
+        mined = sim.masked_fill(~valid, -1e4).max(1).values
+        sim_neg = torch.where(valid.any(1), mined, sim_neg)
     loss = triplet_loss(2 - sim_pos, 2 - sim_neg, args.margin)
     if args.contrastive > 0:
         cand = torch.cat([f_pos, f_neg])
@@ -203,7 +192,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--input-dropout", type=float, default=0.0)
-    p.add_argument("--negatives", choices=("random", "hard"), default="random")
+    p.add_argument("--negatives", choices=("random", "hard", "semihard"), default="random")
     p.add_argument("--contrastive", type=float, default=0.0, help="weight of in-batch softmax loss")
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--eval-every", type=int, default=5)
