@@ -194,7 +194,7 @@ def test_download_counts_every_failure_and_resumes(
         ("a1b2c3scene1", "f1a2b3flaky"),
     ]
     assert data.scene_path("a1b2c3scene1").read_bytes() == GOOD["a1b2c3scene1"]
-    assert not list(out.rglob("*.part"))
+    assert not list(out.rglob(".*")), "temp files of atomic writes were left behind"
     assert data.scene_path("a1b2c3scene1").stat().st_mode & 0o777 == 0o644
 
     # Resume: a file broken on disk is fetched again, valid ones are skipped without a request.

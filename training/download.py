@@ -11,9 +11,7 @@ import http.client
 import io
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from training.atomic import write_bytes
 from training.stl import load_pairs
 
 log = logging.getLogger(__name__)
@@ -123,20 +122,6 @@ def is_valid_image(path: Path) -> bool:
     return True
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temp file in the same directory, so no half file is ever visible."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes it private; the data is meant to be shared
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def fetch_once(url: str, timeout: float) -> bytes:
     """GET ``url``; raise ``FetchError`` with a reason on any failure."""
     request = urllib.request.Request(url, headers={"User-Agent": "complete-the-look/0.1"})
@@ -186,7 +171,7 @@ class Fetcher:
             try:
                 data = fetch_once(url, self.timeout)
                 check_image(data)
-                write_atomic(dest, data)
+                write_bytes(dest, data)
                 return Outcome(job, "ok", attempts=attempt)
             except FetchError as exc:
                 if not exc.retry or attempt > self.retries:
@@ -253,14 +238,14 @@ def write_failures(path: Path, failures: Iterable[Outcome], base_url: str) -> No
         + "\n"
         for o in failures
     ]
-    write_atomic(path, "".join(lines).encode("utf-8"))
+    write_bytes(path, "".join(lines).encode("utf-8"))
 
 
 def copy_into(src: Path, dest: Path) -> None:
     """Copy a metadata file into the data directory (atomically; a no-op onto itself)."""
     if dest.exists() and dest.samefile(src):
         return
-    write_atomic(dest, src.read_bytes())
+    write_bytes(dest, src.read_bytes())
 
 
 def infer_domain(pairs_file: Path) -> str:

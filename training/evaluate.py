@@ -15,8 +15,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -34,6 +32,7 @@ from model.preprocess import PreprocessSpec
 from service.config import Settings
 from training import metrics as M
 from training import plots
+from training.atomic import atomic_path, write_json
 from training.crop import CropResult, CropStats, PixelBox, box_in_crop, crop_box
 from training.features import FeatureCache, cache_key, compute_features
 from training.report import Picture, write_report
@@ -278,11 +277,8 @@ def cached_features(
         with np.load(path) as z:
             return z["g"].astype(np.float32), z["regions"].astype(np.float32)
     g, r = produce()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, g=g.astype(np.float16), regions=r.astype(np.float16))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, g=g.astype(np.float16), regions=r.astype(np.float16))
     return g, r
 
 
@@ -457,14 +453,6 @@ def other_boxes(
 
 def _read_json(path: Path, default: Any) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
-
-
-def _write_json(path: Path, obj: object) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def run_evaluation(run_dir: Path, data_dir: Path, cache: Path, opts: Options) -> Evaluation:
@@ -691,7 +679,7 @@ def evaluate(run_dir: Path, data_dir: Path, out_dir: Path, opts: Options) -> dic
     metrics = metrics_of(ev, opts)
     pictures = draw_pictures(ev, metrics, opts, out_dir)
     metrics["seconds"]["total"] = round(time.monotonic() - t0, 2)
-    _write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "metrics.json", metrics)
     run_metrics = _read_json(run_dir / "metrics.json", {})
     write_report(out_dir / "report.md", metrics, run_metrics, SCORER_NOTES, pictures)
     return metrics

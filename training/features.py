@@ -37,6 +37,7 @@ from model.backbones import BACKBONES, Backbone, build_backbone
 from model.preprocess import to_batch
 from service.config import Settings
 from training import crop
+from training.atomic import atomic_path, write_json
 from training.stl import STLData
 
 log = logging.getLogger(__name__)
@@ -193,16 +194,9 @@ def cache_key(backbone: Backbone, data: STLData) -> str:
     return f"{backbone.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
-def _atomic_json(path: Path, obj: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def _atomic_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, arr)
 
 
 @dataclass
@@ -289,14 +283,13 @@ class _Builder:
                 arrays = {"global": g.astype(np.float16)}
                 if regions:
                     arrays["regions"] = r.astype(np.float16)
-                tmp = self._chunk(kind, view, c).with_suffix(".tmp.npz")
-                np.savez(tmp, **arrays)  # type: ignore[arg-type]
-                os.replace(tmp, self._chunk(kind, view, c))
+                with atomic_path(self._chunk(kind, view, c)) as tmp:
+                    np.savez(tmp, **arrays)  # type: ignore[arg-type]
                 done = n_chunks - len(todo) + k + 1
                 secs = time.perf_counter() - start
                 rate = (k + 1) * CHUNK / secs
                 self.progress[f"{kind}-{view}"] = {"chunks_done": done, "chunks": n_chunks}
-                _atomic_json(self.progress_file, self.progress)
+                write_json(self.progress_file, self.progress, indent=1)
                 log.info(
                     "%s/%s: chunk %d/%d (%.1f img/s, ~%.0f s left)",
                     kind,
@@ -359,7 +352,7 @@ def build_cache(
             "views": [],
             "seconds": 0.0,
         }
-        _atomic_json(meta_file, meta)
+        write_json(meta_file, meta, indent=1)
     crops_list = [CropItem(s, tuple(b)) for s, b in meta["crops"]]
     products = meta["products"]
     log.info(
@@ -383,7 +376,7 @@ def build_cache(
         if view not in meta["views"]:
             meta["views"].append(view)
     meta["seconds"] = float(meta["seconds"]) + spent
-    _atomic_json(meta_file, meta)
+    write_json(meta_file, meta, indent=1)
     if builder.chunk_dir.is_dir() and not any(builder.chunk_dir.iterdir()):
         shutil.rmtree(builder.chunk_dir)
     return FeatureCache(path, meta), spent

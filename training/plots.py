@@ -6,8 +6,6 @@ and these only decide how. Files are written atomically (temp file, then ``os.re
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from training.atomic import atomic_path
 from training.stl import BBox
 
 STYLES: dict[str, dict[str, Any]] = {
@@ -36,16 +35,11 @@ STYLES: dict[str, dict[str, Any]] = {
 
 def _save(fig: Figure, path: Path) -> Path:
     """Write ``fig`` as PNG atomically and release its memory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

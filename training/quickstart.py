@@ -16,7 +16,9 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from model.runtime import sha256_file
 from service.config import Settings
+from training.atomic import write_json
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +27,6 @@ RELEASE_BASE = "https://raw.githubusercontent.com/kang205/STL-Dataset/master"
 
 def _digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Stamps:
@@ -52,10 +46,7 @@ class Stamps:
             return False
 
     def record(self, step: str, digest: str) -> None:
-        path = self.root / f"{step}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"digest": digest}))
-        os.replace(tmp, path)
+        write_json(self.root / f"{step}.json", {"digest": digest})
 
 
 def _run_step(
@@ -167,7 +158,7 @@ def main(argv: list[str]) -> int:
         train_argv,
     )
 
-    checkpoint = _file_digest(run_dir / "checkpoint.pt")
+    checkpoint = sha256_file(run_dir / "checkpoint.pt")
     _run_step(
         stamps,
         "export",
@@ -177,7 +168,7 @@ def main(argv: list[str]) -> int:
         ["--run", str(run_dir), "--out", str(artifacts)],
     )
 
-    manifest = _file_digest(artifacts / "manifest.json")
+    manifest = sha256_file(artifacts / "manifest.json")
     _run_step(
         stamps,
         "index",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from training.atomic import write_text
 
 PAPER_NOTE = (
     "For comparison: the paper reports AUC 0.753 on Fashion-2 (its Table 2) with about 20x more "
@@ -164,8 +164,5 @@ def write_report(
 ) -> Path:
     """Write ``report.md`` atomically."""
     text = render(metrics, run_metrics, notes, pictures)
-    fd, tmp = tempfile.mkstemp(suffix=".md", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text(path, text)
     return path

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 from model.ctl import CTLModel
 from service.config import Settings
+from training.atomic import atomic_path, write_json
 from training.features import FeatureCache, add_arguments, cache_from_args
 from training.sampling import Example, TripletSampler
 from training.split import split_scenes
@@ -166,15 +166,8 @@ def exclusion_mask(batch: np.ndarray, scene_of_row: list[str], ds: Dataset) -> t
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -256,10 +249,10 @@ def _train(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "cache": str(cache.path.resolve()),
         "train": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
-    _write_json(out / "config.json", config)
-    _write_json(out / "split.json", ds.split)
-    _write_json(out / "categories.json", ds.categories)
-    _write_json(out / "popularity.json", ds.popularity())
+    write_json(out / "config.json", config)
+    write_json(out / "split.json", ds.split)
+    write_json(out / "categories.json", ds.categories)
+    write_json(out / "popularity.json", ds.popularity())
     samplers = {
         k: TripletSampler(v, ds.product_cat, ds.scene_products) for k, v in ds.examples.items()
     }
@@ -359,7 +352,7 @@ def _train(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         },
         "history": history,
     }
-    _write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics)
     log.info(
         "best val AUC %.4f at epoch %d; train %.1f s", best["auc"], best["epoch"], train_seconds
     )
