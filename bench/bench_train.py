@@ -29,7 +29,7 @@ from service.config import Settings
 from training.features import add_arguments, cache_from_args, use_all_cores
 from training.sampling import TripletSampler
 from training.stl import STLData
-from training.train import Dataset, Tensors, build_parser, exclusion_mask, triplet_step
+from training.train import Dataset, Tensors, build_parser, train_step
 
 
 def main() -> None:
@@ -57,13 +57,8 @@ def main() -> None:
         scene_of_row[e["crop"]] = e["scene"]
     gen = torch.Generator().manual_seed(0)
 
-    def step(tensors: Tensors, batch: np.ndarray, excl_batch: np.ndarray) -> None:
-        cats = torch.from_numpy(ds.product_cat[excl_batch[:, 1]])
-        excl = exclusion_mask(excl_batch, scene_of_row, ds)
-        loss = triplet_step(model, tensors, batch, cats, train_args, gen, excl)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    def step(tensors: Tensors, batch: np.ndarray, cache_rows: np.ndarray) -> None:
+        train_step(model, opt, tensors, batch, train_args, gen, ds, scene_of_row, cache_rows)
 
     model.train()
     step(t, triplets[: args.batch_size], triplets[: args.batch_size])  # warm-up

@@ -106,6 +106,29 @@ def evaluate_auc(
     return float(np.mean(aucs))
 
 
+def train_step(
+    model: CTLModel,
+    opt: torch.optim.Optimizer,
+    t: Tensors,
+    batch: np.ndarray,
+    args: argparse.Namespace,
+    gen: torch.Generator,
+    ds: Dataset,
+    scene_of_row: list[str],
+    cache_rows: np.ndarray | None = None,
+) -> float:
+    """One optimizer step on ``batch``; ``cache_rows``: the same triplets as rows of the feature
+    cache when ``t`` holds freshly computed features instead (the end-to-end benchmark)."""
+    rows = batch if cache_rows is None else cache_rows
+    cats = torch.from_numpy(ds.product_cat[rows[:, 1]])
+    excl = exclusion_mask(rows, scene_of_row, ds)
+    loss = triplet_step(model, t, batch, cats, args, gen, excl)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss.item())
+
+
 def triplet_loss(d_pos: torch.Tensor, d_neg: torch.Tensor, margin: float) -> torch.Tensor:
     """mean(max(0, d*(s, p) - d*(s, n) + margin)): zero once every positive wins by the margin."""
     return F.relu(d_pos - d_neg + margin).mean()
@@ -296,13 +319,7 @@ def _train(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             batch = triplets[i : i + args.batch_size]
             if len(batch) < 2:
                 continue
-            cats = torch.from_numpy(ds.product_cat[batch[:, 1]])
-            excl = exclusion_mask(batch, scene_of_row, ds)
-            loss = triplet_step(model, t, batch, cats, args, gen, excl)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
+            losses.append(train_step(model, opt, t, batch, args, gen, ds, scene_of_row))
         train_seconds += time.perf_counter() - t_epoch
         record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else 0.0}
         if epoch % args.eval_every == 0 or epoch == args.epochs:
