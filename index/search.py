@@ -98,6 +98,11 @@ def make_index(emb: np.ndarray, kind: str, seed: int = 0) -> faiss.Index:
     return index
 
 
+def set_search_threads(n: int) -> None:
+    """FAISS's OpenMP threads for this process (``n <= 0``: every core)."""
+    faiss.omp_set_num_threads(n if n > 0 else os.cpu_count() or 1)
+
+
 def faiss_gpu_available() -> bool:
     """True when this faiss build has GPU support and sees a GPU."""
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from model.preprocess import PreprocessSpec, to_batch
+from model.preprocess import PreprocessSpec, resize_image, to_batch
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,12 @@ class Encoder(Protocol):
 
     @property
     def providers(self) -> list[str]: ...
+
+    def prepare(self, image: Image.Image) -> Image.Image:
+        """The per-image part of preprocessing (resizing), thread-safe: the service runs it in
+        worker threads in parallel, so the encoder's thread only runs the model. ``embed_*``
+        accept its output as well as any other image."""
+        ...
 
     def embed_scenes(self, images: Sequence[Image.Image]) -> list[SceneEmbedding]: ...
 
@@ -222,6 +228,10 @@ class OnnxEncoder:
         """Preprocessed batch (N, 3, S, S) -> f_p (N, D)."""
         (f_p,) = self._product.run(None, {"image": x})
         return np.asarray(f_p, np.float32)
+
+    def prepare(self, image: Image.Image) -> Image.Image:
+        # Resizing an image that already has the input size again is a plain copy.
+        return resize_image(image, self.spec)
 
     def embed_scenes(self, images: Sequence[Image.Image]) -> list[SceneEmbedding]:
         if not images:

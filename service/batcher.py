@@ -3,6 +3,11 @@
 One worker task per batcher takes the first waiting item, gathers more for at most
 ``max_wait_s`` (or until ``max_size``), and runs the batch in the given executor. While a
 batch runs, new items queue up, so under load batches fill without any added wait.
+
+:meth:`MicroBatcher.submit_raw` also takes the per-item preparation (decoding an upload): when
+the batcher is idle, preparation and the encoder run in one executor job, which saves a round
+trip through a worker thread for a lone request; under load, preparation runs in worker threads
+in parallel and the prepared items are batched.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+U = TypeVar("U")
 
 
 class BatcherClosed(RuntimeError):
@@ -44,6 +50,41 @@ class MicroBatcher(Generic[T, R]):
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]] | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
+        self._running = 0  # encoder jobs submitted to the executor and not finished
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no encoder job running."""
+        return self._running == 0 and self._queue.empty()
+
+    async def submit_raw(self, raw: U, prepare: Callable[[U], T]) -> R:
+        """``fn([prepare(raw)])[0]``, batched with other requests when there are any.
+
+        Exceptions of ``prepare`` (a bad upload) reach this caller only.
+        """
+        if self._closed:
+            raise BatcherClosed("the batcher is closed")
+        if not self.idle:
+            return await self.submit(await asyncio.to_thread(prepare, raw))
+
+        def alone() -> tuple[R, float]:
+            item = prepare(raw)
+            start = time.perf_counter()
+            results = self._fn([item])
+            if len(results) != 1:
+                raise RuntimeError(f"batch of 1 gave {len(results)} results")
+            return results[0], time.perf_counter() - start
+
+        self._running += 1
+        try:
+            result, seconds = await asyncio.get_running_loop().run_in_executor(
+                self._executor, alone
+            )
+        finally:
+            self._running -= 1
+        if self._on_batch is not None:
+            self._on_batch(1, seconds)
+        return result
 
     async def submit(self, item: T) -> R:
         """Queue ``item`` and wait for its result (exceptions of ``fn`` are re-raised here)."""
@@ -90,6 +131,7 @@ class MicroBatcher(Generic[T, R]):
     async def _process(self, live: list[tuple[T, asyncio.Future[R]]]) -> None:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
+        self._running += 1
         try:
             results = await loop.run_in_executor(
                 self._executor, self._fn, [item for item, _ in live]
@@ -102,6 +144,8 @@ class MicroBatcher(Generic[T, R]):
                 if not fut.done():
                     fut.set_exception(exc)
             return
+        finally:
+            self._running -= 1
         if self._on_batch is not None:
             self._on_batch(len(live), time.perf_counter() - start)
         for (_, fut), result in zip(live, results, strict=True):

@@ -95,5 +95,6 @@ def decode_image(upload: Upload, max_pixels: int) -> Image.Image:
                 f"{name}: truncated or corrupt image: {exc}",
             ) from None
     # Phone photos are stored sideways with an EXIF orientation; browsers honour it, so must we.
-    upright = ImageOps.exif_transpose(image)
-    return upright if upright.mode == "RGB" else upright.convert("RGB")
+    # In place: the usual upright photo is not copied.
+    ImageOps.exif_transpose(image, in_place=True)
+    return image if image.mode == "RGB" else image.convert("RGB")

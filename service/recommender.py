@@ -8,6 +8,7 @@ category, k, model version and index version. Decoding and encoding run off the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from dataclasses import dataclass
 
@@ -18,6 +19,9 @@ from service.config import Settings
 from service.images import Upload, decode_image
 from service.metrics import Metrics
 from service.serving import Serving
+
+INLINE_SEARCH_MAX = 10_000
+"""Categories up to this many products are searched on the event loop (see ``compute``)."""
 
 
 @dataclass(frozen=True)
@@ -38,8 +42,10 @@ class Pipeline:
             self.metrics.cache_hits.inc("embedding")
             return emb, True
         self.metrics.cache_misses.inc("embedding")
-        image = await asyncio.to_thread(decode_image, upload, self.settings.max_image_pixels)
-        emb = await self.serving.batcher.submit(image)
+        max_pixels, encoder = self.settings.max_image_pixels, self.serving.encoder
+        emb = await self.serving.batcher.submit_raw(
+            upload, lambda u: encoder.prepare(decode_image(u, max_pixels))
+        )
         await self.cache.set(key, pack_embedding(emb))
         return emb, False
 
@@ -60,15 +66,16 @@ class Pipeline:
     async def compute(self, sha256: str, emb: SceneEmbedding, category: str, k: int) -> list[dict]:
         """Search the catalog for ``category`` and cache the result."""
         cat_idx = self.serving.category_index(category)
-        scored = await asyncio.to_thread(
-            recommend,
-            self.serving.catalog,
-            emb,
-            cat_idx,
-            category,
-            k,
-            self.settings.rerank_candidates,
+        catalog = self.serving.catalog
+        search = functools.partial(
+            recommend, catalog, emb, cat_idx, category, k, self.settings.rerank_candidates
         )
+        # A small category's exact search (+ rescoring) takes ~0.1 ms: less than the hop to a
+        # worker thread and back, so it runs right here; big (ANN) ones go to a thread.
+        if catalog.count(category) <= INLINE_SEARCH_MAX:
+            scored = search()
+        else:
+            scored = await asyncio.to_thread(search)
         result = [
             {
                 "id": s.id,

@@ -23,7 +23,7 @@ class Versions(BaseModel):
 
 
 class Distances(BaseModel):
-    """CTL distances of a product to a scene: d* = d_global + d_local (lower is better)."""
+    """CTL distances of a product to a scene: d* = (d_global + d_local) / 2 (lower is better)."""
 
     d_star: float
     d_global: float

@@ -15,7 +15,7 @@ from concurrent.futures import Executor
 import numpy as np
 from PIL import Image
 
-from index.search import CatalogIndex
+from index.search import CatalogIndex, set_search_threads
 from index.store import IndexStore
 from model.runtime import ArtifactError, Encoder, OnnxEncoder, SceneEmbedding
 from service.batcher import MicroBatcher
@@ -41,6 +41,7 @@ def load_onnx_encoder(settings: Settings) -> Encoder:
 
 def load_current_catalog(settings: Settings) -> CatalogIndex:
     """The index version that ``artifacts/index/CURRENT`` names."""
+    set_search_threads(settings.search_threads)
     return IndexStore.for_artifacts(settings.artifacts_dir).load(device=settings.device)
 
 

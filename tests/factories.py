@@ -149,6 +149,9 @@ class FakeEncoder:
         arr = np.asarray(image.convert("RGB").resize((size, size)), np.float64)
         return arr / 127.5 - 1.0
 
+    def prepare(self, image: Image.Image) -> Image.Image:
+        return image
+
     def embed_products(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self._dim), np.float32)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from factories import synthetic_unit_vectors
@@ -17,6 +19,7 @@ from index.search import (
     make_index,
     recommend,
     score,
+    set_search_threads,
     similar,
     similar_to_product,
 )
@@ -117,3 +120,14 @@ def test_approximate_index_recall_at_10() -> None:
     for q in queries:
         hits += len(set(exact.nearest(q, 10)) & set(approx.nearest(q, 10)))
     assert hits / (10 * len(queries)) >= 0.95
+
+
+def test_set_search_threads() -> None:
+    before = faiss.omp_get_max_threads()
+    try:
+        set_search_threads(1)
+        assert faiss.omp_get_max_threads() == 1
+        set_search_threads(0)
+        assert faiss.omp_get_max_threads() == (os.cpu_count() or 1)
+    finally:
+        faiss.omp_set_num_threads(before)

@@ -35,6 +35,9 @@ class SlowEncoder:
         self.categories, self.dim = inner.categories, inner.dim
         self.version, self.providers = inner.version, inner.providers
 
+    def prepare(self, image: Image.Image) -> Image.Image:
+        return self._inner.prepare(image)
+
     def embed_scenes(self, images: Sequence[Image.Image]) -> list[SceneEmbedding]:
         time.sleep(self._delay)
         return self._inner.embed_scenes(images)

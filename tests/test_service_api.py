@@ -27,6 +27,7 @@ from service_support import (
 from index.store import IndexStore
 from model.runtime import OnnxEncoder
 from service.app import STATIC_DIR
+from service.schemas import CompleteTheLook, CompleteTheLookAll, Recommended
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +122,23 @@ def test_explain_returns_a_normalized_grid(
     assert grid.shape == (7, 7)
     assert grid.min() >= 0 and grid.sum() == pytest.approx(1.0, abs=1e-4)
     assert post_scene(client, scene(stl_dir, 2), categories[0]).json()["attention"] is None
+
+
+def test_recommend_responses_match_their_documented_models(
+    client: TestClient, stl_dir: Path, categories: list[str]
+) -> None:
+    """These routes send their JSON without FastAPI's re-validation: check it here, strictly."""
+    one = post_scene(client, scene(stl_dir, 4), categories[0], explain="true").json()
+    assert CompleteTheLook.model_validate(one, strict=True).products
+    assert set(one) == set(CompleteTheLook.model_fields)
+    assert set(one["products"][0]) == set(Recommended.model_fields)
+    every = client.post(
+        "/complete-the-look/all",
+        files={"image": ("s.jpg", scene(stl_dir, 4), "image/jpeg")},
+        data={"k": "3"},
+    ).json()
+    assert set(CompleteTheLookAll.model_validate(every, strict=True).results) == set(categories)
+    assert set(every) == set(CompleteTheLookAll.model_fields)
 
 
 def test_all_categories_from_one_encoder_pass(

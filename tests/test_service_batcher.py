@@ -103,3 +103,58 @@ def test_close_finishes_queued_items_then_refuses() -> None:
 def test_max_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"), ThreadPoolExecutor(1) as pool:
         MicroBatcher(Recorder(), pool, 0, 0.0)
+
+
+def test_submit_raw_alone_prepares_and_encodes_in_one_job() -> None:
+    fn = Recorder()
+    prepared_on: list[str] = []
+
+    def prepare(raw: str) -> int:
+        prepared_on.append(threading.current_thread().name)
+        return int(raw)
+
+    async def go(b: MicroBatcher[int, int]) -> list[int]:
+        assert b.idle
+        out = [await b.submit_raw("3", prepare), await b.submit_raw("4", prepare)]
+        assert b.idle
+        return out
+
+    assert _run(fn, 8, 0.0, go) == [30, 40]
+    assert fn.sizes == [1, 1]
+    assert all(t.startswith("enc") for t in prepared_on) and fn.threads == {"enc_0"}
+
+
+def test_submit_raw_under_load_prepares_off_the_encoder_and_batches() -> None:
+    fn = Recorder(delay=0.05)
+    prepared_on: list[str] = []
+
+    def prepare(raw: str) -> int:
+        prepared_on.append(threading.current_thread().name)
+        return int(raw)
+
+    async def go(b: MicroBatcher[int, int]) -> list[int]:
+        first = asyncio.ensure_future(b.submit(0))  # keeps the encoder busy
+        await asyncio.sleep(0.01)
+        assert not b.idle
+        rest = await asyncio.gather(*(b.submit_raw(str(i), prepare) for i in range(1, 7)))
+        return [await first, *rest]
+
+    assert _run(fn, 8, 0.0, go) == [i * 10 for i in range(7)]
+    assert fn.sizes[0] == 1 and sum(fn.sizes) == 7 and max(fn.sizes[1:]) > 1
+    assert not any(t.startswith("enc") for t in prepared_on)
+
+
+def test_submit_raw_prepare_errors_reach_only_their_caller() -> None:
+    fn = Recorder()
+
+    def prepare(raw: str) -> int:
+        return int(raw)  # "x" fails like an undecodable upload
+
+    async def go(b: MicroBatcher[int, int]) -> tuple[list[object], bool]:
+        out = await asyncio.gather(
+            *(b.submit_raw(r, prepare) for r in ("1", "x", "2")), return_exceptions=True
+        )
+        return list(out), b.idle
+
+    out, idle = _run(fn, 8, 0.0, go)
+    assert out[0] == 10 and out[2] == 20 and isinstance(out[1], ValueError) and idle

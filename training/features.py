@@ -68,8 +68,9 @@ ENGINES = ("auto", "onnx", "torch")
 
 
 def use_all_cores() -> int:
-    """Give torch every core (feature extraction and training are CPU-bound)."""
-    n = os.cpu_count() or 1
+    """Give torch every core (feature extraction and training are CPU-bound), or as many as
+    ``OMP_NUM_THREADS`` allows when the user set it (parallel runs on one machine)."""
+    n = int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
     torch.set_num_threads(n)
     return n
 

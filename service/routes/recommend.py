@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import JSONResponse
 
 from service.deps import DEFAULT_K, PipelineDep, check_category, check_k, unique
 from service.images import read_upload
@@ -34,7 +35,7 @@ async def complete_the_look(
     explain: Annotated[
         bool, Form(description="add the category's attention over the scene's regions")
     ] = False,
-) -> dict:
+) -> JSONResponse:
     """Products of ``category`` that complete the look of the uploaded scene, best first."""
     check_k(k, pipe.settings)
     cat_idx = check_category(pipe.serving, category)
@@ -44,15 +45,19 @@ async def complete_the_look(
     if explain:
         emb, _ = await pipe.embed(upload)
         attention = attention_grid(emb, cat_idx)
-    return {
-        **pipe.serving.versions(),
-        "category": category,
-        "k": k,
-        "scene_sha256": upload.sha256,
-        "cached": cached,
-        "products": with_ranks(results[category]),
-        "attention": attention,
-    }
+    # Built from plain types by this module (the schema tests check it), so it is sent as is:
+    # re-validating it into the response model cost ~0.3 ms a request.
+    return JSONResponse(
+        {
+            **pipe.serving.versions(),
+            "category": category,
+            "k": k,
+            "scene_sha256": upload.sha256,
+            "cached": cached,
+            "products": with_ranks(results[category]),
+            "attention": attention,
+        }
+    )
 
 
 @router.post("/complete-the-look/all", response_model=CompleteTheLookAll, responses=ERRORS)
@@ -67,7 +72,7 @@ async def complete_the_look_all(
         ),
     ] = None,
     k: KField = DEFAULT_K,
-) -> dict:
+) -> JSONResponse:
     """Recommendations for every category (or the listed ones) from one encoder pass."""
     check_k(k, pipe.settings)
     wanted = unique(categories) or list(pipe.serving.categories)
@@ -75,10 +80,12 @@ async def complete_the_look_all(
         check_category(pipe.serving, category)
     upload = await read_upload(image, pipe.settings.max_upload_bytes)
     results, cached = await pipe.recommend(upload, wanted, k)
-    return {
-        **pipe.serving.versions(),
-        "k": k,
-        "scene_sha256": upload.sha256,
-        "cached": cached,
-        "results": {c: with_ranks(items) for c, items in results.items()},
-    }
+    return JSONResponse(
+        {
+            **pipe.serving.versions(),
+            "k": k,
+            "scene_sha256": upload.sha256,
+            "cached": cached,
+            "results": {c: with_ranks(items) for c, items in results.items()},
+        }
+    )
