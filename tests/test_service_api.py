@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import re
@@ -390,3 +391,11 @@ def test_no_server_errors_so_far(client: TestClient) -> None:
     """Every bad input above was answered without a 5xx (runs last in this module)."""
     text = client.get("/metrics").text
     assert re.search(r'ctl_http_requests_total\{[^}]*status="5\d\d"\}', text) is None
+
+
+def test_startup_freezes_the_loaded_objects_out_of_gc(artifacts: Path, stl_dir: Path) -> None:
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    with serve(settings_for(artifacts, stl_dir)) as c:
+        assert c.get("/readyz").status_code == 200
+        assert gc.get_freeze_count() > 0

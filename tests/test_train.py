@@ -95,6 +95,12 @@ def test_one_epoch_on_real_pairs(stl_dir: Path, tmp_path: Path) -> None:
     model, config = load_run(out)
     assert config["backbone"] == "tiny" and model.categories == ["Pants", "Shoes"]
     assert (out / "last.pt").is_file() and (out / "config.json").is_file()
+    # The same seed gives the same run, initialization included.
+    args.out = tmp_path / "again"
+    assert train(args)["history"] == metrics["history"]
+    again, _ = load_run(args.out)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[name]), name
 
 
 def _toy(n_views: int = 1, scenes: int = 6, products: int = 12) -> tuple[CTLModel, Tensors]:

@@ -246,6 +246,7 @@ def _train(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     data = STLData.load(args.data)
     ds = Dataset.build(cache, data, args.seed)
     t = Tensors.load(cache, [v for v in args.views.split(",") if v])
+    torch.manual_seed(args.seed)  # before the model exists: its initialization is seeded too
     model = CTLModel(
         t.scene_global.shape[-1],
         t.scene_regions.shape[-1],
