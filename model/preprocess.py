@@ -57,20 +57,22 @@ class PreprocessSpec:
 
 def resize_image(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
     """RGB image of exactly ``spec.size`` x ``spec.size``."""
+    if spec.resize not in ("stretch", "pad"):
+        raise ValueError(f"unknown resize mode {spec.resize!r}")
     if image.mode != "RGB":
         image = image.convert("RGB")
-    resample = _RESAMPLE[spec.interpolation]
     s = spec.size
+    if image.size == (s, s):
+        return image  # already prepared (Encoder.prepare): both modes would give it back as is
+    resample = _RESAMPLE[spec.interpolation]
     if spec.resize == "stretch":
         return image.resize((s, s), resample)
-    if spec.resize == "pad":
-        scale = s / max(image.width, image.height)
-        w = max(1, round(image.width * scale))
-        h = max(1, round(image.height * scale))
-        canvas = Image.new("RGB", (s, s), spec.fill)
-        canvas.paste(image.resize((w, h), resample), ((s - w) // 2, (s - h) // 2))
-        return canvas
-    raise ValueError(f"unknown resize mode {spec.resize!r}")
+    scale = s / max(image.width, image.height)  # "pad": fit inside, keep the aspect ratio
+    w = max(1, round(image.width * scale))
+    h = max(1, round(image.height * scale))
+    canvas = Image.new("RGB", (s, s), spec.fill)
+    canvas.paste(image.resize((w, h), resample), ((s - w) // 2, (s - h) // 2))
+    return canvas
 
 
 def to_array(image: Image.Image, spec: PreprocessSpec, flip: bool = False) -> np.ndarray:

@@ -230,7 +230,7 @@ class OnnxEncoder:
         return np.asarray(f_p, np.float32)
 
     def prepare(self, image: Image.Image) -> Image.Image:
-        # Resizing an image that already has the input size again is a plain copy.
+        # embed_* take the result without resizing it again (it already has the input size).
         return resize_image(image, self.spec)
 
     def embed_scenes(self, images: Sequence[Image.Image]) -> list[SceneEmbedding]:

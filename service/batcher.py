@@ -67,24 +67,27 @@ class MicroBatcher(Generic[T, R]):
         if not self.idle:
             return await self.submit(await asyncio.to_thread(prepare, raw))
 
-        def alone() -> tuple[R, float]:
-            item = prepare(raw)
-            start = time.perf_counter()
-            results = self._fn([item])
-            if len(results) != 1:
-                raise RuntimeError(f"batch of 1 gave {len(results)} results")
-            return results[0], time.perf_counter() - start
+        def alone() -> tuple[Sequence[R], float]:
+            return self._call([prepare(raw)])
 
         self._running += 1
         try:
-            result, seconds = await asyncio.get_running_loop().run_in_executor(
+            results, seconds = await asyncio.get_running_loop().run_in_executor(
                 self._executor, alone
             )
         finally:
             self._running -= 1
         if self._on_batch is not None:
             self._on_batch(1, seconds)
-        return result
+        return results[0]
+
+    def _call(self, items: Sequence[T]) -> tuple[Sequence[R], float]:
+        """``fn(items)`` on the executor's thread, checked, and how long it took there."""
+        start = time.perf_counter()
+        results = self._fn(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"batch of {len(items)} gave {len(results)} results")
+        return results, time.perf_counter() - start
 
     async def submit(self, item: T) -> R:
         """Queue ``item`` and wait for its result (exceptions of ``fn`` are re-raised here)."""
@@ -130,14 +133,11 @@ class MicroBatcher(Generic[T, R]):
 
     async def _process(self, live: list[tuple[T, asyncio.Future[R]]]) -> None:
         loop = asyncio.get_running_loop()
-        start = time.perf_counter()
         self._running += 1
         try:
-            results = await loop.run_in_executor(
-                self._executor, self._fn, [item for item, _ in live]
+            results, seconds = await loop.run_in_executor(
+                self._executor, self._call, [item for item, _ in live]
             )
-            if len(results) != len(live):
-                raise RuntimeError(f"batch of {len(live)} gave {len(results)} results")
         except Exception as exc:
             log.exception("encoder batch of %d failed", len(live))
             for _, fut in live:
@@ -147,7 +147,7 @@ class MicroBatcher(Generic[T, R]):
         finally:
             self._running -= 1
         if self._on_batch is not None:
-            self._on_batch(len(live), time.perf_counter() - start)
+            self._on_batch(len(live), seconds)
         for (_, fut), result in zip(live, results, strict=True):
             if not fut.done():
                 fut.set_result(result)

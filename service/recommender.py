@@ -70,8 +70,8 @@ class Pipeline:
         search = functools.partial(
             recommend, catalog, emb, cat_idx, category, k, self.settings.rerank_candidates
         )
-        # A small category's exact search (+ rescoring) takes ~0.1 ms: less than the hop to a
-        # worker thread and back, so it runs right here; big (ANN) ones go to a thread.
+        # A small category's exact search (+ rescoring) takes 0.1-0.4 ms: about the cost of the
+        # hop to a worker thread and back, so it runs right here; big (ANN) ones go to a thread.
         if catalog.count(category) <= INLINE_SEARCH_MAX:
             scored = search()
         else:

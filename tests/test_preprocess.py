@@ -61,3 +61,13 @@ def test_spec_round_trip_and_key(tmp_path: Path) -> None:
 def test_unknown_resize_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="resize mode"):
         resize_image(_gradient(4, 4), PreprocessSpec(size=4, resize="zoom"))
+
+
+@pytest.mark.parametrize("mode", ["stretch", "pad"])
+def test_prepared_image_is_not_resized_again(mode: str) -> None:
+    spec = PreprocessSpec(size=16, resize=mode)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (23, 37, 3), dtype=np.uint8))
+    prepared = resize_image(image, spec)
+    assert resize_image(prepared, spec) is prepared
+    assert np.array_equal(to_array(prepared, spec), to_array(image, spec))

@@ -292,7 +292,7 @@ def _train(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     )
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     rng = np.random.default_rng(args.seed)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the dropout stream, independent of the model's size
     gen = torch.Generator().manual_seed(args.seed)
     history: list[dict[str, Any]] = []
     best = {"auc": -1.0, "epoch": 0}
