@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=Path, default=settings.data_dir / "images" / "scenes")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--miss-requests", type=int, default=128, help="per level (x2 at 32)")
-    parser.add_argument("--hit-requests", type=int, default=400)
+    parser.add_argument("--hit-requests", type=int, default=3000)
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32")
     parser.add_argument("--category", default=None, help="default: the first served category")
     parser.add_argument("--k", type=int, default=10)

@@ -21,6 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.cache import Cache, make_cache
 from service.config import Settings
+from service.deps import DEFAULT_K
+from service.fastlane import FastLane
 from service.images import too_large
 from service.metrics import Metrics
 from service.routes import admin, batch, health, products, recommend, samples, score
@@ -164,6 +166,13 @@ def create_app(
     def limit_for(path: str) -> int:
         return batch_limit if path.startswith("/batch/") else single_limit
 
+    lane_route = next(
+        r for r in recommend.router.routes if getattr(r, "path", None) == "/complete-the-look"
+    )
+    # Inside the body limit (which it answers like FastAPI would) and the request metrics.
+    app.add_middleware(
+        FastLane, route=lane_route, answer=recommend.recommendation, default_k=DEFAULT_K
+    )
     app.add_middleware(BodyLimit, limit_for=limit_for)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

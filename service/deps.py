@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import AsyncIterator
+from contextlib import nullcontext
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -37,14 +38,12 @@ async def get_cache(request: Request) -> Cache:
 async def get_serving(request: Request) -> AsyncIterator[Serving]:
     """The current serving unit, held for the whole request so a reload cannot pull it away."""
     manager: ServingManager | None = getattr(request.app.state, "manager", None)
-    serving = manager.current if manager is not None else None
-    if serving is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "model and index are not loaded")
-    serving.acquire()
-    try:
+    with manager.hold() if manager is not None else nullcontext() as serving:
+        if serving is None:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, "model and index are not loaded"
+            )
         yield serving
-    finally:
-        serving.release()
 
 
 _bearer = HTTPBearer(auto_error=False, description="the admin token (CTL_ADMIN_TOKEN)")

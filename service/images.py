@@ -27,6 +27,10 @@ class Upload:
     data: bytes
     sha256: str
 
+    @classmethod
+    def of(cls, filename: str, data: bytes) -> Upload:
+        return cls(filename, data, hashlib.sha256(data).hexdigest())
+
 
 def too_large(limit: int) -> HTTPException:
     """The 413 for a body or file over ``limit`` bytes."""
@@ -48,7 +52,7 @@ async def read_upload(file: UploadFile, max_bytes: int) -> Upload:
     name = file.filename or "upload"
     if not data:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: the file is empty")
-    return Upload(name, data, hashlib.sha256(data).hexdigest())
+    return Upload.of(name, data)
 
 
 def decode_image(upload: Upload, max_pixels: int) -> Image.Image:

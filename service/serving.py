@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
@@ -169,6 +170,20 @@ class ServingManager:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
             return old
+
+    @contextmanager
+    def hold(self) -> Iterator[Serving | None]:
+        """The current unit (``None`` before the first load), held until the block ends so a
+        reload cannot retire it under the request."""
+        serving = self.current
+        if serving is None:
+            yield None
+            return
+        serving.acquire()
+        try:
+            yield serving
+        finally:
+            serving.release()
 
     async def close(self) -> None:
         """Retire the current unit and wait for every retiring one."""

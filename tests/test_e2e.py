@@ -21,7 +21,9 @@ def _subset(stl_dir: Path, out: Path, n_pairs: int) -> list[dict[str, object]]:
     pairs = data.pairs_with_images()[:n_pairs]
     (out / "images" / "scenes").mkdir(parents=True)
     (out / "images" / "products").mkdir(parents=True)
-    rows = [{"product": p.product, "scene": p.scene, "bbox": list(p.bbox)} for p in pairs]
+    rows: list[dict[str, object]] = [
+        {"product": p.product, "scene": p.scene, "bbox": list(p.bbox)} for p in pairs
+    ]
     (out / "fashion.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (out / "fashion-cat.json").write_text((stl_dir / "fashion-cat.json").read_text())
     for p in pairs:

@@ -8,8 +8,8 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse
 
 from service.deps import DEFAULT_K, PipelineDep, check_category, check_k, unique
-from service.images import read_upload
-from service.recommender import attention_grid, with_ranks
+from service.images import Upload, read_upload
+from service.recommender import Pipeline, attention_grid, with_ranks
 from service.schemas import CompleteTheLook, CompleteTheLookAll
 
 router = APIRouter(tags=["recommend"])
@@ -38,26 +38,33 @@ async def complete_the_look(
 ) -> JSONResponse:
     """Products of ``category`` that complete the look of the uploaded scene, best first."""
     check_k(k, pipe.settings)
-    cat_idx = check_category(pipe.serving, category)
+    check_category(pipe.serving, category)
     upload = await read_upload(image, pipe.settings.max_upload_bytes)
+    return JSONResponse(await recommendation(pipe, upload, category, k, explain))
+
+
+async def recommendation(
+    pipe: Pipeline, upload: Upload, category: str, k: int, explain: bool
+) -> dict[str, object]:
+    """The body of a ``/complete-the-look`` answer for a valid request (also the fast lane's).
+
+    Built from plain types (the schema tests check it against ``CompleteTheLook``) and sent as
+    is: re-validating it into the response model cost ~0.3 ms a request.
+    """
     results, cached = await pipe.recommend(upload, [category], k)
     attention = None
     if explain:
         emb, _ = await pipe.embed(upload)
-        attention = attention_grid(emb, cat_idx)
-    # Built from plain types by this module (the schema tests check it), so it is sent as is:
-    # re-validating it into the response model cost ~0.3 ms a request.
-    return JSONResponse(
-        {
-            **pipe.serving.versions(),
-            "category": category,
-            "k": k,
-            "scene_sha256": upload.sha256,
-            "cached": cached,
-            "products": with_ranks(results[category]),
-            "attention": attention,
-        }
-    )
+        attention = attention_grid(emb, pipe.serving.category_index(category))
+    return {
+        **pipe.serving.versions(),
+        "category": category,
+        "k": k,
+        "scene_sha256": upload.sha256,
+        "cached": cached,
+        "products": with_ranks(results[category]),
+        "attention": attention,
+    }
 
 
 @router.post("/complete-the-look/all", response_model=CompleteTheLookAll, responses=ERRORS)
