@@ -5,7 +5,8 @@ photo. The bare encoder (the same ONNX files, in this process) is measured in th
 to what it is compared with, because the CPU is shared: at 1 client each request alternates with
 a bare batch-1 call on the same photo (the overhead ratio); before each concurrent level, a sweep
 of batch sizes on that level's photos gives the bare images/s at the best size (the throughput
-ratio).
+ratio), with one call at a time and, when the encoder has lanes, with that many overlapping calls
+(the ratio is given against each, and against the better of the two).
 
     python bench/bench_service.py --artifacts artifacts --scenes ../shared/stl-fashion/images/scenes
 """
@@ -24,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from model.runtime import OnnxEncoder  # noqa: E402
 from service.config import Settings  # noqa: E402
+from service.serving import encoder_lanes  # noqa: E402
 
 log = logging.getLogger("bench_service")
 
@@ -200,11 +203,14 @@ def measure(port: int, mode: str, requests: list[bytes], clients: int) -> Row:
 
 
 class BareEncoder:
-    """The same encoder the server loads, run directly in this process."""
+    """The same encoder the server loads (lanes included), run directly in this process."""
 
     def __init__(self, settings: Settings) -> None:
         self.encoder = OnnxEncoder.from_artifacts(
-            settings.artifacts_dir, device=settings.device, threads=settings.inference_threads
+            settings.artifacts_dir,
+            device=settings.device,
+            threads=settings.inference_threads,
+            lanes=encoder_lanes(settings),
         )
 
     @staticmethod
@@ -218,17 +224,20 @@ class BareEncoder:
         self.encoder.embed_scenes([image])
         return time.perf_counter() - start
 
-    def throughput(self, photos: list[bytes], batch_sizes: list[int]) -> dict[int, float]:
-        """Images/s at each batch size."""
+    def throughput(
+        self, photos: list[bytes], batch_sizes: list[int], callers: int = 1
+    ) -> dict[int, float]:
+        """Images/s at each batch size, with ``callers`` threads calling at once (more than
+        one: overlapping calls, which the encoder runs on its lanes)."""
         images = self._images(photos)
         self.encoder.embed_scenes(images[:2])  # warm-up
         out = {}
         for bs in batch_sizes:
-            n = max(bs, min(len(images), 4 * bs)) // bs * bs
-            batch_images = [images[i % len(images)] for i in range(n)]
+            n = max(bs * callers, min(len(images), 4 * bs * callers)) // bs * bs
+            batches = [[images[(i + j) % len(images)] for j in range(bs)] for i in range(0, n, bs)]
             start = time.perf_counter()
-            for i in range(0, n, bs):
-                self.encoder.embed_scenes(batch_images[i : i + bs])
+            with ThreadPoolExecutor(callers) as pool:
+                list(pool.map(self.encoder.embed_scenes, batches))
             out[bs] = n / (time.perf_counter() - start)
         return out
 
@@ -308,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     server_env = dict(e.split("=", 1) for e in args.env)
     server = start_server(args.artifacts, port, server_env)
     rows: list[Row] = []
-    bare_best: dict[int, tuple[int, float]] = {}  # clients -> (best batch, images/s) just before
+    # clients -> {concurrent bare calls: (best batch, images/s)}, measured just before the level
+    bare_best: dict[int, dict[int, tuple[int, float]]] = {}
     # The server's settings (CTL_* of this process plus --env), so both run the same encoder.
     bare = BareEncoder(
         Settings(
@@ -333,10 +343,12 @@ def main(argv: list[str] | None = None) -> int:
             if clients == 1:
                 row, bare_s = interleaved(port, batch, build(batch), bare)
             else:
-                sweep = bare.throughput(batch, batch_sizes)
-                best = max(sweep, key=lambda b: sweep[b])
-                bare_best[clients] = (best, sweep[best])
-                log.info("bare encoder images/s by batch size: %s", sweep)
+                bare_best[clients] = {}
+                for callers in sorted({1, bare.encoder.lanes}):
+                    sweep = bare.throughput(batch, batch_sizes, callers)
+                    best = max(sweep, key=lambda b: sweep[b])
+                    bare_best[clients][callers] = (best, sweep[best])
+                    log.info("bare encoder, %d caller(s), images/s by batch: %s", callers, sweep)
                 row = measure(port, "miss", build(batch), clients)
             rows.append(row)
             log.info("%s", rows[-1])
@@ -365,9 +377,16 @@ def main(argv: list[str] | None = None) -> int:
         f"with the {len(bare_s)} 1-client misses on the same photos",
         f"overhead ratio (1-client miss mean latency / bare batch-1 mean): {overhead:.2f}",
         *(
-            f"{c} clients: misses {miss[c].rps:.1f} req/s; bare encoder just before: "
-            f"{ips:.1f} images/s at its best batch size {bs}; ratio {miss[c].rps / ips:.2f}"
-            for c, (bs, ips) in bare_best.items()
+            f"{c} clients: misses {miss[c].rps:.1f} req/s; bare encoder just before, "
+            f"{callers} call(s) at a time: {ips:.1f} images/s at its best batch size {bs}; "
+            f"ratio {miss[c].rps / ips:.2f}"
+            for c, by_callers in bare_best.items()
+            for callers, (bs, ips) in by_callers.items()
+        ),
+        *(
+            f"{c} clients: throughput ratio against the better bare figure "
+            f"{miss[c].rps / max(ips for _, ips in by_callers.values()):.2f}"
+            for c, by_callers in bare_best.items()
         ),
     ]
     print("\n".join(lines))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +60,11 @@ class Encoder(Protocol):
 
     @property
     def providers(self) -> list[str]: ...
+
+    @property
+    def lanes(self) -> int:
+        """How many ``embed_scenes`` calls may run at once, each on its own cores."""
+        ...
 
     def prepare(self, image: Image.Image) -> Image.Image:
         """The per-image part of preprocessing (resizing), thread-safe: the service runs it in
@@ -158,35 +165,54 @@ class OnnxEncoder:
         product: ort.InferenceSession,
         spec: PreprocessSpec,
         manifest: dict[str, Any],
+        lanes: Sequence[ort.InferenceSession] = (),
     ) -> None:
         self._scene = scene
         self._product = product
         self.spec = spec
         self.manifest = manifest
+        # Scene sessions with fewer threads each, for calls that overlap another one: on a
+        # 2-core CPU two single-threaded calls at once encoded ~30% more images/s than one
+        # two-threaded call at a time (whose threads wait on each other).
+        self._lanes = list(lanes)
+        self._free_lanes = list(lanes)
+        self._running = 0
+        self._lock = threading.Lock()
 
     @classmethod
     def from_artifacts(
-        cls, artifacts_dir: Path, device: str = "auto", threads: int = 0
+        cls, artifacts_dir: Path, device: str = "auto", threads: int = 0, lanes: int = 1
     ) -> OnnxEncoder:
-        """Verify the checksums, then open both sessions on the best available provider."""
+        """Verify the checksums, then open the sessions on the best available provider.
+
+        ``threads``: ONNX Runtime threads of a call that runs alone (0: all cores). ``lanes``
+        > 1 on a CPU adds that many scene sessions sharing the cores, for overlapping calls.
+        """
         artifacts_dir = Path(artifacts_dir)
         manifest = read_manifest(artifacts_dir)
         providers = select_providers(device)
+        cpu_lanes = lanes if lanes > 1 and providers == ["CPUExecutionProvider"] else 0
+        lane_threads = max(1, (threads or os.cpu_count() or 1) // max(cpu_lanes, 1))
         try:
             spec = PreprocessSpec.load(artifacts_dir / PREPROCESS_FILE)
             scene = _session(artifacts_dir / SCENE_FILE, providers, threads)
             product = _session(artifacts_dir / PRODUCT_FILE, providers, threads)
+            extra = [
+                _session(artifacts_dir / SCENE_FILE, providers, lane_threads)
+                for _ in range(cpu_lanes)
+            ]
         except Exception as exc:
             raise ArtifactError(f"cannot load the encoders from {artifacts_dir}: {exc}") from exc
-        enc = cls(scene, product, spec, manifest)
+        enc = cls(scene, product, spec, manifest, extra)
         enc._check_io()
         log.info(
-            "encoders %s (%s, %d categories) loaded from %s on %s",
+            "encoders %s (%s, %d categories) loaded from %s on %s, %d lane(s)",
             enc.version,
             manifest["backbone"],
             len(enc.categories),
             artifacts_dir,
             enc.providers,
+            enc.lanes,
         )
         return enc
 
@@ -219,9 +245,27 @@ class OnnxEncoder:
         """The providers the sessions really run on (CUDA falls back to CPU when unusable)."""
         return list(self._scene.get_providers())
 
+    @property
+    def lanes(self) -> int:
+        return max(1, len(self._lanes))
+
     def run_scene(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Preprocessed batch (N, 3, S, S) -> f_s (N, D), f_i (N, R, D), attention (N, C, R)."""
-        f_s, f_i, att = self._scene.run(None, {"image": x})
+        """Preprocessed batch (N, 3, S, S) -> f_s (N, D), f_i (N, R, D), attention (N, C, R).
+
+        Thread-safe: a call that runs alone gets the main session (all its threads), one that
+        overlaps others gets a free lane (ONNX Runtime sessions may be run concurrently, so
+        the main session also takes any call beyond the lanes).
+        """
+        with self._lock:
+            self._running += 1
+            lane = self._free_lanes.pop() if self._running > 1 and self._free_lanes else None
+        try:
+            f_s, f_i, att = (lane or self._scene).run(None, {"image": x})
+        finally:
+            with self._lock:
+                self._running -= 1
+                if lane is not None:
+                    self._free_lanes.append(lane)
         return f_s, f_i, att
 
     def run_product(self, x: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from service.serving import (
     CatalogLoader,
     EncoderLoader,
     ServingManager,
+    encoder_lanes,
     load_current_catalog,
     load_onnx_encoder,
 )
@@ -127,7 +128,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
+        executor = ThreadPoolExecutor(encoder_lanes(settings), thread_name_prefix="encoder")
         app.state.cache = cache or make_cache(settings, metrics)
         manager = ServingManager(settings, metrics, executor, encoder_loader, catalog_loader)
         await manager.load()

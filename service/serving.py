@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
@@ -33,10 +34,18 @@ class UnknownCategory(ValueError):
     """A category the catalog cannot recommend; the message lists the valid ones."""
 
 
+def encoder_lanes(settings: Settings) -> int:
+    """How many encoder calls may overlap: ``encoder_lanes``, or one per core up to 4."""
+    return settings.encoder_lanes or min(4, os.cpu_count() or 1)
+
+
 def load_onnx_encoder(settings: Settings) -> Encoder:
     """The exported encoders in ``settings.artifacts_dir`` (checksums verified)."""
     return OnnxEncoder.from_artifacts(
-        settings.artifacts_dir, device=settings.device, threads=settings.inference_threads
+        settings.artifacts_dir,
+        device=settings.device,
+        threads=settings.inference_threads,
+        lanes=encoder_lanes(settings),
     )
 
 
@@ -77,6 +86,7 @@ class Serving:
             settings.batch_max_size,
             settings.batch_max_wait_ms / 1000.0,
             on_batch,
+            concurrency=encoder.lanes,
         )
         self._users = 0
         self._idle = asyncio.Event()

@@ -144,6 +144,10 @@ class FakeEncoder:
     def providers(self) -> list[str]:
         return ["FakeExecutionProvider"]
 
+    @property
+    def lanes(self) -> int:
+        return 1
+
     @staticmethod
     def _pixels(image: Image.Image, size: int) -> np.ndarray:
         arr = np.asarray(image.convert("RGB").resize((size, size)), np.float64)

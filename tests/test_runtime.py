@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 from factories import FakeEncoder
 from PIL import Image
+from service_support import scene_files, tiny_artifacts
 
 from index.search import exact_distances
 from model.runtime import (
@@ -72,3 +76,48 @@ def test_not_an_artifacts_dir(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps({"version": "x"}))
     with pytest.raises(ArtifactError, match="lacks the keys"):
         read_manifest(tmp_path)
+
+
+def test_overlapping_calls_run_on_lanes_with_the_same_results(
+    stl_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    artifacts = tiny_artifacts(stl_dir)
+    assert OnnxEncoder.from_artifacts(artifacts, device="cpu", lanes=1).lanes == 1
+    enc = OnnxEncoder.from_artifacts(artifacts, device="cpu", threads=2, lanes=2)
+    assert enc.lanes == 2
+    images = [Image.open(p).convert("RGB") for p in scene_files(stl_dir, 3)]
+    alone = enc.embed_scenes(images)
+
+    # Hold the first call inside the main session, so that the second surely overlaps it.
+    entered, release = threading.Event(), threading.Event()
+    main_run = enc._scene.run
+
+    def held(*args: Any) -> Any:
+        entered.set()
+        assert release.wait(30)
+        return main_run(*args)
+
+    lane_calls: list[int] = []
+
+    def counted(run: Any) -> Any:
+        def lane_run(*args: Any) -> Any:
+            lane_calls.append(1)
+            return run(*args)
+
+        return lane_run
+
+    monkeypatch.setattr(enc._scene, "run", held)
+    for lane in enc._lanes:
+        monkeypatch.setattr(lane, "run", counted(lane.run))
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(enc.embed_scenes, images)
+        assert entered.wait(30)
+        second = enc.embed_scenes(images)
+        release.set()
+        results = [first.result(), second]
+    assert len(lane_calls) == 1, "the overlapping call ran on a lane, the first on the main"
+    for got in results:
+        for a, b in zip(alone, got, strict=True):
+            np.testing.assert_allclose(a.f_s, b.f_s, atol=1e-5)
+            np.testing.assert_allclose(a.f_i, b.f_i, atol=1e-5)
+            np.testing.assert_allclose(a.attention, b.attention, atol=1e-5)

@@ -33,7 +33,7 @@ class SlowEncoder:
     def __init__(self, inner: OnnxEncoder, delay_s: float) -> None:
         self._inner, self._delay = inner, delay_s
         self.categories, self.dim = inner.categories, inner.dim
-        self.version, self.providers = inner.version, inner.providers
+        self.version, self.providers, self.lanes = inner.version, inner.providers, inner.lanes
 
     def prepare(self, image: Image.Image) -> Image.Image:
         return self._inner.prepare(image)

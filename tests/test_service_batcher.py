@@ -100,12 +100,14 @@ def test_close_finishes_queued_items_then_refuses() -> None:
     assert _run(fn, 2, 0.0, go) == [i * 10 for i in range(6)]
 
 
-def test_max_size_must_be_positive() -> None:
+def test_max_size_and_concurrency_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"), ThreadPoolExecutor(1) as pool:
         MicroBatcher(Recorder(), pool, 0, 0.0)
+    with pytest.raises(ValueError, match="at least 1"), ThreadPoolExecutor(1) as pool:
+        MicroBatcher(Recorder(), pool, 1, 0.0, concurrency=0)
 
 
-def test_submit_raw_alone_prepares_and_encodes_in_one_job() -> None:
+def test_submit_raw_prepares_and_encodes_in_one_job_on_the_encoder_thread() -> None:
     fn = Recorder()
     prepared_on: list[str] = []
 
@@ -114,17 +116,17 @@ def test_submit_raw_alone_prepares_and_encodes_in_one_job() -> None:
         return int(raw)
 
     async def go(b: MicroBatcher[int, int]) -> list[int]:
-        assert b.idle
-        out = [await b.submit_raw("3", prepare), await b.submit_raw("4", prepare)]
-        assert b.idle
-        return out
+        return [await b.submit_raw("3", prepare), await b.submit_raw("4", prepare)]
 
     assert _run(fn, 8, 0.0, go) == [30, 40]
     assert fn.sizes == [1, 1]
-    assert all(t.startswith("enc") for t in prepared_on) and fn.threads == {"enc_0"}
+    assert prepared_on == ["enc_0", "enc_0"] and fn.threads == {"enc_0"}
 
 
-def test_submit_raw_under_load_prepares_off_the_encoder_and_batches() -> None:
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_submit_raw_under_load_batches_and_prepares_where_the_lanes_say(concurrency: int) -> None:
+    """One lane, busy: prepare in worker threads so that it never waits for decoding. Several
+    lanes: prepare in the batch's job, one busy thread per lane."""
     fn = Recorder(delay=0.05)
     prepared_on: list[str] = []
 
@@ -132,29 +134,61 @@ def test_submit_raw_under_load_prepares_off_the_encoder_and_batches() -> None:
         prepared_on.append(threading.current_thread().name)
         return int(raw)
 
-    async def go(b: MicroBatcher[int, int]) -> list[int]:
-        first = asyncio.ensure_future(b.submit(0))  # keeps the encoder busy
-        await asyncio.sleep(0.01)
-        assert not b.idle
-        rest = await asyncio.gather(*(b.submit_raw(str(i), prepare) for i in range(1, 7)))
-        return [await first, *rest]
+    async def main() -> list[int]:
+        with ThreadPoolExecutor(concurrency, thread_name_prefix="enc") as pool:
+            b: MicroBatcher[int, int] = MicroBatcher(fn, pool, 8, 0.0, concurrency=concurrency)
+            try:
+                first = asyncio.ensure_future(b.submit(0))  # keeps a lane busy
+                await asyncio.sleep(0.01)
+                rest = await asyncio.gather(*(b.submit_raw(str(i), prepare) for i in range(1, 7)))
+                return [await first, *rest]
+            finally:
+                await b.close()
 
-    assert _run(fn, 8, 0.0, go) == [i * 10 for i in range(7)]
-    assert fn.sizes[0] == 1 and sum(fn.sizes) == 7 and max(fn.sizes[1:]) > 1
-    assert not any(t.startswith("enc") for t in prepared_on)
+    assert asyncio.run(main()) == [i * 10 for i in range(7)]
+    assert fn.sizes == [1, 6]
+    in_job = [t.startswith("enc") for t in prepared_on]
+    assert in_job == [concurrency > 1] * 6
 
 
 def test_submit_raw_prepare_errors_reach_only_their_caller() -> None:
-    fn = Recorder()
+    fn = Recorder(delay=0.05)
 
-    def prepare(raw: str) -> int:
-        return int(raw)  # "x" fails like an undecodable upload
-
-    async def go(b: MicroBatcher[int, int]) -> tuple[list[object], bool]:
+    async def go(b: MicroBatcher[int, int]) -> list[object]:
+        first = asyncio.ensure_future(b.submit(0))
+        await asyncio.sleep(0.01)
+        # "x" fails like an undecodable upload, in the same batch as "1" and "2".
         out = await asyncio.gather(
-            *(b.submit_raw(r, prepare) for r in ("1", "x", "2")), return_exceptions=True
+            *(b.submit_raw(r, int) for r in ("1", "x", "2")), return_exceptions=True
         )
-        return list(out), b.idle
+        return [await first, *out]
 
-    out, idle = _run(fn, 8, 0.0, go)
-    assert out[0] == 10 and out[2] == 20 and isinstance(out[1], ValueError) and idle
+    out = _run(fn, 8, 0.0, go)
+    assert out[:2] == [0, 10] and out[3] == 20 and isinstance(out[2], ValueError)
+    assert fn.sizes == [1, 2]
+
+
+def test_concurrency_runs_that_many_batches_at_once() -> None:
+    active, peak = 0, 0
+    lock = threading.Lock()
+
+    def fn(items: Sequence[int]) -> list[int]:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.03)
+        with lock:
+            active -= 1
+        return [i * 10 for i in items]
+
+    async def main() -> list[int]:
+        with ThreadPoolExecutor(4, thread_name_prefix="enc") as pool:
+            b: MicroBatcher[int, int] = MicroBatcher(fn, pool, 2, 0.0, concurrency=2)
+            try:
+                return list(await asyncio.gather(*(b.submit(i) for i in range(12))))
+            finally:
+                await b.close()
+
+    assert asyncio.run(main()) == [i * 10 for i in range(12)]
+    assert peak == 2, "two lanes, never more"
