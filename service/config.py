@@ -47,7 +47,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
     max_k: int = 100
     max_batch_items: int = 32
-    batch_max_size: int = 16
+    # Scenes per encoder call; 0: 4 when calls run on several CPU lanes (a lane's batch is
+    # decoded and encoded on one core, so small batches spread the work; 2-4 sustained the most
+    # images/s on 2 cores), 16 with one lane (a GPU, where bigger batches pay).
+    batch_max_size: int = 0
     batch_max_wait_ms: float = 0.0  # 0: no added wait; batches fill while the encoder is busy
     inference_threads: int = 0  # ONNX Runtime threads of an encoder call that runs alone (0: all)
     # Encoder calls that may overlap under load, each on its own scene session with a share of

@@ -83,7 +83,7 @@ class Serving:
         self.batcher: MicroBatcher[Image.Image, SceneEmbedding] = MicroBatcher(
             encoder.embed_scenes,
             executor,
-            settings.batch_max_size,
+            settings.batch_max_size or (4 if encoder.lanes > 1 else 16),
             settings.batch_max_wait_ms / 1000.0,
             on_batch,
             concurrency=encoder.lanes,
