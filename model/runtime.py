@@ -277,6 +277,15 @@ class OnnxEncoder:
         # embed_* take the result without resizing it again (it already has the input size).
         return resize_image(image, self.spec)
 
+    def warm_up(self, batch: int) -> None:
+        """Run every session once, the scene ones at ``batch`` images: the first run of a
+        session at a size allocates its memory, which made the first requests after a start
+        or a reload take up to ~150 ms on a VM."""
+        x = np.zeros((batch, 3, self.spec.size, self.spec.size), np.float32)
+        for session in (self._scene, *self._lanes):
+            session.run(None, {"image": x})
+        self._product.run(None, {"image": x[:1]})
+
     def embed_scenes(self, images: Sequence[Image.Image]) -> list[SceneEmbedding]:
         if not images:
             return []

@@ -39,14 +39,21 @@ def encoder_lanes(settings: Settings) -> int:
     return settings.encoder_lanes or min(4, os.cpu_count() or 1)
 
 
+def max_batch(settings: Settings, lanes: int) -> int:
+    """Scenes per encoder call: ``batch_max_size``, or 4 with several lanes, 16 with one."""
+    return settings.batch_max_size or (4 if lanes > 1 else 16)
+
+
 def load_onnx_encoder(settings: Settings) -> Encoder:
-    """The exported encoders in ``settings.artifacts_dir`` (checksums verified)."""
-    return OnnxEncoder.from_artifacts(
+    """The exported encoders in ``settings.artifacts_dir`` (checksums verified), warmed up."""
+    encoder = OnnxEncoder.from_artifacts(
         settings.artifacts_dir,
         device=settings.device,
         threads=settings.inference_threads,
         lanes=encoder_lanes(settings),
     )
+    encoder.warm_up(max_batch(settings, encoder.lanes))
+    return encoder
 
 
 def load_current_catalog(settings: Settings) -> CatalogIndex:
@@ -83,7 +90,7 @@ class Serving:
         self.batcher: MicroBatcher[Image.Image, SceneEmbedding] = MicroBatcher(
             encoder.embed_scenes,
             executor,
-            settings.batch_max_size or (4 if encoder.lanes > 1 else 16),
+            max_batch(settings, encoder.lanes),
             settings.batch_max_wait_ms / 1000.0,
             on_batch,
             concurrency=encoder.lanes,

@@ -121,3 +121,22 @@ def test_overlapping_calls_run_on_lanes_with_the_same_results(
             np.testing.assert_allclose(a.f_s, b.f_s, atol=1e-5)
             np.testing.assert_allclose(a.f_i, b.f_i, atol=1e-5)
             np.testing.assert_allclose(a.attention, b.attention, atol=1e-5)
+
+
+def test_warm_up_runs_every_session_at_the_batch_size(
+    stl_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enc = OnnxEncoder.from_artifacts(tiny_artifacts(stl_dir), device="cpu", threads=2, lanes=2)
+    batches: list[int] = []
+
+    def recording(run: Any) -> Any:
+        def recorded(names: Any, feeds: dict[str, np.ndarray]) -> Any:
+            batches.append(len(feeds["image"]))
+            return run(names, feeds)
+
+        return recorded
+
+    for session in (enc._scene, *enc._lanes, enc._product):
+        monkeypatch.setattr(session, "run", recording(session.run))
+    enc.warm_up(3)
+    assert batches == [3, 3, 3, 1], "main scene session, two lanes, product session"
