@@ -66,6 +66,11 @@ class Encoder(Protocol):
         """How many ``embed_scenes`` calls may run at once, each on its own cores."""
         ...
 
+    @property
+    def input_size(self) -> int:
+        """The side of the square model input (photos need not be decoded any larger)."""
+        ...
+
     def prepare(self, image: Image.Image) -> Image.Image:
         """The per-image part of preprocessing (resizing), thread-safe: the service runs it in
         worker threads in parallel, so the encoder's thread only runs the model. ``embed_*``
@@ -248,6 +253,10 @@ class OnnxEncoder:
     @property
     def lanes(self) -> int:
         return max(1, len(self._lanes))
+
+    @property
+    def input_size(self) -> int:
+        return self.spec.size
 
     def run_scene(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Preprocessed batch (N, 3, S, S) -> f_s (N, D), f_i (N, R, D), attention (N, C, R).

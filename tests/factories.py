@@ -148,6 +148,10 @@ class FakeEncoder:
     def lanes(self) -> int:
         return 1
 
+    @property
+    def input_size(self) -> int:
+        return 32
+
     @staticmethod
     def _pixels(image: Image.Image, size: int) -> np.ndarray:
         arr = np.asarray(image.convert("RGB").resize((size, size)), np.float64)

@@ -34,6 +34,7 @@ class SlowEncoder:
         self._inner, self._delay = inner, delay_s
         self.categories, self.dim = inner.categories, inner.dim
         self.version, self.providers, self.lanes = inner.version, inner.providers, inner.lanes
+        self.input_size = inner.input_size
 
     def prepare(self, image: Image.Image) -> Image.Image:
         return self._inner.prepare(image)

@@ -97,7 +97,9 @@ async def similar_to_photo(
     check_k(k, pipe.settings)
     check_category(pipe.serving, category)
     upload = await read_upload(image, pipe.settings.max_upload_bytes)
-    photo = await asyncio.to_thread(decode_image, upload, pipe.settings.max_image_pixels)
+    photo = await asyncio.to_thread(
+        decode_image, upload, pipe.settings.max_image_pixels, pipe.serving.encoder.input_size
+    )
     vector = await pipe.serving.embed_product(photo)
     found = await asyncio.to_thread(similar, pipe.serving.catalog, vector, category, k)
     return _similar_response(pipe.serving, category, k, found)
