@@ -28,6 +28,7 @@ from service_support import (
 from index.store import IndexStore
 from model.runtime import OnnxEncoder
 from service.app import STATIC_DIR
+from service.images import Upload, decode_image
 from service.schemas import CompleteTheLook, CompleteTheLookAll, Recommended
 
 
@@ -86,7 +87,9 @@ def test_complete_the_look_matches_exhaustive_d_star(
 
     encoder = OnnxEncoder.from_artifacts(artifacts, device="cpu")
     catalog = IndexStore.for_artifacts(artifacts).load()
-    emb = encoder.embed_scenes([Image.open(io.BytesIO(data)).convert("RGB")])[0]
+    # Decoded as the service decodes it (a photo twice the model input or more at reduced scale).
+    photo = decode_image(Upload.of("s.jpg", data), 10**8, encoder.input_size)
+    emb = encoder.embed_scenes([photo])[0]
     ids = catalog.category(category).ids
     f_p = catalog.embeddings(ids).astype(np.float64)
     att = emb.attention[encoder.categories.index(category)].astype(np.float64)
