@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
@@ -38,7 +37,7 @@ _K = re.compile(rb"[0-9]{1,6}")
 _FIELDS = {b"image", b"category", b"k", b"explain"}
 _BOOLS = {b"true": True, b"false": False}
 
-Answer = Callable[[Pipeline, Upload, str, int, bool], Awaitable[dict[str, object]]]
+Answer = Callable[[Pipeline, Upload, str, int, bool], Awaitable[bytes]]
 
 
 @dataclass(frozen=True)
@@ -154,10 +153,10 @@ class FastLane:
             pipe = Pipeline(serving, state.cache, state.metrics, settings)
             upload = Upload.of(form.filename, form.image)
             try:
-                content = await self.answer(pipe, upload, form.category, form.k, form.explain)
+                body = await self.answer(pipe, upload, form.category, form.k, form.explain)
             except HTTPException as exc:  # a bad image: the same answer FastAPI would give
                 return await http_exception_handler(Request(scope), exc)
-        return JSONResponse(content)
+        return Response(body, media_type="application/json")
 
 
 def _replaying(messages: list[Message], receive: Receive) -> Receive:

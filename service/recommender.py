@@ -53,6 +53,10 @@ class Pipeline:
         s = self.serving
         return f"res:{s.model_version}:{s.index_version}:{sha256}:{category}:{k}"
 
+    def response_key(self, sha256: str, category: str, k: int, explain: bool) -> str:
+        """The cache key of a whole ``/complete-the-look`` answer."""
+        return f"resp:{self._result_key(sha256, category, k)}:{int(explain)}"
+
     async def cached_result(self, sha256: str, category: str, k: int) -> list[dict] | None:
         """A cached result list for (image, category, k, versions), or ``None``."""
         data = await self.cache.get(self._result_key(sha256, category, k))

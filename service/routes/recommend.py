@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from service.deps import DEFAULT_K, PipelineDep, check_category, check_k, unique
 from service.images import Upload, read_upload
@@ -13,6 +14,7 @@ from service.recommender import Pipeline, attention_grid, with_ranks
 from service.schemas import CompleteTheLook, CompleteTheLookAll
 
 router = APIRouter(tags=["recommend"])
+JSON = "application/json"
 
 ImageField = Annotated[UploadFile, File(description="the scene photo (JPEG, PNG or WebP)")]
 KField = Annotated[int, Form(description="how many products per category (1..max_k)")]
@@ -35,28 +37,35 @@ async def complete_the_look(
     explain: Annotated[
         bool, Form(description="add the category's attention over the scene's regions")
     ] = False,
-) -> JSONResponse:
+) -> Response:
     """Products of ``category`` that complete the look of the uploaded scene, best first."""
     check_k(k, pipe.settings)
     check_category(pipe.serving, category)
     upload = await read_upload(image, pipe.settings.max_upload_bytes)
-    return JSONResponse(await recommendation(pipe, upload, category, k, explain))
+    return Response(await recommendation(pipe, upload, category, k, explain), media_type=JSON)
 
 
 async def recommendation(
     pipe: Pipeline, upload: Upload, category: str, k: int, explain: bool
-) -> dict[str, object]:
-    """The body of a ``/complete-the-look`` answer for a valid request (also the fast lane's).
+) -> bytes:
+    """The JSON body of a ``/complete-the-look`` answer to a valid request (also the fast
+    lane's), from the response cache when this exact answer was given before.
 
     Built from plain types (the schema tests check it against ``CompleteTheLook``) and sent as
-    is: re-validating it into the response model cost ~0.3 ms a request.
+    is: re-validating it into the response model cost ~0.3 ms a request, and rendering a cached
+    one again ~0.04 ms, a third of a cache hit.
     """
+    key = pipe.response_key(upload.sha256, category, k, explain)
+    body = await pipe.cache.get(key)
+    if body is not None:
+        pipe.metrics.cache_hits.inc("result")
+        return body
     results, cached = await pipe.recommend(upload, [category], k)
     attention = None
     if explain:
         emb, _ = await pipe.embed(upload)
         attention = attention_grid(emb, pipe.serving.category_index(category))
-    return {
+    content: dict[str, object] = {
         **pipe.serving.versions(),
         "category": category,
         "k": k,
@@ -65,6 +74,13 @@ async def recommendation(
         "products": with_ranks(results[category]),
         "attention": attention,
     }
+    await pipe.cache.set(key, render({**content, "cached": True}))
+    return render(content)
+
+
+def render(content: dict[str, object]) -> bytes:
+    """JSON as ``JSONResponse`` renders it."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 @router.post("/complete-the-look/all", response_model=CompleteTheLookAll, responses=ERRORS)
