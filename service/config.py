@@ -50,13 +50,13 @@ class Settings(BaseSettings):
     # Scenes per encoder call; 0: 4 when calls run on several CPU lanes (a lane's batch is
     # decoded and encoded on one core, so small batches spread the work; 2-4 sustained the most
     # images/s on 2 cores), 16 with one lane (a GPU, where bigger batches pay).
-    batch_max_size: int = 0
+    batch_max_size: int = Field(default=0, ge=0)
     batch_max_wait_ms: float = 0.0  # 0: no added wait; batches fill while the encoder is busy
     inference_threads: int = 0  # ONNX Runtime threads of an encoder call that runs alone (0: all)
     # Encoder calls that may overlap under load, each on its own scene session with a share of
     # the cores (0: one per core, at most 4). On 2 cores, two single-threaded calls at once
     # encoded ~30% more images/s than one two-threaded call. CPU only; GPUs take one at a time.
-    encoder_lanes: int = 0
+    encoder_lanes: int = Field(default=0, ge=0)
     # FAISS (OpenMP) threads per search. One query gains nothing from more, and waking idle
     # OpenMP threads for every request stole CPU from the encoder (1-client miss 16.8 -> 14.7 ms).
     search_threads: int = 1

@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 import cli
+from service.config import Settings
 
 
 def test_serve_passes_flags_to_uvicorn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -33,3 +35,10 @@ def test_serve_rejects_a_bad_port(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["serve", "--port", "eighty"])
     assert exc.value.code == 2
     assert "--port" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field", ["encoder_lanes", "batch_max_size"])
+def test_lanes_and_batch_size_cannot_be_negative(field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Settings(**{field: -1})  # type: ignore[arg-type]
+    assert getattr(Settings(**{field: 0}), field) == 0  # type: ignore[arg-type]
