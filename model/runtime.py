@@ -72,9 +72,9 @@ class Encoder(Protocol):
         ...
 
     def prepare(self, image: Image.Image) -> Image.Image:
-        """The per-image part of preprocessing (resizing), thread-safe: the service runs it in
-        worker threads in parallel, so the encoder's thread only runs the model. ``embed_*``
-        accept its output as well as any other image."""
+        """The per-image part of preprocessing (resizing), thread-safe: the service runs it
+        beside the model (in a lane's batch job, or in worker threads). ``embed_*`` accept its
+        output as well as any other image."""
         ...
 
     def embed_scenes(self, images: Sequence[Image.Image]) -> list[SceneEmbedding]: ...

@@ -16,10 +16,9 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
-from starlette.requests import Request
-from starlette.responses import Response
+from fastapi.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 

@@ -70,12 +70,13 @@ async def recommendation(
         "category": category,
         "k": k,
         "scene_sha256": upload.sha256,
-        "cached": cached,
         "products": with_ranks(results[category]),
         "attention": attention,
     }
-    await pipe.cache.set(key, render({**content, "cached": True}))
-    return render(content)
+    # Rendered once; the answer and its cached form differ only in the last key.
+    head = render(content)[:-1]
+    await pipe.cache.set(key, head + b',"cached":true}')
+    return head + (b',"cached":true}' if cached else b',"cached":false}')
 
 
 def render(content: dict[str, object]) -> bytes:
