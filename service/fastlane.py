@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from fastapi import HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,7 +30,13 @@ _CONTENT_TYPE = re.compile(
     rb"|([0-9A-Za-z'()+_,\-./:=?]{1,70}))[ \t]*",
     re.IGNORECASE,
 )
-_DISPOSITION = re.compile(rb'form-data; name="([a-z]+)"(?:; filename="([^"\\\r\n]+)")?')
+# The head of a part: a form-data disposition with a simple name (and a filename for files),
+# and at most a Content-Type before or after it.
+_PART_HEAD = re.compile(
+    rb"(?:(?i:content-type):[^\r\n]*\r\n)?"
+    rb'(?i:content-disposition):[ \t]*form-data; name="([a-z]+)"(?:; filename="([^"\\\r\n]+)")?'
+    rb"[ \t]*\r\n(?:(?i:content-type):[^\r\n]*\r\n)?\r\n"
+)
 _K = re.compile(rb"[0-9]{1,6}")
 _FIELDS = {b"image", b"category", b"k", b"explain"}
 _BOOLS = {b"true": True, b"false": False}
@@ -39,8 +44,7 @@ _BOOLS = {b"true": True, b"false": False}
 Answer = Callable[[Pipeline, Upload, str, int, bool], Awaitable[bytes]]
 
 
-@dataclass(frozen=True)
-class SimpleForm:
+class SimpleForm(NamedTuple):
     """The fields of a well-formed ``/complete-the-look`` form (``k`` not yet range-checked)."""
 
     image: bytes
@@ -61,39 +65,34 @@ def parse_form(content_type: bytes, body: bytes, default_k: int) -> SimpleForm |
     match = _CONTENT_TYPE.fullmatch(content_type)
     if match is None:
         return None
-    delimiter = b"--" + (match[1] or match[2])
-    closing = b"\r\n" + delimiter + b"--"
-    if not body.startswith(delimiter + b"\r\n") or not (
-        body.endswith(closing) or body.endswith(closing + b"\r\n")
-    ):
+    # Positions, not splits: the image is the only big part, and it is copied once.
+    delimiter = b"\r\n--" + (match[1] or match[2])
+    if not body.startswith(delimiter[2:] + b"\r\n"):
         return None
-    inner = body[len(delimiter) + 2 : body.rindex(closing)]
     fields: dict[bytes, tuple[bytes, bytes | None]] = {}
-    for part in inner.split(b"\r\n" + delimiter + b"\r\n"):
-        if b"\r\n" + delimiter in part:  # a delimiter not followed by CRLF: not ours to judge
+    start, last = len(delimiter), False
+    while not last:
+        end = body.find(delimiter, start)
+        if end < 0:
             return None
-        head, sep, value = part.partition(b"\r\n\r\n")
-        if not sep:
+        after = end + len(delimiter)
+        tail, rest = body[after : after + 2], len(body) - after - 2
+        if tail == b"--" and (rest == 0 or (rest == 2 and body.endswith(b"\r\n"))):
+            last = True  # the closing delimiter, with no epilogue
+        elif tail != b"\r\n":  # a delimiter not followed by CRLF: not ours to judge
             return None
-        disposition: bytes | None = None
-        for line in head.split(b"\r\n"):
-            name, colon, header_value = line.partition(b":")
-            name = name.lower()
-            if colon and name == b"content-disposition" and disposition is None:
-                disposition = header_value.strip(b" \t")
-            elif not (colon and name == b"content-type"):
-                return None
-        parsed = _DISPOSITION.fullmatch(disposition or b"")
-        if parsed is None or parsed[1] not in _FIELDS or parsed[1] in fields:
+        head = _PART_HEAD.match(body, start, end)
+        if head is None or head[1] not in _FIELDS or head[1] in fields:
             return None
-        fields[parsed[1]] = (value, parsed[2])
+        fields[head[1]] = (body[head.end() : end], head[2])
+        start = after + 2
     image, category = fields.get(b"image"), fields.get(b"category")
     k = fields.get(b"k", (b"%d" % default_k, None))
     explain = fields.get(b"explain", (b"false", None))
     if image is None or image[1] is None or category is None:
         return None
-    if any(filename is not None for _, filename in (category, k, explain)):
-        return None
+    if category[1] is not None or k[1] is not None or explain[1] is not None:
+        return None  # a file where a plain field belongs
     if not _K.fullmatch(k[0]) or explain[0] not in _BOOLS:
         return None
     try:
@@ -138,7 +137,7 @@ class FastLane:
                 response = await self._respond(scope, form)
         await (response or self.app)(scope, replay, send)
 
-    async def _respond(self, scope: Scope, form: SimpleForm) -> Response | None:
+    async def _respond(self, scope: Scope, form: SimpleForm) -> ASGIApp | None:
         """The answer to ``form``, or ``None`` where FastAPI must judge the request."""
         state = scope["app"].state
         manager, settings = getattr(state, "manager", None), state.settings
@@ -155,7 +154,18 @@ class FastLane:
                 body = await self.answer(pipe, upload, form.category, form.k, form.explain)
             except HTTPException as exc:  # a bad image: the same answer FastAPI would give
                 return await http_exception_handler(Request(scope), exc)
-        return Response(body, media_type="application/json")
+        return _json(body)
+
+
+def _json(body: bytes) -> ASGIApp:
+    """A 200 JSON answer with the headers ``Response`` would set (without building one)."""
+    headers = [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
+
+    async def respond(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return respond
 
 
 def _replaying(messages: list[Message], receive: Receive) -> Receive:

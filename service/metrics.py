@@ -6,6 +6,8 @@ event loop and from the encoder's worker thread alike.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import threading
 from collections.abc import Sequence
@@ -84,28 +86,23 @@ class Histogram:
         self._lock = threading.Lock()
 
     def observe(self, value: float, *labels: str) -> None:
+        # One count in the value's own bucket (on the request path); render() accumulates.
         with self._lock:
             counts, total = self._series.setdefault(labels, ([0] * len(self.buckets), [0.0]))
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    counts[i] += 1
+            counts[bisect.bisect_left(self.buckets, value)] += 1
             total[0] += value
-
-    def count(self, *labels: str) -> int:
-        with self._lock:
-            series = self._series.get(labels)
-            return series[0][-1] if series else 0
 
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
         with self._lock:
             for labels, (counts, total) in sorted(self._series.items()):
-                for bound, c in zip(self.buckets, counts, strict=True):
+                cumulative = list(itertools.accumulate(counts))
+                for bound, c in zip(self.buckets, cumulative, strict=True):
                     le = _labels(self.label_names, labels, f'le="{_num(bound)}"')
                     lines.append(f"{self.name}_bucket{le} {c}")
                 lab = _labels(self.label_names, labels)
                 lines.append(f"{self.name}_sum{lab} {_num(total[0])}")
-                lines.append(f"{self.name}_count{lab} {counts[-1]}")
+                lines.append(f"{self.name}_count{lab} {cumulative[-1]}")
         return lines
 
 

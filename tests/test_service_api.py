@@ -249,6 +249,8 @@ def test_page_is_served_without_shadowing_the_api(client: TestClient) -> None:
 
 
 def test_metrics_exposition_format(client: TestClient) -> None:
+    client.get("/categories")
+    client.get("/healthz")
     text = client.get("/metrics").text
     sample = re.compile(r'^[a-z_]+(\{([a-z_]+="[^"]*",?)+\})? -?[0-9.e+Inf-]+$')
     for line in text.splitlines():

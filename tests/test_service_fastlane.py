@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,11 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from service_support import post_scene, scene, serve, settings_for, tiny_artifacts
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartParser
 
 from service.fastlane import FastLane, SimpleForm, parse_form
 
@@ -85,6 +90,87 @@ def test_declines_broken_framing() -> None:
     # A delimiter inside a part that is not followed by CRLF is for the full parser to judge.
     smuggled = body.replace(JPEG, JPEG + b"\r\n" + delimiter + b"X")
     assert parse_form(content_type, smuggled, 10) is None
+
+
+def _full_parse(content_type: bytes, body: bytes) -> list[tuple[str, object]]:
+    """The fields as FastAPI's multipart parser reads them (files as (filename, bytes))."""
+
+    async def parse() -> list[tuple[str, object]]:
+        async def stream() -> Any:
+            yield body
+
+        headers = Headers({"content-type": content_type.decode("latin-1")})
+        form = await MultiPartParser(headers, stream()).parse()
+        items: list[tuple[str, object]] = []
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                items.append((name, (value.filename, await value.read())))
+            else:
+                items.append((name, value))
+        return items
+
+    return asyncio.run(parse())
+
+
+# Bytes that look like framing: CRLFs, dashes, quotes, and the form's own boundary (<B>).
+_TRICKY = st.lists(
+    st.sampled_from(
+        [
+            *(b"\r\n", b"--", b"\r\n--<B>", b"--<B>", b'"', b"\r\n\r\n", b"x", b"\xff", b" "),
+            b'Content-Disposition: form-data; name="k"\r\n\r\n5',
+            b'\r\n--<B>\r\nContent-Disposition: form-data; name="explain"\r\n\r\ntrue',
+        ]
+    ),
+    max_size=12,
+).map(b"".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    image=st.binary(max_size=64) | _TRICKY.map(lambda b: b.replace(b"<B>", b"")),
+    category=st.text(max_size=12).filter(lambda c: "\r" not in c and "\n" not in c),
+    k=st.none() | st.integers(0, 999),
+    explain=st.none() | st.booleans(),
+    cut=st.integers(0, 400),
+    at_delimiter=st.booleans(),
+    insert=_TRICKY,
+)
+def test_agrees_with_the_full_parser(
+    image: bytes,
+    category: str,
+    k: int | None,
+    explain: bool | None,
+    cut: int,
+    at_delimiter: bool,
+    insert: bytes,
+) -> None:
+    """Well-formed forms parse to exactly their fields; whatever the lane takes after a
+    mutation of the bytes, FastAPI's own parser reads the same way."""
+    data: dict[str, str] = {"category": category}
+    if k is not None:
+        data["k"] = str(k)
+    if explain is not None:
+        data["explain"] = str(explain).lower()
+    request = httpx.Request(
+        "POST", "http://x/", data=data, files={"image": ("s.jpg", image, "image/jpeg")}
+    )
+    content_type, body = request.headers["content-type"].encode(), request.read()
+    boundary = content_type.split(b"boundary=")[1]
+    expected = SimpleForm(image, "s.jpg", category, 10 if k is None else k, bool(explain))
+    if b"--" + boundary not in image:  # else not well formed: httpx does not check
+        assert parse_form(content_type, body, 10) == expected
+    if at_delimiter:  # where a part ends, so that whole parts get inserted too
+        ends = [i for i in range(len(body)) if body.startswith(b"\r\n--" + boundary, i)]
+        cut = ends[cut % len(ends)]
+    mutated = body[:cut] + insert.replace(b"<B>", boundary) + body[cut:]
+    form = parse_form(content_type, mutated, 10)
+    if form is not None:
+        fields = dict(_full_parse(content_type, mutated))
+        assert fields["image"] == (form.filename, form.image)
+        assert fields["category"] == form.category
+        assert int(str(fields.get("k", 10))) == form.k
+        assert str(fields.get("explain", "false")) == str(form.explain).lower()
+        assert len(_full_parse(content_type, mutated)) == len(fields), "a repeated field"
 
 
 @pytest.fixture(scope="module")
