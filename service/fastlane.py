@@ -114,7 +114,11 @@ class FastLane:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
             await self.app(scope, receive, send)
             return
-        content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+        content_type = b""
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value
+                break
         if not content_type.lower().startswith(b"multipart/form-data"):
             await self.app(scope, receive, send)
             return
@@ -128,14 +132,13 @@ class FastLane:
         except HTTPException as exc:  # the body limit, while reading
             await (await http_exception_handler(Request(scope), exc))(scope, receive, send)
             return
-        replay = _replaying(messages, receive)
-        response = None
         if messages[-1]["type"] == "http.request":
             body = b"".join(m.get("body", b"") for m in messages)
             form = parse_form(content_type, body, self.default_k)
-            if form is not None:
-                response = await self._respond(scope, form)
-        await (response or self.app)(scope, replay, send)
+            if form is not None and (response := await self._respond(scope, form)) is not None:
+                await response(scope, receive, send)
+                return
+        await self.app(scope, _replaying(messages, receive), send)
 
     async def _respond(self, scope: Scope, form: SimpleForm) -> ASGIApp | None:
         """The answer to ``form``, or ``None`` where FastAPI must judge the request."""
