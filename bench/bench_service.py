@@ -8,6 +8,8 @@ as the service's work, and a second ratio counts it in the bare time too); befor
 concurrent level, a sweep of batch sizes on that level's photos gives the bare images/s at the
 best size (the throughput ratio), with one call at a time and, when the encoder has lanes, with
 that many overlapping calls (the ratio is given against each, and against the better of the two).
+Each level also reports the server process's CPU time per request: with one event loop, the
+hit rate cannot pass 1 / that, so at 32 clients the hit p50 is about 32 times it.
 
     python bench/bench_service.py --artifacts artifacts --scenes ../shared/stl-fashion/images/scenes
 """
@@ -20,6 +22,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import socket
 import statistics
@@ -57,6 +60,7 @@ class Row:
     p99_ms: float
     mean_ms: float
     server_mean_ms: float
+    server_cpu_ms: float  # the server process's CPU time (all threads) per request
 
 
 def _free_port() -> int:
@@ -185,11 +189,22 @@ def server_time(base: str) -> tuple[float, float]:
     return values.get("sum", 0.0), values.get("count", 0.0)
 
 
-def measure(port: int, mode: str, requests: list[bytes], clients: int) -> Row:
-    """One load level: client-side latencies and the server's own mean time."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (NaN where /proc is missing)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(port: int, pid: int, mode: str, requests: list[bytes], clients: int) -> Row:
+    """One load level: client-side latencies, the server's own mean time and its CPU."""
     base = f"http://127.0.0.1:{port}"
     sum0, n0 = server_time(base)
+    cpu0 = cpu_seconds(pid)
     latencies, errors, wall = asyncio.run(load(port, requests, clients))
+    cpu1 = cpu_seconds(pid)
     sum1, n1 = server_time(base)
     return Row(
         mode,
@@ -201,6 +216,7 @@ def measure(port: int, mode: str, requests: list[bytes], clients: int) -> Row:
         1000 * _percentile(latencies, 0.99),
         1000 * statistics.fmean(latencies),
         1000 * (sum1 - sum0) / max(n1 - n0, 1),
+        1000 * (cpu1 - cpu0) / len(latencies),
     )
 
 
@@ -249,7 +265,7 @@ class BareEncoder:
 
 
 def interleaved(
-    port: int, photos: list[bytes], requests: list[bytes], bare: BareEncoder
+    port: int, pid: int, photos: list[bytes], requests: list[bytes], bare: BareEncoder
 ) -> tuple[Row, list[float], list[float]]:
     """One client, alternating a bare encoder call and a request for each photo, so that both
     see the same machine load (the CPU is shared); the row, the bare encoder's seconds and
@@ -260,6 +276,7 @@ def interleaved(
     errors = 0
     base = f"http://127.0.0.1:{port}"
     sum0, n0 = server_time(base)
+    cpu0 = cpu_seconds(pid)
 
     async def run() -> None:
         nonlocal errors
@@ -276,6 +293,7 @@ def interleaved(
             writer.close()
 
     asyncio.run(run())
+    cpu1 = cpu_seconds(pid)
     sum1, n1 = server_time(base)
     return (
         Row(
@@ -288,6 +306,7 @@ def interleaved(
             1000 * _percentile(latencies, 0.99),
             1000 * statistics.fmean(latencies),
             1000 * (sum1 - sum0) / max(n1 - n0, 1),
+            1000 * (cpu1 - cpu0) / len(latencies),
         ),
         bare_s,
         decode_s,
@@ -345,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         def build(batch: list[bytes]) -> list[bytes]:
             return [multipart_request(port, p, category, args.k) for p in batch]
 
-        measure(port, "warm-up", build([photos[-1]]), 1)
+        measure(port, server.pid, "warm-up", build([photos[-1]]), 1)
         offset = 0
         bare_s: list[float] = []
         decode_s: list[float] = []
@@ -353,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             batch = photos[offset : offset + n]
             offset += n
             if clients == 1:
-                row, bare_s, decode_s = interleaved(port, batch, build(batch), bare)
+                row, bare_s, decode_s = interleaved(port, server.pid, batch, build(batch), bare)
             else:
                 bare_best[clients] = {}
                 for callers in sorted({1, bare.encoder.lanes}):
@@ -361,12 +380,12 @@ def main(argv: list[str] | None = None) -> int:
                     best = max(sweep, key=lambda b: sweep[b])
                     bare_best[clients][callers] = (best, sweep[best])
                     log.info("bare encoder, %d caller(s), images/s by batch: %s", callers, sweep)
-                row = measure(port, "miss", build(batch), clients)
+                row = measure(port, server.pid, "miss", build(batch), clients)
             rows.append(row)
             log.info("%s", rows[-1])
         for clients in levels:
             hits = build([photos[0]]) * args.hit_requests
-            rows.append(measure(port, "hit", hits, clients))
+            rows.append(measure(port, server.pid, "hit", hits, clients))
             log.info("%s", rows[-1])
     finally:
         server.terminate()
@@ -377,11 +396,12 @@ def main(argv: list[str] | None = None) -> int:
     decode_ms = 1000 * statistics.fmean(decode_s)
     with_decoding = miss[1].mean_ms / (1000 * statistics.fmean(bare_s) + decode_ms)
     lines = [
-        "| mode | clients | requests | errors | req/s | p50 ms | p99 ms | server mean ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| mode | clients | requests | errors | req/s | p50 ms | p99 ms | server mean ms "
+        "| server CPU ms/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(
             f"| {r.mode} | {r.clients} | {r.requests} | {r.errors} | {r.rps:.1f} | "
-            f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.server_mean_ms:.1f} |"
+            f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.server_mean_ms:.1f} | {r.server_cpu_ms:.2f} |"
             for r in rows
         ),
         "",
