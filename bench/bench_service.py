@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import io
 import json
 import logging
 import math
@@ -29,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -198,12 +198,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(port: int, pid: int, mode: str, requests: list[bytes], clients: int) -> Row:
-    """One load level: client-side latencies, the server's own mean time and its CPU."""
+def level(
+    port: int, pid: int, mode: str, clients: int, run: Callable[[], tuple[list[float], int, float]]
+) -> Row:
+    """One load level: ``run()`` sends its requests and gives (latencies s, errors, wall s);
+    the row adds the server's own mean time and its CPU time per request."""
     base = f"http://127.0.0.1:{port}"
     sum0, n0 = server_time(base)
     cpu0 = cpu_seconds(pid)
-    latencies, errors, wall = asyncio.run(load(port, requests, clients))
+    latencies, errors, wall = run()
     cpu1 = cpu_seconds(pid)
     sum1, n1 = server_time(base)
     return Row(
@@ -220,6 +223,11 @@ def measure(port: int, pid: int, mode: str, requests: list[bytes], clients: int)
     )
 
 
+def measure(port: int, pid: int, mode: str, requests: list[bytes], clients: int) -> Row:
+    """Every request once, ``clients`` connections at a time."""
+    return level(port, pid, mode, clients, lambda: asyncio.run(load(port, requests, clients)))
+
+
 class BareEncoder:
     """The same encoder the server loads (lanes included), run directly in this process."""
 
@@ -232,16 +240,15 @@ class BareEncoder:
         )
         self.max_pixels = settings.max_image_pixels
 
-    @staticmethod
-    def _images(photos: list[bytes]) -> list[Image.Image]:
-        return [Image.open(io.BytesIO(p)).convert("RGB") for p in photos]
+    def _decode(self, photo: bytes) -> Image.Image:
+        """As the service decodes an upload."""
+        return decode_image(Upload.of("scene.jpg", photo), self.max_pixels, self.encoder.input_size)
 
     def seconds(self, photo: bytes) -> tuple[float, float]:
         """One photo at batch 1: (decoding as the service decodes, encoding). The overhead
         ratio's bare time is the encoding alone: decoding is counted as the service's work."""
-        upload = Upload.of("scene.jpg", photo)
         start = time.perf_counter()
-        image = decode_image(upload, self.max_pixels, self.encoder.input_size)
+        image = self._decode(photo)
         decoded = time.perf_counter()
         self.encoder.embed_scenes([image])
         return decoded - start, time.perf_counter() - decoded
@@ -251,7 +258,7 @@ class BareEncoder:
     ) -> dict[int, float]:
         """Images/s at each batch size, with ``callers`` threads calling at once (more than
         one: overlapping calls, which the encoder runs on its lanes)."""
-        images = self._images(photos)
+        images = [self._decode(p) for p in photos]
         self.encoder.embed_scenes(images[:2])  # warm-up
         out = {}
         for bs in batch_sizes:
@@ -270,16 +277,12 @@ def interleaved(
     """One client, alternating a bare encoder call and a request for each photo, so that both
     see the same machine load (the CPU is shared); the row, the bare encoder's seconds and
     the seconds of decoding the photos."""
-    latencies: list[float] = []
     bare_s: list[float] = []
     decode_s: list[float] = []
-    errors = 0
-    base = f"http://127.0.0.1:{port}"
-    sum0, n0 = server_time(base)
-    cpu0 = cpu_seconds(pid)
 
-    async def run() -> None:
-        nonlocal errors
+    async def run() -> tuple[list[float], int, float]:
+        latencies: list[float] = []
+        errors = 0
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             for photo, request in zip(photos, requests, strict=True):
@@ -291,26 +294,9 @@ def interleaved(
                 latencies.append(time.perf_counter() - start)
         finally:
             writer.close()
+        return latencies, errors, sum(latencies)  # req/s counts the requests' own time only
 
-    asyncio.run(run())
-    cpu1 = cpu_seconds(pid)
-    sum1, n1 = server_time(base)
-    return (
-        Row(
-            "miss",
-            1,
-            len(latencies),
-            errors,
-            len(latencies) / sum(latencies),
-            1000 * statistics.median(latencies),
-            1000 * _percentile(latencies, 0.99),
-            1000 * statistics.fmean(latencies),
-            1000 * (sum1 - sum0) / max(n1 - n0, 1),
-            1000 * (cpu1 - cpu0) / len(latencies),
-        ),
-        bare_s,
-        decode_s,
-    )
+    return level(port, pid, "miss", 1, lambda: asyncio.run(run())), bare_s, decode_s
 
 
 def main(argv: list[str] | None = None) -> int:
