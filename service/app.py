@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.cache import Cache, make_cache
 from service.config import Settings
 from service.deps import DEFAULT_K
+from service.digests import DigestMemo
 from service.fastlane import FastLane
 from service.images import too_large
 from service.metrics import Metrics
@@ -155,6 +156,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.digests = DigestMemo(settings.digest_memo_bytes, metrics)
     app.state.samples = samples.find_samples(settings)
     for module in (recommend, score, batch, products, health, admin, samples):
         app.include_router(module.router)

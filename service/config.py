@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     cache_ttl_s: int = 24 * 3600
     admin_token: str | None = None
     max_upload_bytes: int = 10 * 1024 * 1024
+    # Recent uploads kept with their sha256, so a photo sent again is not hashed again (a quarter
+    # of a cache hit's CPU time); uploads over a quarter of this are not kept. 0: none.
+    digest_memo_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     max_image_pixels: int = 40_000_000
     max_k: int = 100
     max_batch_items: int = 32

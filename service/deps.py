@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.cache import Cache
 from service.config import Settings
+from service.digests import DigestMemo
 from service.metrics import Metrics
 from service.recommender import Pipeline
 from service.serving import Serving, ServingManager, UnknownCategory
@@ -87,13 +88,19 @@ def check_category(serving: Serving, category: str) -> int:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
+async def get_digests(request: Request) -> DigestMemo:
+    digests: DigestMemo = request.app.state.digests
+    return digests
+
+
 async def get_pipeline(
     serving: Annotated[Serving, Depends(get_serving)],
     cache: Annotated[Cache, Depends(get_cache)],
     metrics: Annotated[Metrics, Depends(get_metrics)],
     settings: Annotated[Settings, Depends(get_settings)],
+    digests: Annotated[DigestMemo, Depends(get_digests)],
 ) -> Pipeline:
-    return Pipeline(serving, cache, metrics, settings)
+    return Pipeline(serving, cache, metrics, settings, digests)
 
 
 def unique(values: list[str] | None) -> list[str]:

@@ -151,8 +151,8 @@ class FastLane:
         with manager.hold() as serving:
             if serving is None or form.category not in serving.categories:
                 return None
-            pipe = Pipeline(serving, state.cache, state.metrics, settings)
-            upload = Upload.of(form.filename, form.image)
+            pipe = Pipeline(serving, state.cache, state.metrics, settings, state.digests)
+            upload = Upload.of(form.filename, form.image, state.digests)
             try:
                 body = await self.answer(pipe, upload, form.category, form.k, form.explain)
             except HTTPException as exc:  # a bad image: the same answer FastAPI would give

@@ -7,13 +7,14 @@ format and pixel count before any pixel is decoded (decompression bombs), and de
 
 from __future__ import annotations
 
-import hashlib
 import io
 import warnings
 from dataclasses import dataclass
 
 from fastapi import HTTPException, UploadFile, status
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.digests import DigestMemo, sha256_hex
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 _CHUNK = 256 * 1024
@@ -28,8 +29,9 @@ class Upload:
     sha256: str
 
     @classmethod
-    def of(cls, filename: str, data: bytes) -> Upload:
-        return cls(filename, data, hashlib.sha256(data).hexdigest())
+    def of(cls, filename: str, data: bytes, digests: DigestMemo | None = None) -> Upload:
+        """``data`` with its sha256, from ``digests`` when it holds these bytes."""
+        return cls(filename, data, sha256_hex(data) if digests is None else digests.sha256(data))
 
 
 def too_large(limit: int) -> HTTPException:
@@ -39,7 +41,9 @@ def too_large(limit: int) -> HTTPException:
     )
 
 
-async def read_upload(file: UploadFile, max_bytes: int) -> Upload:
+async def read_upload(
+    file: UploadFile, max_bytes: int, digests: DigestMemo | None = None
+) -> Upload:
     """Read ``file`` fully but never more than ``max_bytes`` (413 beyond, 422 when empty)."""
     chunks: list[bytes] = []
     size = 0
@@ -52,7 +56,7 @@ async def read_upload(file: UploadFile, max_bytes: int) -> Upload:
     name = file.filename or "upload"
     if not data:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: the file is empty")
-    return Upload.of(name, data)
+    return Upload.of(name, data, digests)
 
 
 def decode_image(upload: Upload, max_pixels: int, min_size: int = 0) -> Image.Image:

@@ -12,11 +12,14 @@ import functools
 import json
 from dataclasses import dataclass
 
+from fastapi import UploadFile
+
 from index.search import recommend
 from model.runtime import SceneEmbedding
 from service.cache import Cache, pack_embedding, unpack_embedding
 from service.config import Settings
-from service.images import Upload, decode_image
+from service.digests import DigestMemo
+from service.images import Upload, decode_image, read_upload
 from service.metrics import Metrics
 from service.serving import Serving
 
@@ -32,6 +35,11 @@ class Pipeline:
     cache: Cache
     metrics: Metrics
     settings: Settings
+    digests: DigestMemo | None = None
+
+    async def read(self, image: UploadFile) -> Upload:
+        """The uploaded file (413 over the size limit, 422 when empty) and its sha256."""
+        return await read_upload(image, self.settings.max_upload_bytes, self.digests)
 
     async def embed(self, upload: Upload) -> tuple[SceneEmbedding, bool]:
         """The scene embedding of ``upload`` and whether it came from the cache."""

@@ -12,7 +12,6 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 
 from service.deps import DEFAULT_K, PipelineDep, check_category, check_k
-from service.images import read_upload
 from service.recommender import Pipeline, with_ranks
 from service.routes.recommend import ERRORS, KField
 from service.schemas import BatchResponse
@@ -54,7 +53,7 @@ async def _one(
     try:
         for category in categories:
             check_category(pipe.serving, category)
-        upload = await read_upload(image, pipe.settings.max_upload_bytes)
+        upload = await pipe.read(image)
         results, _ = await pipe.recommend(upload, list(dict.fromkeys(categories)), k)
     except HTTPException as exc:
         return {

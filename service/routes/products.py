@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 
 from index.search import Product, Similar, similar, similar_to_product
 from service.deps import DEFAULT_K, PipelineDep, ServingDep, SettingsDep, check_category, check_k
-from service.images import decode_image, read_upload
+from service.images import decode_image
 from service.routes.recommend import ERRORS, KField
 from service.schemas import Categories, ProductInfo, SimilarResponse
 from service.serving import Serving
@@ -96,7 +96,7 @@ async def similar_to_photo(
     """Products of ``category`` that look like the uploaded product photo."""
     check_k(k, pipe.settings)
     check_category(pipe.serving, category)
-    upload = await read_upload(image, pipe.settings.max_upload_bytes)
+    upload = await pipe.read(image)
     photo = await asyncio.to_thread(
         decode_image, upload, pipe.settings.max_image_pixels, pipe.serving.encoder.input_size
     )

@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from service.deps import DEFAULT_K, PipelineDep, check_category, check_k, unique
-from service.images import Upload, read_upload
+from service.images import Upload
 from service.recommender import Pipeline, attention_grid, with_ranks
 from service.schemas import CompleteTheLook, CompleteTheLookAll
 
@@ -41,7 +41,7 @@ async def complete_the_look(
     """Products of ``category`` that complete the look of the uploaded scene, best first."""
     check_k(k, pipe.settings)
     check_category(pipe.serving, category)
-    upload = await read_upload(image, pipe.settings.max_upload_bytes)
+    upload = await pipe.read(image)
     return Response(await recommendation(pipe, upload, category, k, explain), media_type=JSON)
 
 
@@ -102,7 +102,7 @@ async def complete_the_look_all(
     wanted = unique(categories) or list(pipe.serving.categories)
     for category in wanted:
         check_category(pipe.serving, category)
-    upload = await read_upload(image, pipe.settings.max_upload_bytes)
+    upload = await pipe.read(image)
     results, cached = await pipe.recommend(upload, wanted, k)
     return JSONResponse(
         {

@@ -10,7 +10,6 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 
 from index.search import score
 from service.deps import PipelineDep, unique
-from service.images import read_upload
 from service.routes.recommend import ERRORS
 from service.schemas import ScoreResponse
 
@@ -38,7 +37,7 @@ async def score_products(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"{len(ids)} product ids; at most {pipe.settings.max_score_ids} per request",
         )
-    upload = await read_upload(image, pipe.settings.max_upload_bytes)
+    upload = await pipe.read(image)
     emb, _ = await pipe.embed(upload)
     scored, unknown = await asyncio.to_thread(
         score, pipe.serving.catalog, emb, pipe.serving.encoder.categories, ids
