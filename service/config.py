@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     port: int = 8000
     redis_url: str | None = None
     redis_timeout_s: float = 0.05
-    cache_size: int = 2048
+    # Entries of the in-process LRU; with Redis, of the one in front of it (0: Redis alone).
+    cache_size: int = Field(default=2048, ge=0)
     cache_ttl_s: int = 24 * 3600
     admin_token: str | None = None
     max_upload_bytes: int = 10 * 1024 * 1024

@@ -18,7 +18,7 @@ import redis
 from service_support import post_scene, scene, serve, settings_for, tiny_artifacts
 
 from model.runtime import SceneEmbedding
-from service.cache import MemoryCache, pack_embedding, unpack_embedding
+from service.cache import MemoryCache, TieredCache, pack_embedding, unpack_embedding
 
 
 def test_memory_cache_is_an_lru_with_ttl() -> None:
@@ -34,6 +34,45 @@ def test_memory_cache_is_an_lru_with_ttl() -> None:
         await short.set("x", b"1")
         await asyncio.sleep(0.03)
         assert await short.get("x") is None
+
+    asyncio.run(run())
+
+
+class CountingCache(MemoryCache):
+    """A stand-in for Redis that counts the calls reaching it."""
+
+    backend = "far"
+
+    def __init__(self) -> None:
+        super().__init__(max_items=100, ttl_s=60)
+        self.gets = 0
+        self.sets = 0
+
+    async def get(self, key: str) -> bytes | None:
+        self.gets += 1
+        return await super().get(key)
+
+    async def set(self, key: str, value: bytes) -> None:
+        self.sets += 1
+        await super().set(key, value)
+
+
+def test_tiered_cache_answers_repeats_without_the_far_cache() -> None:
+    async def run() -> None:
+        far = CountingCache()
+        await far.set("shared", b"from another replica")
+        cache = TieredCache(MemoryCache(max_items=10, ttl_s=60), far)
+        assert cache.backend == "far"
+        assert await cache.get("missing") is None
+        await cache.set("mine", b"1")
+        assert far.sets == 2 and await far.get("mine") == b"1"  # written through
+        far.gets = 0
+        for _ in range(3):
+            assert await cache.get("mine") == b"1"
+            assert await cache.get("shared") == b"from another replica"
+        assert far.gets == 1, "only the first read of the other replica's value reached it"
+        await cache.close()
+        assert await far.get("mine") is None
 
     asyncio.run(run())
 
@@ -75,17 +114,27 @@ def test_results_and_embeddings_are_cached_in_redis(
         tiny_artifacts(stl_dir), stl_dir, redis_url=redis_url, redis_prefix=prefix
     )
     data = scene(stl_dir, 20)
+    r = redis.Redis.from_url(redis_url)
     with serve(settings) as client:
         category = client.get("/categories").json()["categories"][0]["name"]
         assert client.get("/readyz").json()["cache"] == "redis"
         first = post_scene(client, data, category).json()
         assert first["cached"] is False
-    keys = {k.decode() for k in redis.Redis.from_url(redis_url).scan_iter(match=prefix + "*")}
-    assert any(k.startswith(prefix + "emb:") for k in keys)
-    assert any(k.startswith(prefix + "res:") and category in k for k in keys)
+        saved = {k: v for k in r.scan_iter(match=prefix + "*") if (v := r.dump(k)) is not None}
+        keys = {k.decode() for k in saved}
+        assert any(k.startswith(prefix + "emb:") for k in keys)
+        assert any(k.startswith(prefix + "res:") and category in k for k in keys)
+        # A repeat comes from the in-process cache in front of Redis, without a round trip.
+        r.delete(*saved)
+        assert post_scene(client, data, category).json()["cached"] is True
+        assert not list(r.scan_iter(match=prefix + "*")), "the repeat wrote to Redis again"
+    for key, value in saved.items():
+        r.restore(key, 0, value)
     with serve(settings) as client:  # a new process-level app: the hit comes from Redis
         again = post_scene(client, data, category).json()
     assert again["cached"] is True and again["products"] == first["products"]
+    with serve(settings.model_copy(update={"cache_size": 0})) as client:  # Redis alone
+        assert post_scene(client, data, category).json()["cached"] is True
 
 
 def _free_port() -> int:
