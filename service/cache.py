@@ -18,6 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from redis.asyncio import Redis
@@ -166,6 +167,16 @@ class TieredCache:
         await self._far.close()
 
 
+def _without_password(url: str) -> str:
+    """``url`` for the log: a password in it (``redis://:secret@host``) is masked."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 def make_cache(settings: Settings, metrics: Metrics) -> Cache:
     """Redis when ``CTL_REDIS_URL`` is set (behind an in-process LRU of ``cache_size`` entries
     unless that is 0), the in-process LRU alone otherwise."""
@@ -180,14 +191,11 @@ def make_cache(settings: Settings, metrics: Metrics) -> Cache:
         settings.redis_retry_s,
         metrics,
     )
+    where = _without_password(settings.redis_url)
     if settings.cache_size == 0:
-        log.info("cache: Redis at %s", settings.redis_url)
+        log.info("cache: Redis at %s", where)
         return redis
-    log.info(
-        "cache: Redis at %s behind an in-process LRU of %d entries",
-        settings.redis_url,
-        settings.cache_size,
-    )
+    log.info("cache: Redis at %s behind an in-process LRU of %d items", where, settings.cache_size)
     return TieredCache(MemoryCache(settings.cache_size, settings.cache_ttl_s), redis)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import socket
 import subprocess
@@ -18,7 +19,15 @@ import redis
 from service_support import post_scene, scene, serve, settings_for, tiny_artifacts
 
 from model.runtime import SceneEmbedding
-from service.cache import MemoryCache, TieredCache, pack_embedding, unpack_embedding
+from service.cache import (
+    MemoryCache,
+    TieredCache,
+    make_cache,
+    pack_embedding,
+    unpack_embedding,
+)
+from service.config import Settings
+from service.metrics import Metrics
 
 
 def test_memory_cache_is_an_lru_with_ttl() -> None:
@@ -73,6 +82,19 @@ def test_tiered_cache_answers_repeats_without_the_far_cache() -> None:
         assert far.gets == 1, "only the first read of the other replica's value reached it"
         await cache.close()
         assert await far.get("mine") is None
+
+    asyncio.run(run())
+
+
+def test_the_log_never_shows_the_redis_password(caplog: pytest.LogCaptureFixture) -> None:
+    async def run() -> None:
+        for url, size in (("redis://app:s3cret@10.0.0.9:6380/2", 0), ("rediss://:s3cret@r:1", 5)):
+            settings = Settings(redis_url=url, cache_size=size)
+            with caplog.at_level(logging.INFO, logger="service.cache"):
+                await make_cache(settings, Metrics()).close()  # connects to nothing
+        assert "s3cret" not in caplog.text
+        assert "redis://app:***@10.0.0.9:6380/2" in caplog.text
+        assert "rediss://:***@r:1" in caplog.text
 
     asyncio.run(run())
 
