@@ -12,11 +12,13 @@ replicas still share what each computed through Redis.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,9 +41,15 @@ class Cache(Protocol):
 
     async def get(self, key: str) -> bytes | None: ...
 
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of ``keys`` in order (one round trip where that means anything)."""
+        ...
+
     async def set(self, key: str, value: bytes) -> None: ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Finish the writes under way and let go of connections and memory."""
+        ...
 
 
 class MemoryCache:
@@ -66,6 +74,9 @@ class MemoryCache:
             self._items.move_to_end(key)
             return value
 
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [await self.get(key) for key in keys]
+
     async def set(self, key: str, value: bytes) -> None:
         with self._lock:
             self._items[key] = (time.monotonic() + self._ttl, value)
@@ -79,12 +90,24 @@ class MemoryCache:
 
 
 class RedisCache:
-    """Redis with short timeouts and a circuit breaker; failures are counted and bypassed."""
+    """Redis with short timeouts and a circuit breaker; failures are counted and bypassed.
+
+    Writes are queued and sent together, in one pipeline, once the writer's current step is
+    done: a cache miss writes three keys (embedding, result, answer) one after the other, and
+    each round trip to Redis cost ~0.4 ms. Nothing reads its own write back soon after.
+    """
 
     backend = "redis"
 
     def __init__(
-        self, url: str, prefix: str, ttl_s: int, timeout_s: float, retry_s: float, metrics: Metrics
+        self,
+        url: str,
+        prefix: str,
+        ttl_s: int,
+        timeout_s: float,
+        retry_s: float,
+        metrics: Metrics,
+        max_queued: int = 1024,
     ) -> None:
         self._redis = Redis.from_url(
             url,
@@ -96,6 +119,9 @@ class RedisCache:
         self._metrics = metrics
         self._down_until = 0.0
         self._down = False
+        self._queued: list[tuple[str, bytes]] = []
+        self._max_queued = max_queued
+        self._writer: asyncio.Task[None] | None = None
 
     def _available(self) -> bool:
         return time.monotonic() >= self._down_until
@@ -115,27 +141,50 @@ class RedisCache:
         self._down = False
 
     async def get(self, key: str) -> bytes | None:
-        if not self._available():
-            return None
+        return (await self.get_many([key]))[0]
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys or not self._available():
+            return [None] * len(keys)
         try:
-            value = await self._redis.get(self._prefix + key)
+            values = await self._redis.mget([self._prefix + key for key in keys])
         except Exception as exc:
             self._failed("get", exc)
-            return None
+            return [None] * len(keys)
         self._succeeded()
-        return value if isinstance(value, bytes) else None
+        return [value if isinstance(value, bytes) else None for value in values]
 
     async def set(self, key: str, value: bytes) -> None:
-        if not self._available():
+        """Queue the write (dropped while Redis is bypassed, or past ``max_queued`` queued
+        writes: a stuck Redis must not hold on to the service's memory)."""
+        if not self._available() or len(self._queued) >= self._max_queued:
             return
-        try:
-            await self._redis.set(self._prefix + key, value, ex=self._ttl)
-        except Exception as exc:
-            self._failed("set", exc)
-            return
-        self._succeeded()
+        self._queued.append((self._prefix + key, value))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+
+    async def _write(self) -> None:
+        """Send the queued writes, a pipeline at a time, until none is left."""
+        while self._queued and self._available():
+            batch, self._queued = self._queued, []
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for key, value in batch:
+                    pipe.set(key, value, ex=self._ttl)
+                await pipe.execute()
+            except Exception as exc:
+                self._failed("set", exc)
+            else:
+                self._succeeded()
+        self._queued.clear()
+
+    async def flush(self) -> None:
+        """Wait until the queued writes are sent (or failed)."""
+        if self._writer is not None:
+            await self._writer
 
     async def close(self) -> None:
+        await self.flush()
         await self._redis.aclose()
 
 
@@ -151,12 +200,18 @@ class TieredCache:
         self.backend = far.backend
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._near.get(key)
-        if value is None:
-            value = await self._far.get(key)
-            if value is not None:
-                await self._near.set(key, value)
-        return value
+        return (await self.get_many([key]))[0]
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        values = await self._near.get_many(keys)
+        missing = [n for n, value in enumerate(values) if value is None]
+        if missing:
+            found = await self._far.get_many([keys[n] for n in missing])
+            for n, value in zip(missing, found, strict=True):
+                if value is not None:
+                    values[n] = value
+                    await self._near.set(keys[n], value)
+        return values
 
     async def set(self, key: str, value: bytes) -> None:
         await self._near.set(key, value)

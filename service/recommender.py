@@ -41,11 +41,16 @@ class Pipeline:
         """The uploaded file (413 over the size limit, 422 when empty) and its sha256."""
         return await read_upload(image, self.settings.max_upload_bytes, self.digests)
 
+    def _embedding_key(self, sha256: str) -> str:
+        return f"emb:{self.serving.model_version}:{sha256}"
+
     async def embed(self, upload: Upload) -> tuple[SceneEmbedding, bool]:
         """The scene embedding of ``upload`` and whether it came from the cache."""
-        key = f"emb:{self.serving.model_version}:{upload.sha256}"
-        data = await self.cache.get(key)
-        emb = unpack_embedding(data) if data is not None else None
+        return await self._embed(upload, await self.cache.get(self._embedding_key(upload.sha256)))
+
+    async def _embed(self, upload: Upload, cached: bytes | None) -> tuple[SceneEmbedding, bool]:
+        """``cached`` (the embedding cache's bytes for ``upload``) or a pass through the encoder."""
+        emb = unpack_embedding(cached) if cached is not None else None
         if emb is not None:
             self.metrics.cache_hits.inc("embedding")
             return emb, True
@@ -54,7 +59,7 @@ class Pipeline:
         emb = await self.serving.batcher.submit_raw(
             upload, lambda u: encoder.prepare(decode_image(u, max_pixels, encoder.input_size))
         )
-        await self.cache.set(key, pack_embedding(emb))
+        await self.cache.set(self._embedding_key(upload.sha256), pack_embedding(emb))
         return emb, False
 
     def _result_key(self, sha256: str, category: str, k: int) -> str:
@@ -64,16 +69,6 @@ class Pipeline:
     def response_key(self, sha256: str, category: str, k: int, explain: bool) -> str:
         """The cache key of a whole ``/complete-the-look`` answer."""
         return f"resp:{self._result_key(sha256, category, k)}:{int(explain)}"
-
-    async def cached_result(self, sha256: str, category: str, k: int) -> list[dict] | None:
-        """A cached result list for (image, category, k, versions), or ``None``."""
-        data = await self.cache.get(self._result_key(sha256, category, k))
-        if data is None:
-            self.metrics.cache_misses.inc("result")
-            return None
-        self.metrics.cache_hits.inc("result")
-        result: list[dict] = json.loads(data)
-        return result
 
     async def compute(self, sha256: str, emb: SceneEmbedding, category: str, k: int) -> list[dict]:
         """Search the catalog for ``category`` and cache the result."""
@@ -105,17 +100,25 @@ class Pipeline:
         self, upload: Upload, categories: list[str], k: int
     ) -> tuple[dict[str, list[dict]], bool]:
         """Results per category (cached where possible; at most one encoder pass) and whether
-        every one of them came from the cache."""
+        every one of them came from the cache.
+
+        The cached results and the cached embedding are looked up together: one round trip to
+        Redis instead of one for each (the embedding's bytes are unused when every result is
+        cached, which the response cache in front makes the rare case).
+        """
+        keys = [self._result_key(upload.sha256, category, k) for category in categories]
+        *cached, embedding = await self.cache.get_many([*keys, self._embedding_key(upload.sha256)])
         results: dict[str, list[dict]] = {}
         missing: list[str] = []
-        for category in categories:
-            hit = await self.cached_result(upload.sha256, category, k)
-            if hit is None:
+        for category, data in zip(categories, cached, strict=True):
+            if data is None:
+                self.metrics.cache_misses.inc("result")
                 missing.append(category)
             else:
-                results[category] = hit
+                self.metrics.cache_hits.inc("result")
+                results[category] = json.loads(data)
         if missing:
-            emb, _ = await self.embed(upload)
+            emb, _ = await self._embed(upload, embedding)
             for category in missing:
                 results[category] = await self.compute(upload.sha256, emb, category, k)
         return {c: results[c] for c in categories}, not missing

@@ -10,8 +10,9 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from service_support import post_scene, scene, serve, settings_for, tiny_artifac
 from model.runtime import SceneEmbedding
 from service.cache import (
     MemoryCache,
+    RedisCache,
     TieredCache,
     make_cache,
     pack_embedding,
@@ -80,6 +82,9 @@ def test_tiered_cache_answers_repeats_without_the_far_cache() -> None:
             assert await cache.get("mine") == b"1"
             assert await cache.get("shared") == b"from another replica"
         assert far.gets == 1, "only the first read of the other replica's value reached it"
+        await far.set("other", b"2")
+        assert await cache.get_many(["mine", "other", "missing"]) == [b"1", b"2", None]
+        assert far.gets == 3, "only the keys missing in process were asked of far"
         await cache.close()
         assert await far.get("mine") is None
 
@@ -95,6 +100,22 @@ def test_the_log_never_shows_the_redis_password(caplog: pytest.LogCaptureFixture
         assert "s3cret" not in caplog.text
         assert "redis://app:***@10.0.0.9:6380/2" in caplog.text
         assert "rediss://:***@r:1" in caplog.text
+
+    asyncio.run(run())
+
+
+def test_redis_write_failures_are_counted_and_bypassed() -> None:
+    async def run() -> None:
+        metrics = Metrics()
+        cache = RedisCache(f"redis://127.0.0.1:{_free_port()}/0", "p:", 60, 0.05, 60, metrics)
+        await cache.set("a", b"1")
+        await cache.set("b", b"2")
+        await cache.flush()
+        assert metrics.cache_errors.value("redis") == 1, "one pipeline, one failure"
+        await cache.set("c", b"3")  # bypassed for retry_s: not even tried
+        assert await cache.get_many(["a", "c"]) == [None, None]
+        await cache.close()
+        assert metrics.cache_errors.value("redis") == 1
 
     asyncio.run(run())
 
@@ -129,6 +150,29 @@ def prefix(redis_url: str) -> Iterator[str]:
 
 
 @pytest.mark.redis
+def test_redis_writes_of_one_moment_go_in_one_pipeline(redis_url: str, prefix: str) -> None:
+    async def run() -> None:
+        cache = RedisCache(redis_url, prefix, 60, 1.0, 5.0, Metrics())
+        pipelines: list[object] = []
+        pipeline = cache._redis.pipeline
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            pipelines.append(pipeline(*args, **kwargs))
+            return pipelines[-1]
+
+        cache._redis.pipeline = spy  # type: ignore[method-assign]
+        for n in range(3):  # as a cache miss writes: embedding, result, answer
+            await cache.set(f"k{n}", b"v%d" % n)
+        await cache.flush()
+        assert len(pipelines) == 1
+        assert await cache.get_many(["k0", "k1", "k2", "nope"]) == [b"v0", b"v1", b"v2", None]
+        assert 0 < redis.Redis.from_url(redis_url).ttl(prefix + "k1") <= 60
+        await cache.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.redis
 def test_results_and_embeddings_are_cached_in_redis(
     redis_url: str, prefix: str, stl_dir: Path
 ) -> None:
@@ -142,6 +186,8 @@ def test_results_and_embeddings_are_cached_in_redis(
         assert client.get("/readyz").json()["cache"] == "redis"
         first = post_scene(client, data, category).json()
         assert first["cached"] is False
+        # Written behind the answer: the embedding, the result and the whole answer.
+        assert _eventually(lambda: len(list(r.scan_iter(match=prefix + "*"))) == 3)
         saved = {k: v for k in r.scan_iter(match=prefix + "*") if (v := r.dump(k)) is not None}
         keys = {k.decode() for k in saved}
         assert any(k.startswith(prefix + "emb:") for k in keys)
@@ -157,6 +203,16 @@ def test_results_and_embeddings_are_cached_in_redis(
     assert again["cached"] is True and again["products"] == first["products"]
     with serve(settings.model_copy(update={"cache_size": 0})) as client:  # Redis alone
         assert post_scene(client, data, category).json()["cached"] is True
+
+
+def _eventually(check: Callable[[], bool], timeout_s: float = 2.0) -> bool:
+    """Whether ``check()`` holds within ``timeout_s`` (writes to Redis go behind answers)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _free_port() -> int:
@@ -214,8 +270,9 @@ def test_redis_stopped_mid_test_is_bypassed_then_reconnected(stl_dir: Path) -> N
             server = _start_redis(port)  # empty: the new server knows no key yet
             time.sleep(0.4)  # past the retry interval
             assert post_scene(client, scene(stl_dir, 24), category).status_code == 200
-            keys = redis.Redis(port=port).keys("*")
-            assert keys, "the service did not reconnect to Redis"
+            assert _eventually(lambda: bool(redis.Redis(port=port).keys("*"))), (
+                "the service did not reconnect to Redis"
+            )
             assert post_scene(client, scene(stl_dir, 24), category).json()["cached"] is True
     finally:
         _stop(server)
