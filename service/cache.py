@@ -6,8 +6,8 @@ does not cost every request a timeout, and the next call after that reconnects.
 
 Every key names a value that never changes (the model and index versions and the image's sha256
 are in it), so with Redis an in-process LRU sits in front of it: a repeat is answered without a
-round trip (a cache hit took twice the CPU time and 2-3 times the latency through Redis), and
-replicas still share what each computed through Redis.
+round trip (through Redis, a hit took ~0.2 ms of server CPU against ~0.12 ms, and its p50 at 32
+clients was 6.6 ms), and replicas still share what each computed through Redis.
 """
 
 from __future__ import annotations
