@@ -200,7 +200,11 @@ class TieredCache:
         self.backend = far.backend
 
     async def get(self, key: str) -> bytes | None:
-        return (await self.get_many([key]))[0]
+        # Direct, not through get_many: a cache hit's one lookup builds no lists.
+        value = await self._near.get(key)
+        if value is None and (value := await self._far.get(key)) is not None:
+            await self._near.set(key, value)
+        return value
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         values = await self._near.get_many(keys)
