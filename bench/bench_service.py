@@ -247,8 +247,9 @@ class BareEncoder:
         self.max_pixels = settings.max_image_pixels
 
     def _decode(self, photo: bytes) -> Image.Image:
-        """As the service decodes an upload."""
-        return decode_image(Upload.of("scene.jpg", photo), self.max_pixels, self.encoder.input_size)
+        """As the service decodes an upload (without hashing it: the service's own work)."""
+        upload = Upload("scene.jpg", photo, sha256="")
+        return decode_image(upload, self.max_pixels, self.encoder.input_size)
 
     def seconds(self, photo: bytes) -> tuple[float, float]:
         """One photo at batch 1: (decoding it as the service does, encoding the pixels)."""
@@ -268,8 +269,10 @@ class BareEncoder:
         self.encoder.embed_scenes([self._decode(p) for p in photos[:2]])  # warm-up
 
         def call(batch: list[int]) -> None:
-            images = [self._decode(photos[i]) for i in batch] if decoding else []
-            self.encoder.embed_scenes(images or [decoded[i] for i in batch])
+            if decoding:
+                self.encoder.embed_scenes([self._decode(photos[i]) for i in batch])
+            else:
+                self.encoder.embed_scenes([decoded[i] for i in batch])
 
         out = {}
         for bs in batch_sizes:
