@@ -1,4 +1,4 @@
-# The API image: ONNX Runtime + FAISS + FastAPI, no torch (the runtime dependencies only).
+# The API image: ONNX Runtime + FAISS + FastAPI, no torch (the locked serving set, CPU builds).
 # Build from the repository root: docker build -f docker/api.Dockerfile .
 FROM python:3.11-slim
 
@@ -6,12 +6,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     CTL_ARTIFACTS_DIR=/artifacts CTL_HOST=0.0.0.0 CTL_PORT=8000
 
 WORKDIR /app
+COPY requirements/serve.txt ./requirements/
+RUN pip install -r requirements/serve.txt
 COPY pyproject.toml README.md cli.py ./
 COPY service ./service
 COPY model ./model
 COPY index ./index
 # training/ (torch) stays out: the API needs only service/, index/ and model/runtime.py.
-RUN pip install . && python -c "import service.app, sys; assert 'torch' not in sys.modules"
+RUN pip install --no-deps . && python -c "import service.app, sys; assert 'torch' not in sys.modules"
 
 # The same uid as the job image, which writes the artifacts volume first.
 RUN useradd --create-home --uid 10001 ctl && mkdir -p /artifacts && chown ctl /artifacts

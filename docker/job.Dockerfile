@@ -7,14 +7,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     CTL_DATA_DIR=/data CTL_WORK_DIR=/work CTL_ARTIFACTS_DIR=/artifacts
 
 WORKDIR /app
-# CPU-only torch first, from the PyTorch index, so the train extra does not pull CUDA wheels.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1
+# The locked training set first, so code changes do not reinstall it.
+COPY requirements/train.txt ./requirements/
+RUN pip install -r requirements/train.txt
 COPY pyproject.toml README.md cli.py ./
 COPY service ./service
 COPY model ./model
 COPY index ./index
 COPY training ./training
-RUN pip install '.[train]'
+RUN pip install --no-deps .
 
 # The same uid as the API image, so the API can write new index versions into the volume.
 RUN useradd --create-home --uid 10001 ctl && mkdir -p /work /artifacts && chown ctl /work /artifacts

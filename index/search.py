@@ -108,6 +108,13 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+def faiss_gpu_fallback_warning(device_in_use: str) -> str | None:
+    """Why a GPU build of faiss searches on the CPU, or ``None`` (see gpu_fallback_warning)."""
+    if hasattr(faiss, "StandardGpuResources") and device_in_use != "cuda":
+        return "faiss-gpu is installed but FAISS searches on the CPU: it sees no GPU"
+    return None
+
+
 class CategoryIndex:
     """One category: its product ids, their embeddings and the FAISS index over them."""
 

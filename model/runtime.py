@@ -133,6 +133,13 @@ def select_providers(device: str = "auto") -> list[str]:
     """ONNX Runtime execution providers for ``device`` (auto | cpu | cuda), best first."""
     available = ort.get_available_providers()
     has_cuda = "CUDAExecutionProvider" in available
+    if has_cuda and device != "cpu" and hasattr(ort, "preload_dlls"):
+        # The gpu extra installs CUDA and cuDNN as PyPI packages, which the loader does not
+        # search; preloading them is what lets the CUDA provider start without a system CUDA.
+        try:
+            ort.preload_dlls()
+        except Exception as exc:  # a missing library shows again as the CPU fallback warned of
+            log.warning("onnxruntime.preload_dlls() failed: %s", exc)
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device == "cuda":
@@ -149,6 +156,18 @@ def select_providers(device: str = "auto") -> list[str]:
             else ["CPUExecutionProvider"]
         )
     raise ArtifactError(f"unknown device {device!r}: use auto, cpu or cuda")
+
+
+def gpu_fallback_warning(providers_in_use: Sequence[str]) -> str | None:
+    """Why a GPU build of ONNX Runtime runs on the CPU, or ``None``: without it a GPU install
+    on a machine whose GPU is unusable serves from the CPU and nobody notices."""
+    cuda = "CUDAExecutionProvider"
+    if cuda in ort.get_available_providers() and cuda not in providers_in_use:
+        return (
+            "onnxruntime-gpu is installed but the encoders run on the CPU: no usable CUDA GPU "
+            "(or CTL_DEVICE=cpu)"
+        )
+    return None
 
 
 def _session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:

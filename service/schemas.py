@@ -161,6 +161,11 @@ class Ready(Versions):
     status: str = Field(examples=["ready"])
     providers: list[str] = Field(examples=[["CPUExecutionProvider"]])
     faiss_device: str = Field(description="where FAISS searches: cpu or cuda", examples=["cpu"])
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="GPU builds that are installed but run on the CPU",
+        examples=[["faiss-gpu is installed but FAISS searches on the CPU: it sees no GPU"]],
+    )
     cache: str = Field(examples=["redis"])
     categories: int
 

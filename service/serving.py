@@ -16,9 +16,15 @@ from concurrent.futures import Executor
 import numpy as np
 from PIL import Image
 
-from index.search import CatalogIndex, set_search_threads
+from index.search import CatalogIndex, faiss_gpu_fallback_warning, set_search_threads
 from index.store import IndexStore
-from model.runtime import ArtifactError, Encoder, OnnxEncoder, SceneEmbedding
+from model.runtime import (
+    ArtifactError,
+    Encoder,
+    OnnxEncoder,
+    SceneEmbedding,
+    gpu_fallback_warning,
+)
 from service.batcher import MicroBatcher
 from service.config import Settings
 from service.metrics import Metrics
@@ -109,6 +115,15 @@ class Serving:
     def versions(self) -> dict[str, str]:
         return {"model_version": self.model_version, "index_version": self.index_version}
 
+    @property
+    def warnings(self) -> list[str]:
+        """GPU builds installed but running on the CPU (reported by /readyz and at load)."""
+        found = (
+            gpu_fallback_warning(self.encoder.providers),
+            faiss_gpu_fallback_warning(self.catalog.faiss_device),
+        )
+        return [w for w in found if w]
+
     def category_index(self, category: str) -> int:
         """The model's row for ``category``; :class:`UnknownCategory` if it cannot be served."""
         if category not in self._cat_index or category not in self.categories:
@@ -198,6 +213,8 @@ class ServingManager:
                 encoder.providers,
                 catalog.faiss_device,
             )
+            for warning in new.warnings:
+                log.warning(warning)
             if old is None:
                 return new
             task = asyncio.create_task(old.retire())

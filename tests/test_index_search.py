@@ -16,6 +16,7 @@ from index.search import (
     CatalogIndex,
     CategoryIndex,
     Product,
+    faiss_gpu_fallback_warning,
     make_index,
     recommend,
     score,
@@ -63,6 +64,15 @@ def _brute_force_d_star(emb: SceneEmbedding, c: int, f_p: np.ndarray) -> np.ndar
         d_local = sum(float(a) * float(((f - p) ** 2).sum()) for a, f in regions)
         out.append((d_global + d_local) / 2)
     return np.array(out)
+
+
+def test_faiss_gpu_build_on_the_cpu_is_warned_of(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(faiss, "StandardGpuResources", raising=False)
+    assert faiss_gpu_fallback_warning("cpu") is None
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    assert faiss_gpu_fallback_warning("cuda") is None
+    warning = faiss_gpu_fallback_warning("cpu")
+    assert warning is not None and "faiss-gpu" in warning
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -22,6 +22,7 @@ from model.runtime import (
     ArtifactError,
     Encoder,
     OnnxEncoder,
+    gpu_fallback_warning,
     query_vectors,
     read_manifest,
     select_providers,
@@ -68,6 +69,17 @@ def test_providers() -> None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(ArtifactError, match="onnxruntime-gpu"):
             select_providers("cuda")
+
+
+def test_gpu_build_on_the_cpu_is_warned_of(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu_only = ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: cpu_only)
+    assert gpu_fallback_warning(cpu_only) is None
+    gpu_build = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: gpu_build)
+    assert gpu_fallback_warning(gpu_build) is None
+    warning = gpu_fallback_warning(cpu_only)
+    assert warning is not None and "onnxruntime-gpu" in warning
 
 
 def test_not_an_artifacts_dir(tmp_path: Path) -> None:

@@ -66,6 +66,7 @@ def test_categories_and_readiness(
     assert ready["status"] == "ready"
     assert "CPUExecutionProvider" in ready["providers"]
     assert ready["faiss_device"] == "cpu" and ready["cache"] == "memory"
+    assert ready["warnings"] == [], "CPU builds on a CPU machine: nothing to warn of"
     assert ready["index_version"] == IndexStore.for_artifacts(artifacts).current()
     assert client.get("/healthz").json() == {"status": "ok"}
 

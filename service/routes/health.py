@@ -18,12 +18,14 @@ async def healthz() -> dict:
 
 @router.get("/readyz", response_model=Ready, responses={503: {"description": "not loaded yet"}})
 async def readyz(request: Request, serving: ServingDep) -> dict:
-    """Model and index are loaded; the execution providers and FAISS GPUs in use."""
+    """Model and index are loaded; the execution providers and FAISS device in use, and a
+    warning for each GPU build that runs on the CPU."""
     return {
         **serving.versions(),
         "status": "ready",
         "providers": serving.encoder.providers,
         "faiss_device": serving.catalog.faiss_device,
+        "warnings": serving.warnings,
         "cache": request.app.state.cache.backend,
         "categories": len(serving.categories),
     }
