@@ -25,6 +25,7 @@ from service.config import Settings
 from service.deps import DEFAULT_K
 from service.digests import DigestMemo
 from service.fastlane import FastLane
+from service.follow import Follower
 from service.images import too_large
 from service.metrics import Metrics
 from service.routes import admin, batch, health, products, recommend, samples, score
@@ -136,6 +137,8 @@ def create_app(
         manager = ServingManager(settings, metrics, executor, encoder_loader, catalog_loader)
         await manager.load()
         app.state.manager = manager
+        app.state.follower = Follower(manager, settings)
+        app.state.follower.start()
         # Everything loaded so far lives as long as the process: keep it out of the garbage
         # collector's full passes, which otherwise rescan it every few thousand requests.
         gc.collect()
@@ -143,6 +146,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.follower.close()
             await manager.close()
             await app.state.cache.close()
             executor.shutdown(wait=True)

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     device: str = "auto"  # auto | cpu | cuda
     redis_prefix: str = "ctl:"
     redis_retry_s: float = 5.0
+    # How often each process looks for versions published by another replica or by `ctl index`
+    # (service/follow.py); with Redis, announcements wake it at once. 0: Redis announcements only.
+    follow_interval_s: float = Field(default=1.0, ge=0)
     samples_dir: Path | None = None  # sample scenes for the page; default data_dir/images/scenes
     samples_count: int = 8
     max_score_ids: int = 1000

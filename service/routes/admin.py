@@ -38,6 +38,7 @@ async def _switch(request: Request, metrics: MetricsDep, reload_encoder: bool) -
             status.HTTP_409_CONFLICT, f"reload failed, still serving the previous version: {exc}"
         ) from None
     metrics.reloads.inc("ok")
+    await request.app.state.follower.announce()
     return old.model_version, old.index_version
 
 
