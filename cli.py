@@ -23,6 +23,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("index", "remove"): ("index.cli:remove_main", "remove products as a new index version"),
     ("index", "info"): ("index.cli:info_main", "show index versions"),
     ("serve",): ("service.main:main", "run the HTTP service"),
+    ("batch-score",): ("index.batch_score:main", "score an archive of scenes (Ray Data job)"),
     ("quickstart",): ("training.quickstart:main", "features, train, export, index, then serve"),
 }
 

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 LOCKS = {
     "serve": ["cpu"],
     "train": ["cpu", "train"],
-    "dev": ["cpu", "train", "dev"],
+    "batch": ["cpu", "batch"],
+    "dev": ["cpu", "train", "batch", "dev"],
     "gpu": ["gpu"],
 }
 CPU_BUILDS = {"onnxruntime", "faiss-cpu"}

@@ -1,0 +1,214 @@
+"""``ctl batch-score``: score an archive of scene photos against the catalog as a Ray Data job.
+
+For offline work far beyond one request (a night's archive of millions of photos). The same
+code runs on a local Ray (the default) and on a cluster (``--address``). The encoder runs in an
+actor pool, one ONNX session per actor on its share of the cores, in batches of the encoder's
+size; the actor then ranks each scene with the scoring function the HTTP endpoints use
+(``index.search.recommend``), so job and service give the same top-k and distances. A photo
+that cannot be read becomes a row of the errors output, never a failed job. Ray is an optional
+extra (``.[batch]``): the API image does without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from index.search import recommend
+from index.store import IndexStore
+from model.runtime import OnnxEncoder
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+RESULT_COLUMNS = ("scene", "category", "rank", "product", "d_star", "d_global", "d_local")
+
+
+def read_inputs(source: Path) -> list[dict[str, str]]:
+    """Rows ``{"scene": path, "categories": "A,B" or ""}`` from a folder (every image below
+    it), a Parquet file (column ``scene``, optional ``category``) or a list file (one path a
+    line, optionally a tab and comma-separated categories). Relative paths are taken from the
+    list file's folder."""
+    if source.is_dir():
+        return [
+            {"scene": str(p), "categories": ""}
+            for p in sorted(source.rglob("*"))
+            if p.suffix.lower() in IMAGE_SUFFIXES
+        ]
+    if source.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(source).to_pylist()
+        return [{"scene": str(r["scene"]), "categories": r.get("category") or ""} for r in table]
+    rows = []
+    for line in source.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        path, _, cats = line.partition("\t")
+        full = Path(path.strip())
+        rows.append({"scene": str(full if full.is_absolute() else source.parent / full),
+                     "categories": cats.strip()})  # fmt: skip
+    return rows
+
+
+def decode_scene(path: Path, min_size: int) -> Image.Image | str:
+    """The photo as the service decodes an upload (a big JPEG at a reduced DCT scale never
+    below the model input, EXIF orientation applied, RGB), or why it cannot be read: job and
+    service then see the same pixels."""
+    try:
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft("RGB", (min_size, min_size))
+            im.load()
+            return ImageOps.exif_transpose(im).convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return f"unreadable: {exc}"
+
+
+class SceneScorer:
+    """One actor: its own encoder session and catalog; a batch of paths in, ranked rows out."""
+
+    def __init__(
+        self, artifacts: str, categories: Sequence[str], k: int, threads: int, device: str
+    ) -> None:
+        self.encoder = OnnxEncoder.from_artifacts(Path(artifacts), device=device, threads=threads)
+        self.catalog = IndexStore.for_artifacts(Path(artifacts)).load(device=device)
+        served = [c for c in self.catalog.categories if c in self.encoder.categories]
+        self.categories = list(categories) or served
+        self.k = k
+
+    def _wanted(self, listed: str) -> tuple[list[str], str]:
+        names = [c.strip() for c in listed.split(",") if c.strip()] or self.categories
+        unknown = [c for c in names if c not in self.catalog.categories]
+        return [c for c in names if c not in unknown], ", ".join(unknown)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {c: [] for c in (*RESULT_COLUMNS, "error")}
+
+        nan3 = (np.nan, np.nan, np.nan)
+
+        def row(scene: str, error: str = "", category: str = "", rank: int = -1,
+                product: str = "", d: tuple[float, float, float] = nan3) -> None:  # fmt: skip
+            for key, value in zip(
+                (*RESULT_COLUMNS, "error"),
+                (scene, category, rank, product, *d, error),
+                strict=True,
+            ):
+                out[key].append(value)
+
+        good: list[tuple[str, list[str]]] = []
+        images = []
+        for scene, listed in zip(batch["scene"], batch["categories"], strict=True):
+            loaded = decode_scene(Path(str(scene)), self.encoder.input_size)
+            if isinstance(loaded, str):
+                row(str(scene), error=loaded)
+                continue
+            wanted, unknown = self._wanted(str(listed))
+            if unknown:
+                row(str(scene), error=f"unknown categories: {unknown}")
+            good.append((str(scene), wanted))
+            images.append(self.encoder.prepare(loaded))
+        for (scene, wanted), emb in zip(good, self.encoder.embed_scenes(images), strict=True):
+            for category in wanted:
+                cat_idx = self.encoder.categories.index(category)
+                for rank, s in enumerate(recommend(self.catalog, emb, cat_idx, category, self.k)):
+                    row(scene, category=category, rank=rank + 1, product=s.id,
+                        d=(s.d_star, s.d_global, s.d_local))  # fmt: skip
+        return out
+
+
+def run(
+    inputs: list[dict[str, str]],
+    artifacts: Path,
+    out: Path,
+    categories: Sequence[str] = (),
+    k: int = 10,
+    actors: int = 0,
+    threads: int = 1,
+    batch_size: int = 16,
+    device: str = "cpu",
+    address: str | None = None,
+) -> dict[str, Any]:
+    """Score ``inputs`` on Ray; write ``out/results/*.parquet`` and ``out/errors/*.parquet``.
+
+    ``actors`` encoder actors of ``threads`` ONNX threads each (0: one per ``threads`` cores).
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
+    start = time.perf_counter()
+    ds = ray.data.from_items(inputs).map_batches(
+        SceneScorer,
+        fn_constructor_kwargs={
+            "artifacts": str(artifacts.resolve()),
+            "categories": list(categories),
+            "k": k,
+            "threads": threads,
+            "device": device,
+        },
+        batch_size=batch_size,
+        concurrency=actors,
+        num_cpus=threads,
+    )
+    ds = ds.materialize()
+    ds.filter(lambda r: not r["error"]).drop_columns(["error"]).write_parquet(str(out / "results"))
+    errors = ds.filter(lambda r: bool(r["error"])).select_columns(["scene", "error"])
+    errors.write_parquet(str(out / "errors"))
+    seconds = time.perf_counter() - start
+    n_errors = errors.count()
+    report = {
+        "scenes": len(inputs),
+        "errors": n_errors,
+        "rows": ds.count() - n_errors,
+        "seconds": round(seconds, 2),
+        "scenes_per_s": round(len(inputs) / seconds, 2),
+        "actors": actors,
+        "out": str(out),
+    }
+    log.info("batch-score: %s", report)
+    return report
+
+
+def main(argv: list[str]) -> int:
+    """``ctl batch-score``: parse the flags and run the job; prints a JSON report."""
+    p = argparse.ArgumentParser(prog="ctl batch-score", description=__doc__)
+    p.add_argument("inputs", type=Path, help="a folder of photos, a .parquet or a list file")
+    default_artifacts = Path(os.environ.get("CTL_ARTIFACTS_DIR", "artifacts"))
+    p.add_argument("--artifacts", type=Path, default=default_artifacts,
+                   help="artifacts with encoders and index (default: %(default)s)")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="output folder (Parquet)")
+    p.add_argument("--categories", default="all", help="'all' or a comma-separated list")
+    p.add_argument("--k", type=int, default=10, help="products per scene and category")
+    p.add_argument("--actors", type=int, default=0, help="encoder actors (0: one per core)")
+    p.add_argument("--threads", type=int, default=1, help="ONNX threads per actor")
+    p.add_argument("--batch-size", type=int, default=16, help="scenes per encoder call")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--address", default=None, help="a Ray cluster (default: a local Ray)")
+    args = p.parse_args(argv)
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        log.error("ctl batch-score needs Ray: pip install -r requirements/batch.txt")
+        return 1
+    if not args.inputs.exists():
+        log.error("%s does not exist", args.inputs)
+        return 1
+    cats = [] if args.categories == "all" else [c for c in args.categories.split(",") if c]
+    report = run(
+        read_inputs(args.inputs), args.artifacts, args.out, cats, args.k, args.actors,
+        args.threads, args.batch_size, args.device, args.address,
+    )  # fmt: skip
+    sys.stdout.write(json.dumps(report) + "\n")  # the result on stdout, like `ctl index`
+    return 0
