@@ -532,10 +532,8 @@ def test_openapi_tells_the_truth_about_errors_and_limits(client: TestClient) -> 
                 props = components[form["$ref"].rsplit("/", 1)[1]]["properties"]
                 if "k" in props:
                     assert (props["k"]["minimum"], props["k"]["maximum"]) == (1, 100)
-                for name in ("image", "images"):
-                    if name in props:
-                        file = props[name].get("items", props[name])
-                        assert file.get("minLength") == 1, (path, props[name])
+                if "image" in props:  # in a batch, an empty file is one item's error
+                    assert props["image"].get("minLength") == 1, (path, props["image"])
                 if "images" in props:
                     assert (props["images"]["minItems"], props["images"]["maxItems"]) == (1, 32)
     bad = client.post("/complete-the-look", data={"k": "ten"})

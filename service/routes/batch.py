@@ -93,9 +93,9 @@ async def batch_complete_the_look(
     images: Annotated[
         list[UploadFile],
         File(
-            description="scene photos (repeat the field), 1..max_batch_items",
+            description="scene photos (repeat the field), 1..max_batch_items; a file that is "
+            "empty or not an image is an item's error, not the batch's",
             min_length=1,
-            json_schema_extra={"items": {"type": "string", "format": "binary", "minLength": 1}},
         ),
     ],
     categories: Annotated[
