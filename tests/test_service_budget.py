@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from fastapi import HTTPException
+from service_support import post_scene, scene, serve, settings_for, tiny_artifacts
 
 from service.budget import UploadBudget
 
@@ -60,3 +62,24 @@ def test_a_failing_request_gives_its_bytes_back() -> None:
             assert budget.held == 10
 
     asyncio.run(run())
+
+
+def test_a_request_that_finds_no_room_in_time_gets_503_with_retry_after(stl_dir: Path) -> None:
+    settings = settings_for(tiny_artifacts(stl_dir), stl_dir, upload_wait_s=0.2)
+    with serve(settings) as client:
+        category = client.get("/categories").json()["categories"][0]["name"]
+        budget = client.app.state.upload_budget  # type: ignore[attr-defined]
+        assert budget.try_take(budget.capacity)  # every byte held by "other requests"
+        try:
+            for path, data in (
+                ("/complete-the-look", {"category": category}),
+                ("/score", {"product_ids": "x"}),
+            ):
+                r = client.post(
+                    path, files={"image": ("s.jpg", scene(stl_dir, 0), "image/jpeg")}, data=data
+                )
+                assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+                assert "budget" in r.json()["detail"]
+        finally:
+            budget.give(budget.capacity)
+        assert post_scene(client, scene(stl_dir, 0), category).status_code == 200
