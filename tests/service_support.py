@@ -60,6 +60,13 @@ def settings_for(artifacts: Path, stl_dir: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @contextmanager
 def running(app: Any) -> Iterator[str]:
     """``app`` under uvicorn on a free loopback port, in a thread (one event loop, like

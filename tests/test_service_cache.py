@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from service_support import post_scene, running, scene, serve, settings_for, tiny_artifacts
+from service_support import (
+    free_port,
+    post_scene,
+    running,
+    scene,
+    serve,
+    settings_for,
+    tiny_artifacts,
+)
 
 from model.runtime import SceneEmbedding
 from service.app import create_app
@@ -108,7 +116,7 @@ def test_the_log_never_shows_the_redis_password(caplog: pytest.LogCaptureFixture
 def test_redis_write_failures_are_counted_and_bypassed() -> None:
     async def run() -> None:
         metrics = Metrics()
-        url = f"redis://127.0.0.1:{_free_port()}/0"
+        url = f"redis://127.0.0.1:{free_port()}/0"
         cache = RedisCache(url, "p:", 60, 0.05, 60, metrics, retry_min_s=60)
         await cache.set("a", b"1")
         await cache.set("b", b"2")
@@ -217,12 +225,6 @@ def _eventually(check: Callable[[], bool], timeout_s: float = 2.0) -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_redis(port: int) -> subprocess.Popen[bytes]:
     """A private redis-server (never the shared one on 6379)."""
     proc = subprocess.Popen(
@@ -248,7 +250,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 @pytest.mark.redis
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 def test_redis_stopped_mid_test_is_bypassed_then_reconnected(stl_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     server = _start_redis(port)
     try:
         settings = settings_for(
@@ -331,7 +333,7 @@ def test_one_failure_pauses_redis_briefly_and_failed_retries_back_off() -> None:
 
     async def run() -> None:
         metrics = Metrics()
-        url = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens: every call fails
+        url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: every call fails
         cache = RedisCache(url, "p:", 60, 0.05, 5.0, metrics, retry_min_s=0.3)
         assert await cache.get("a") is None
         assert metrics.cache_errors.value("redis") == 1
@@ -361,7 +363,7 @@ def test_the_connect_timeout_is_its_own_setting() -> None:
 @pytest.mark.redis
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 def test_stale_pooled_connections_after_a_restart_are_retried_not_failures() -> None:
-    port = _free_port()
+    port = free_port()
     server = _start_redis(port)
     metrics = Metrics()
 
@@ -396,7 +398,7 @@ def test_redis_restarted_under_load_fails_no_request_and_is_back_in_use_soon(
 ) -> None:
     import httpx
 
-    port = _free_port()
+    port = free_port()
     server = _start_redis(port)
     settings = settings_for(
         tiny_artifacts(stl_dir), stl_dir, redis_url=f"redis://127.0.0.1:{port}/0", cache_size=0

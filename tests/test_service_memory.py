@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 from PIL import Image
-from service_support import scene, tiny_artifacts
+from service_support import free_port, scene, tiny_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +40,6 @@ budget (190 -> 1421 MiB), +101 MiB with it (144 -> 245 MiB)."""
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def rss_bytes(pid: int) -> int:
     """The resident set of process ``pid``."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -58,7 +51,7 @@ def rss_bytes(pid: int) -> int:
 @pytest.fixture(scope="module")
 def server(stl_dir: Path) -> Iterator[tuple[int, int]]:
     """(pid, port) of the service under uvicorn in a subprocess, ready."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
