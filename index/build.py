@@ -21,7 +21,14 @@ import numpy as np
 from PIL import Image
 
 from index import catalog
-from index.store import CategoryData, IndexStore, UnknownProductError, atomic_write_bytes
+from index.store import (
+    CategoryData,
+    IndexStore,
+    InvalidProductIdError,
+    UnknownProductError,
+    atomic_write_bytes,
+    check_product_id,
+)
 from model.runtime import Encoder
 
 log = logging.getLogger(__name__)
@@ -232,6 +239,11 @@ def catalog_items(
     skipped: dict[str, str] = {}
     for path in sorted(images.glob("*.jpg")):
         cat = category_of.get(path.stem)
+        try:
+            check_product_id(path.stem)
+        except InvalidProductIdError as exc:
+            skipped[path.stem] = str(exc)
+            continue
         if cat is None:
             skipped[path.stem] = "no category in fashion-cat.json"
         elif cat not in known:
@@ -332,8 +344,13 @@ def add_products(
     products: Sequence[NewProduct],
     ann_threshold: int = 50_000,
 ) -> BuildReport:
-    """Embed only the new products and publish the current version plus them."""
+    """Embed only the new products and publish the current version plus them.
+
+    Every id is checked first (:class:`~index.store.InvalidProductIdError`): nothing is
+    written for a call with a bad one."""
     started = time.perf_counter()
+    for p in products:
+        check_product_id(p.id)
     unknown = sorted({p.category for p in products} - set(encoder.categories))
     if unknown:
         raise BuildError(f"unknown categories {unknown}; valid: {encoder.categories}")

@@ -52,10 +52,42 @@ SELF_MATCH_TOL = 1e-4
 VERIFY_ALL_UP_TO = 5_000
 VERIFY_SAMPLE = 2_000
 """Larger categories verify a random sample of their products (one query each)."""
+PRODUCT_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
+"""The one format of a product id: 1-128 of ``A-Z a-z 0-9 . _ -``, not starting with a dot.
+
+Ids name files (``images/<id>.jpg``), so nothing that could leave that folder (``/``, ``..``,
+NUL) or hide in it (a leading dot: the store's own temp and lock files) is an id.
+"""
+_PRODUCT_ID = re.compile(PRODUCT_ID_PATTERN)
 
 
 class IndexStoreError(Exception):
     """No usable index: nothing published, a corrupt version, or a failed verification."""
+
+
+class InvalidProductIdError(IndexStoreError, ValueError):
+    """A product id outside :data:`PRODUCT_ID_PATTERN` (the message quotes at most a prefix)."""
+
+    def __init__(self, pid: str) -> None:
+        super().__init__(
+            f"invalid product id {quote(pid)}: ids are 1-128 characters of A-Z a-z 0-9 . _ - "
+            "and do not start with a dot"
+        )
+
+
+def quote(value: str, limit: int = 64) -> str:
+    """``repr(value)``, cut to its first ``limit`` characters: error messages never echo a
+    client's whole (possibly megabytes long) value back."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def check_product_id(pid: str) -> str:
+    """``pid`` when it is a valid product id, else :class:`InvalidProductIdError`."""
+    if not isinstance(pid, str) or _PRODUCT_ID.fullmatch(pid) is None:
+        raise InvalidProductIdError(str(pid))
+    return pid
 
 
 class UnknownProductError(IndexStoreError, KeyError):
@@ -140,7 +172,12 @@ class IndexStore:
         return self.root / IMAGES_DIR
 
     def image_path(self, pid: str) -> Path:
-        return self.images_dir / f"{pid}.jpg"
+        """Where the image of ``pid`` lives; always inside :attr:`images_dir` (an id that could
+        name anything else is refused, whoever calls)."""
+        path = self.images_dir / f"{check_product_id(pid)}.jpg"
+        if path.parent != self.images_dir:  # unreachable with the pattern; a second lock
+            raise InvalidProductIdError(pid)
+        return path
 
     def current(self) -> str | None:
         """The serving version, or None before the first publication."""
@@ -244,14 +281,15 @@ class IndexStore:
 
     def put_image(self, pid: str, image: Image.Image, jpeg: bytes | None) -> None:
         """Keep a product's image as ``images/<id>.jpg``: a JPEG file's bytes as they are,
-        anything else re-encoded."""
+        anything else re-encoded. An invalid id raises :class:`InvalidProductIdError` and writes
+        nothing."""
+        path = self.image_path(pid)
         self.images_dir.mkdir(parents=True, exist_ok=True)
         raw = jpeg
         if raw is None:
             buf = io.BytesIO()
             image.convert("RGB").save(buf, "JPEG", quality=95)
             raw = buf.getvalue()
-        path = self.image_path(pid)
         if path.is_file() and path.read_bytes() == raw:
             return
         atomic_write_bytes(path, raw)
@@ -322,7 +360,10 @@ class IndexStore:
             files.update(cat_files)
             cats[name] = {"slug": slug, "count": len(data.ids), "kind": kind, "files": cat_files}
             for pid in data.ids:
-                products[pid] = {"category": name, "image": f"{IMAGES_DIR}/{pid}.jpg"}
+                products[check_product_id(pid)] = {
+                    "category": name,
+                    "image": f"{IMAGES_DIR}/{pid}.jpg",
+                }
         (vdir / PRODUCTS_FILE).write_text(json.dumps(products))
         files[PRODUCTS_FILE] = sha256_file(vdir / PRODUCTS_FILE)
         manifest = {

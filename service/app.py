@@ -13,17 +13,23 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from fastapi.telemetry import TelemetryConfig
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.budget import UploadBudget
 from service.cache import Cache, make_cache
 from service.config import Settings
-from service.deps import DEFAULT_K
+from service.deps import DEFAULT_K, admin_denial
 from service.digests import DigestMemo
+from service.errors import validation_error
 from service.fastlane import FastLane
 from service.follow import Follower
 from service.images import too_large
@@ -42,6 +48,7 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+ADMIN_PREFIX = "/admin/"
 # Room for the multipart framing and the small form fields around the files.
 FORM_OVERHEAD_BYTES = 64 * 1024
 
@@ -90,6 +97,29 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class AdminGate:
+    """401/403 for ``/admin/`` requests without the right token, before their body is read.
+
+    FastAPI reads and parses a route's form before it runs the route's dependencies, so the
+    token check there alone let anyone make the server take in a full upload per request.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(ADMIN_PREFIX):
+            header = next((v for n, v in scope["headers"] if n == b"authorization"), None)
+            denial = admin_denial(
+                self.settings, None if header is None else header.decode("latin-1")
+            )
+            if denial is not None:
+                response = await http_exception_handler(Request(scope), denial)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class RequestMetrics:
     """Counts requests and times them by route template (not raw path), method and status."""
 
@@ -117,6 +147,48 @@ class RequestMetrics:
             labels = (endpoint, scope["method"], str(status))
             self.metrics.requests.inc(*labels)
             self.metrics.latency.observe(time.perf_counter() - start, *labels)
+
+
+def _page(directory: Path) -> ASGIApp:
+    """The web page's files, labelled ``static`` in the request metrics like a mount."""
+    mount = Mount("/", StaticFiles(directory=directory, html=True), name="static")
+
+    async def page(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
+            # No API route has this path, and the page's files are only read: there is no
+            # resource here to allow a method on (the files' own answer would be a 405).
+            raise StarletteHTTPException(404)
+        scope["route"] = mount
+        await mount.handle(scope, receive, send)
+
+    return page
+
+
+def with_limits(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """``schema`` with the configured limits of form fields and parameters (routes are declared
+    before settings exist, with the defaults)."""
+    limits = {
+        "k": ("maximum", settings.max_k),
+        "images": ("maxItems", settings.max_batch_items),
+        "product_ids": ("maxItems", settings.max_score_ids),
+    }
+
+    def visit(node: object) -> None:
+        if isinstance(node, dict):
+            for name, (key, value) in limits.items():
+                prop = node.get("properties", {}).get(name) if "properties" in node else None
+                if isinstance(prop, dict):
+                    prop[key] = value
+                if node.get("name") == name and isinstance(node.get("schema"), dict):
+                    node["schema"][key] = value
+            for child in node.values():
+                visit(child)
+        elif isinstance(node, list):
+            for child in node:
+                visit(child)
+
+    visit(schema)
+    return schema
 
 
 def create_app(
@@ -162,13 +234,23 @@ def create_app(
     app.state.metrics = metrics
     app.state.digests = DigestMemo(settings.digest_memo_bytes, metrics)
     app.state.samples = samples.find_samples(settings)
+    app.state.upload_budget = UploadBudget(settings.upload_budget_bytes, settings.upload_wait_s)
+    app.add_exception_handler(RequestValidationError, validation_error)
     for module in (recommend, score, batch, products, health, admin, samples):
         app.include_router(module.router)
     if STATIC_DIR.is_dir():
-        # After the API routes, so the page never shadows them.
-        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
+        # The router's fallback, not a route: it serves only paths no API route matches, so a
+        # wrong method on an API path still gets the router's 405 naming the allowed ones.
+        app.router.default = _page(STATIC_DIR)
     else:
         log.warning("no web page: %s is missing", STATIC_DIR)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            with_limits(FastAPI.openapi(app), settings)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     batch_limit = settings.max_upload_bytes * settings.max_batch_items + FORM_OVERHEAD_BYTES
     single_limit = settings.max_upload_bytes + FORM_OVERHEAD_BYTES
@@ -184,5 +266,6 @@ def create_app(
         FastLane, route=lane_route, answer=recommend.recommendation, default_k=DEFAULT_K
     )
     app.add_middleware(BodyLimit, limit_for=limit_for)
+    app.add_middleware(AdminGate, settings=settings)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

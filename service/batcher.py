@@ -71,6 +71,11 @@ class MicroBatcher(Generic[T, R]):
         self._closed = False
         self._running = 0  # jobs in the executor
 
+    @property
+    def max_size(self) -> int:
+        """Items per call of ``fn`` at most."""
+        return self._max_size
+
     async def submit(self, item: T) -> R:
         """Queue ``item`` and wait for its result (exceptions of ``fn`` are re-raised here)."""
         return await self.submit_raw(item, _identity)

@@ -1,8 +1,11 @@
 """Byte caches for scene embeddings and results: Redis when configured, an in-process LRU otherwise.
 
 A cache is an optimisation, never a dependency: when Redis fails or is slow, the call is
-bypassed (logged once per outage, counted), Redis is left alone for ``retry_s`` so a dead server
-does not cost every request a timeout, and the next call after that reconnects.
+bypassed (logged once per outage, counted) and Redis is left alone for a while, so a dead server
+does not cost every request a timeout: ``retry_min_s`` after a first failure, doubling with each
+failed retry up to ``retry_s``, so one slow moment costs a fraction of a second and a dead
+server one timeout per ``retry_s``. A pooled connection that Redis closed (a restart) is retried
+once on a fresh one (redis-py's ``Retry``) and is not a failure.
 
 Every key names a value that never changes (the model and index versions and the image's sha256
 are in it), so with Redis an in-process LRU sits in front of it: a repeat is answered without a
@@ -26,6 +29,7 @@ import numpy as np
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from model.runtime import SceneEmbedding
 from service.config import Settings
@@ -108,16 +112,22 @@ class RedisCache:
         retry_s: float,
         metrics: Metrics,
         max_queued: int = 1024,
+        connect_timeout_s: float = 1.0,
+        retry_min_s: float = 0.1,
     ) -> None:
         self._redis = Redis.from_url(
             url,
             socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=connect_timeout_s,
+            # Once, on a fresh connection, for a connection error only (a pooled connection
+            # that a restarted Redis closed); a timeout is not retried (a slow Redis).
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
-        self._prefix, self._ttl, self._retry_s = prefix, ttl_s, retry_s
+        self._prefix, self._ttl = prefix, ttl_s
+        self._retry_s, self._retry_min_s = retry_s, min(retry_min_s, retry_s)
         self._metrics = metrics
         self._down_until = 0.0
+        self._backoff = 0.0  # the current pause; 0 while Redis answers
         self._down = False
         self._queued: list[tuple[str, bytes]] = []
         self._max_queued = max_queued
@@ -128,10 +138,18 @@ class RedisCache:
 
     def _failed(self, op: str, exc: Exception) -> None:
         self._metrics.cache_errors.inc(self.backend)
-        self._down_until = time.monotonic() + self._retry_s
+        now = time.monotonic()
+        if now < self._down_until:
+            return  # a call begun before the pause started: that failure is counted already
+        self._backoff = min(self._retry_s, 2 * self._backoff or self._retry_min_s)
+        self._down_until = now + self._backoff
         if not self._down:
             log.warning(
-                "Redis %s failed (%s); bypassing the cache for %.1fs", op, exc, self._retry_s
+                "Redis %s failed (%s); bypassing the cache for %.2fs (backing off up to %.1fs)",
+                op,
+                exc,
+                self._backoff,
+                self._retry_s,
             )
         self._down = True
 
@@ -139,6 +157,7 @@ class RedisCache:
         if self._down:
             log.info("Redis is back; cache enabled again")
         self._down = False
+        self._backoff = 0.0
 
     async def get(self, key: str) -> bytes | None:
         return (await self.get_many([key]))[0]
@@ -249,6 +268,8 @@ def make_cache(settings: Settings, metrics: Metrics) -> Cache:
         settings.redis_timeout_s,
         settings.redis_retry_s,
         metrics,
+        connect_timeout_s=settings.redis_connect_timeout_s,
+        retry_min_s=settings.redis_retry_min_s,
     )
     where = _without_password(settings.redis_url)
     if settings.cache_size == 0:

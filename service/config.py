@@ -39,12 +39,19 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     redis_url: str | None = None
-    redis_timeout_s: float = 0.05
+    redis_timeout_s: float = 0.05  # a command's reply (a cache must not slow answers down)
+    # Opening a connection: rare with pooling, and under full CPU the loop itself can take
+    # 50 ms to see a connect complete (a 64-client burst turned the cache off that way).
+    redis_connect_timeout_s: float = Field(default=1.0, gt=0)
     # Entries of the in-process LRU; with Redis, of the one in front of it (0: Redis alone).
     cache_size: int = Field(default=2048, ge=0)
     cache_ttl_s: int = 24 * 3600
     admin_token: str | None = None
     max_upload_bytes: int = 10 * 1024 * 1024
+    # Upload bytes held in memory at once by all requests together (service/budget.py); a
+    # request that finds no room waits up to upload_wait_s, then gets 503 + Retry-After.
+    upload_budget_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    upload_wait_s: float = Field(default=10.0, ge=0)
     # Recent uploads kept with their sha256, so a photo sent again is not hashed again (a quarter
     # of a cache hit's CPU time); uploads over a quarter of this are not kept. 0: none.
     digest_memo_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
@@ -66,7 +73,10 @@ class Settings(BaseSettings):
     search_threads: int = 1
     device: str = "auto"  # auto | cpu | cuda
     redis_prefix: str = "ctl:"
+    # After a failed Redis call the cache is bypassed for redis_retry_min_s, doubling with
+    # each failed retry up to redis_retry_s: one slow moment costs a fraction of a second.
     redis_retry_s: float = 5.0
+    redis_retry_min_s: float = Field(default=0.1, gt=0)
     # How often each process looks for versions published by another replica or by `ctl index`
     # (service/follow.py); with Redis, announcements wake it at once. 0: Redis announcements only.
     follow_interval_s: float = Field(default=1.0, ge=0)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hmac
 from collections.abc import AsyncIterator
 from contextlib import nullcontext
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
+from service.budget import UploadBudget
 from service.cache import Cache
 from service.config import Settings
 from service.digests import DigestMemo
@@ -50,24 +52,37 @@ async def get_serving(request: Request) -> AsyncIterator[Serving]:
 _bearer = HTTPBearer(auto_error=False, description="the admin token (CTL_ADMIN_TOKEN)")
 
 
-async def require_admin(
-    settings: Annotated[Settings, Depends(get_settings)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """401 without a bearer token, 403 with a wrong one; admin is off when no token is set."""
-    if credentials is None:
-        raise HTTPException(
+def admin_denial(settings: Settings, authorization: str | None) -> HTTPException | None:
+    """Why a request with this Authorization header may not use the admin endpoints (401
+    without a bearer token, 403 with a wrong one or none configured), or ``None``."""
+    scheme, token = get_authorization_scheme_param(authorization)
+    if not authorization or scheme.lower() != "bearer" or not token:
+        return HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "admin endpoints need 'Authorization: Bearer <token>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
     expected = settings.admin_token
     if not expected:
-        raise HTTPException(
+        return HTTPException(
             status.HTTP_403_FORBIDDEN, "admin endpoints are disabled: CTL_ADMIN_TOKEN is not set"
         )
-    if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong admin token")
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        return HTTPException(status.HTTP_403_FORBIDDEN, "wrong admin token")
+    return None
+
+
+async def require_admin(
+    request: Request,
+    settings: Annotated[Settings, Depends(get_settings)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """The admin token check as a dependency (it documents the bearer scheme). The app checks
+    the same before any admin body is read (``service.app.AdminGate``); this is the second lock.
+    """
+    denial = admin_denial(settings, request.headers.get("authorization"))
+    if denial is not None:
+        raise denial
 
 
 def check_k(k: int, settings: Settings) -> int:
@@ -93,14 +108,40 @@ async def get_digests(request: Request) -> DigestMemo:
     return digests
 
 
+async def get_budget(request: Request) -> UploadBudget:
+    budget: UploadBudget = request.app.state.upload_budget
+    return budget
+
+
 async def get_pipeline(
     serving: Annotated[Serving, Depends(get_serving)],
     cache: Annotated[Cache, Depends(get_cache)],
     metrics: Annotated[Metrics, Depends(get_metrics)],
     settings: Annotated[Settings, Depends(get_settings)],
     digests: Annotated[DigestMemo, Depends(get_digests)],
+    budget: Annotated[UploadBudget, Depends(get_budget)],
 ) -> Pipeline:
-    return Pipeline(serving, cache, metrics, settings, digests)
+    return Pipeline(serving, cache, metrics, settings, digests, budget)
+
+
+def single_fields(*names: str) -> Any:
+    """A dependency: 422 when one of these form fields is sent more than once.
+
+    FastAPI keeps the last of repeated values silently; a client that sent two images (or two
+    categories) would get an answer for one of them without knowing which.
+    """
+
+    async def check(request: Request) -> None:
+        form = await request.form()  # the form FastAPI parsed already (cached on the request)
+        for name in names:
+            count = len(form.getlist(name))
+            if count > 1:
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_CONTENT,
+                    f"{name}: sent {count} times; send it once",
+                )
+
+    return Depends(check)
 
 
 def unique(values: list[str] | None) -> list[str]:

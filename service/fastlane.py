@@ -114,14 +114,33 @@ class FastLane:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
             await self.app(scope, receive, send)
             return
-        content_type = b""
+        content_type, declared = b"", b""
         for name, value in scope["headers"]:
-            if name == b"content-type":
+            if name == b"content-type" and not content_type:
                 content_type = value
-                break
+            elif name == b"content-length":
+                declared = value
         if not content_type.lower().startswith(b"multipart/form-data"):
             await self.app(scope, receive, send)
             return
+        # The body is buffered here, and the image copied out of it: twice its declared size,
+        # taken from the upload budget. Without a size, or without room now, FastAPI takes the
+        # request (it spools the file and waits for the budget itself).
+        need = 2 * int(declared) if declared.isdigit() else 0
+        budget = scope["app"].state.upload_budget
+        if not need or not budget.try_take(need):
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self._buffered(content_type, scope, receive, send)
+        finally:
+            budget.give(need)
+
+    async def _buffered(
+        self, content_type: bytes, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Read the whole body; answer it here when it is plainly well formed, else replay it
+        to FastAPI."""
         scope["route"] = self.route  # the request metrics' endpoint label, as routing sets it
         messages: list[Message] = []
         try:

@@ -12,12 +12,16 @@ import warnings
 from dataclasses import dataclass
 
 from fastapi import HTTPException, UploadFile, status
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from service.digests import DigestMemo, sha256_hex
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
-_CHUNK = 256 * 1024
+# Formats Pillow names apart that are JPEG files to everyone else: MPO (phones' and cameras'
+# multi-picture JPEGs, whose first frame is an ordinary JPEG) decodes as that first frame.
+JPEG_VARIANTS = ("MPO",)
+MAX_NAME = 128
+"""Characters of an upload's file name kept (it is echoed in errors and batch items)."""
 
 
 @dataclass(frozen=True)
@@ -44,16 +48,17 @@ def too_large(limit: int) -> HTTPException:
 async def read_upload(
     file: UploadFile, max_bytes: int, digests: DigestMemo | None = None
 ) -> Upload:
-    """Read ``file`` fully but never more than ``max_bytes`` (413 beyond, 422 when empty)."""
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await file.read(_CHUNK):
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large(max_bytes)
-        chunks.append(chunk)
-    data = b"".join(chunks)
-    name = file.filename or "upload"
+    """Read ``file`` fully but never more than ``max_bytes`` (413 beyond, 422 when empty).
+
+    One read of at most ``max_bytes + 1`` bytes: the parsed form has the file (spooled to disk
+    when big), so this is the one copy in memory, not chunks plus their join (twice the size).
+    """
+    name = (file.filename or "upload")[:MAX_NAME]  # it is echoed in errors and batch items
+    if file.size is not None and file.size > max_bytes:
+        raise too_large(max_bytes)
+    data = await file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise too_large(max_bytes)
     if not data:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: the file is empty")
     return Upload.of(name, data, digests)
@@ -88,6 +93,8 @@ def decode_image(upload: Upload, max_pixels: int, min_size: int = 0) -> Image.Im
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
                 f"{name}: truncated or corrupt image header: {exc}",
             ) from None
+        if image.format in JPEG_VARIANTS and isinstance(image, JpegImagePlugin.JpegImageFile):
+            image.format = "JPEG"
         if image.format not in ALLOWED_FORMATS:
             raise HTTPException(
                 status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,

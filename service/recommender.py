@@ -10,16 +10,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 
 from fastapi import UploadFile
 
 from index.search import recommend
 from model.runtime import SceneEmbedding
+from service.budget import UploadBudget
 from service.cache import Cache, pack_embedding, unpack_embedding
 from service.config import Settings
 from service.digests import DigestMemo
-from service.images import Upload, decode_image, read_upload
+from service.images import Upload, decode_image, read_upload, too_large
 from service.metrics import Metrics
 from service.serving import Serving
 
@@ -36,10 +39,19 @@ class Pipeline:
     metrics: Metrics
     settings: Settings
     digests: DigestMemo | None = None
+    budget: UploadBudget | None = None
 
-    async def read(self, image: UploadFile) -> Upload:
-        """The uploaded file (413 over the size limit, 422 when empty) and its sha256."""
-        return await read_upload(image, self.settings.max_upload_bytes, self.digests)
+    @asynccontextmanager
+    async def upload(self, image: UploadFile) -> AsyncIterator[Upload]:
+        """The uploaded file (413 over the size limit, 422 when empty) and its sha256, held
+        in memory only inside the block and only with its size taken from the upload budget
+        (waiting for room; 503 when none comes in time)."""
+        limit = self.settings.max_upload_bytes
+        if image.size is not None and image.size > limit:
+            raise too_large(limit)
+        size = max(1, image.size if image.size is not None else limit)
+        async with self.budget.hold(size) if self.budget is not None else nullcontext():
+            yield await read_upload(image, limit, self.digests)
 
     def _embedding_key(self, sha256: str) -> str:
         return f"emb:{self.serving.model_version}:{sha256}"

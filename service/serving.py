@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from index.search import CatalogIndex, faiss_gpu_fallback_warning, set_search_threads
-from index.store import IndexStore
+from index.store import IndexStore, quote
 from model.runtime import (
     ArtifactError,
     Encoder,
@@ -128,7 +128,8 @@ class Serving:
         """The model's row for ``category``; :class:`UnknownCategory` if it cannot be served."""
         if category not in self._cat_index or category not in self.categories:
             raise UnknownCategory(
-                f"unknown category {category!r}; valid categories: {', '.join(self.categories)}"
+                f"unknown category {quote(category)}; "
+                f"valid categories: {', '.join(self.categories)}"
             )
         return self._cat_index[category]
 

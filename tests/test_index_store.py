@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,9 +15,16 @@ import numpy as np
 import pytest
 from conftest import REPO
 from factories import FakeEncoder, make_image_catalog
+from PIL import Image
 
 from index.build import build_index
-from index.store import CategoryData, IndexStore, IndexStoreError
+from index.store import (
+    PRODUCT_ID_PATTERN,
+    CategoryData,
+    IndexStore,
+    IndexStoreError,
+    InvalidProductIdError,
+)
 
 CATS = ["Shoes", "Pants"]
 
@@ -160,3 +168,33 @@ def test_killed_build_leaves_the_previous_version_serving(
         json.loads((store.versions_dir / report.version / "manifest.json").read_text())["count"]
         == 30
     )
+
+
+BAD_IDS = ["../../pwned", "/tmp/ctl-abs-pwned", "a/b", "x\0y", ".", "..", ".hidden", "", "x" * 129]
+
+
+@pytest.mark.parametrize("pid", BAD_IDS)
+def test_the_store_writes_images_only_inside_its_folder(tmp_path: Path, pid: str) -> None:
+    """Whatever id it is given (the API checks too; the store must not rely on that)."""
+    store = IndexStore(tmp_path / "artifacts" / "index")
+    before = {p for p in tmp_path.rglob("*")}
+    with pytest.raises(InvalidProductIdError, match="invalid product id"):
+        store.put_image(pid, Image.new("RGB", (4, 4)), None)
+    with pytest.raises(InvalidProductIdError):
+        store.image_path(pid)
+    assert {p for p in tmp_path.rglob("*")} == before
+    assert not Path("/tmp/ctl-abs-pwned.jpg").exists()
+
+
+def test_valid_ids_are_the_documented_format(tmp_path: Path) -> None:
+    store = IndexStore(tmp_path)
+    for pid in ("0a1b2c3d4e5f", "sku-1", "A.b_C-9", "x" * 128, "-x", "_"):
+        store.put_image(pid, Image.new("RGB", (4, 4)), None)
+        assert store.image_path(pid).parent == store.images_dir
+        assert store.image_path(pid).is_file()
+    assert re.fullmatch(PRODUCT_ID_PATTERN, "a.b") and not re.fullmatch(PRODUCT_ID_PATTERN, "..")
+
+
+def test_error_messages_quote_a_bounded_prefix() -> None:
+    text = str(InvalidProductIdError("y" * 1_000_000))
+    assert len(text) < 300 and "1000000 characters" in text

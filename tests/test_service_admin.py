@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Sequence
@@ -164,3 +165,79 @@ def test_add_and_remove_products(stl_dir: Path, tmp_path: Path) -> None:
         assert client.get("/products/new-sku-1").status_code == 404
         missing = client.delete("/admin/products/new-sku-1", headers=admin_headers())
         assert missing.status_code == 404
+
+
+EVIL_IDS = [
+    "../../pwned",
+    "../pwned2",
+    "/tmp/ctl-admin-abs-pwned",
+    "a/b",
+    "x\0y",
+    ".",
+    "..",
+    "y" * 129,
+]
+
+
+def test_bad_product_ids_are_422_naming_the_format_and_write_nothing(
+    stl_dir: Path, tmp_path: Path
+) -> None:
+    artifacts = copy_artifacts(stl_dir, tmp_path)
+    before = set(tmp_path.rglob("*"))
+    category = IndexStore.for_artifacts(artifacts).load().categories[0]
+    photo = next((stl_dir / "images" / "products").glob("*.jpg")).read_bytes()
+    with serve(settings_for(artifacts, stl_dir)) as client:
+        for pid in EVIL_IDS:
+            r = client.post(
+                "/admin/products",
+                headers=admin_headers(),
+                data={"product_id": pid, "category": category},
+                files={"image": ("p.jpg", photo, "image/jpeg")},
+            )
+            assert r.status_code == 422, (pid, r.status_code, r.text)
+            assert "product_id" in r.json()["detail"], r.text
+            assert len(r.text) < 1000
+        for pid in (".hidden", "y" * 129, "a%2Fb"):
+            r = client.delete(f"/admin/products/{pid}", headers=admin_headers())
+            assert r.status_code in (404, 422) and len(r.text) < 1000, r.text
+    assert set(tmp_path.rglob("*")) == before, "a rejected id left a file behind"
+    assert not Path("/tmp/ctl-admin-abs-pwned.jpg").exists()
+
+
+def test_the_admin_token_is_checked_before_the_body_is_read(stl_dir: Path) -> None:
+    """No token: 401 without reading a byte of the (here endless) body."""
+    from service.app import create_app
+
+    app = create_app(settings_for(tiny_artifacts(stl_dir), stl_dir))
+    reads: list[int] = []
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        reads.append(1)
+        await asyncio.sleep(0)
+        return {"type": "http.request", "body": b"x" * 65536, "more_body": len(reads) < 160}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    for headers in ([], [(b"authorization", b"Bearer wrong")]):
+        reads.clear()
+        sent.clear()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/admin/products",
+            "raw_path": b"/admin/products",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"content-type", b"multipart/form-data; boundary=b"), *headers],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "state": {},
+        }
+        asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+        assert sent[0]["status"] in (401, 403)
+        assert reads == [], f"the body was read ({len(reads)} chunks) before the token check"

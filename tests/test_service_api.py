@@ -405,3 +405,138 @@ def test_startup_freezes_the_loaded_objects_out_of_gc(artifacts: Path, stl_dir: 
     with serve(settings_for(artifacts, stl_dir)) as c:
         assert c.get("/readyz").status_code == 200
         assert gc.get_freeze_count() > 0
+
+
+# ------------------------------------------------------------------ the outside probe (issue 20)
+
+
+def test_deeply_nested_categories_are_422_not_500(client: TestClient, stl_dir: Path) -> None:
+    one = [("images", ("a.jpg", scene(stl_dir, 0), "image/jpeg"))]
+    for depth in (1_000, 100_000):
+        r = client.post(
+            "/batch/complete-the-look", files=one, data={"categories": "[" * depth + "]" * depth}
+        )
+        assert r.status_code == 422 and "nested too deeply" in r.json()["detail"], r.text[:200]
+
+
+def _mpo(stl_dir: Path) -> bytes:
+    """A multi-picture JPEG as phones and cameras write it (two frames)."""
+    first = Image.open(io.BytesIO(scene(stl_dir, 3)))
+    second = first.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    buf = io.BytesIO()
+    first.save(buf, "MPO", save_all=True, append_images=[second])
+    return buf.getvalue()
+
+
+def test_mpo_photos_are_decoded_as_their_first_jpeg_frame(
+    client: TestClient, stl_dir: Path, categories: list[str]
+) -> None:
+    data = _mpo(stl_dir)
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    decoded = decode_image(Upload("m.jpg", data, "x"), 40_000_000)
+    assert decoded.size == Image.open(io.BytesIO(scene(stl_dir, 3))).size
+    assert post_scene(client, data, categories[0]).status_code == 200  # the fast lane
+    r = client.post(  # FastAPI's route (a field the fast lane leaves to it)
+        "/complete-the-look/all",
+        files={"image": ("m.jpg", data, "image/jpeg")},
+        data={"categories": categories[0], "k": "2"},
+    )
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("OPTIONS", "/complete-the-look"),
+        ("PUT", "/complete-the-look"),
+        ("GET", "/complete-the-look"),
+        ("GET", "/batch/complete-the-look"),
+        ("DELETE", "/score"),
+        ("POST", "/categories"),
+    ],
+)
+def test_wrong_methods_on_api_routes_are_405_naming_the_allowed_ones(
+    client: TestClient, method: str, path: str
+) -> None:
+    r = client.request(method, path)
+    assert r.status_code == 405, (r.status_code, r.headers)
+    allowed = {m.strip() for m in r.headers["allow"].split(",")}
+    assert allowed == ({"GET"} if path == "/categories" else {"POST"})
+    assert "detail" in r.json()
+
+
+def test_the_page_and_unknown_paths_still_answer(client: TestClient) -> None:
+    if (STATIC_DIR / "index.html").is_file():
+        assert client.get("/").status_code == 200
+    assert client.get("/no-such-page").status_code == 404
+    assert client.post("/no-such-page").status_code == 404
+
+
+def test_repeated_fields_are_422_not_last_one_wins(
+    client: TestClient, stl_dir: Path, categories: list[str]
+) -> None:
+    a, b = scene(stl_dir, 0), scene(stl_dir, 1)
+    two = [("image", ("a.jpg", a, "image/jpeg")), ("image", ("b.jpg", b, "image/jpeg"))]
+    for path, data in (
+        ("/complete-the-look", {"category": categories[0]}),
+        ("/complete-the-look/all", {}),
+        ("/similar", {"category": categories[0]}),
+        ("/score", {"product_ids": "x"}),
+    ):
+        r = client.post(path, files=two, data=data)
+        assert r.status_code == 422 and "image: sent 2 times" in r.json()["detail"], (path, r.text)
+    one = [("image", ("a.jpg", a, "image/jpeg"))]
+    form = [("category", categories[0]), ("category", categories[-1])]
+    r = client.post("/complete-the-look", files=one + [("category", (None, c)) for _, c in form])
+    assert r.status_code == 422 and "category: sent 2 times" in r.json()["detail"]
+
+
+def test_bad_values_are_quoted_by_a_bounded_prefix(
+    client: TestClient, stl_dir: Path, categories: list[str]
+) -> None:
+    huge = "Z" * 1_000_000
+    image = {"image": ("s.jpg", scene(stl_dir, 0), "image/jpeg")}
+    for path, data in (
+        ("/complete-the-look", {"category": huge}),
+        ("/complete-the-look/all", {"categories": huge}),
+        ("/similar", {"category": huge}),
+        ("/score", {"product_ids": huge}),
+    ):
+        r = client.post(path, files=image, data=data)
+        assert r.status_code == 422, (path, r.status_code)
+        assert len(r.content) < 5_000, (path, len(r.content))
+    batch = client.post(
+        "/batch/complete-the-look",
+        files=[("images", ("s.jpg", scene(stl_dir, 0), "image/jpeg"))],
+        data={"categories": json.dumps([huge])},
+    )
+    assert batch.status_code == 200 and len(batch.content) < 5_000
+    assert batch.json()["items"][0]["error"]["status"] == 422
+    r = client.get("/products/" + "Q" * 20_000)
+    assert r.status_code == 404 and len(r.content) < 1_000
+
+
+def test_openapi_tells_the_truth_about_errors_and_limits(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    assert "HTTPValidationError" not in components and "ErrorBody" in components
+    for path, item in schema["paths"].items():
+        for method, op in item.items():
+            for code, response in op["responses"].items():
+                if code.startswith(("4", "5")):
+                    ref = response["content"]["application/json"]["schema"]["$ref"]
+                    assert ref.endswith("/ErrorBody"), (method, path, code)
+            body = op.get("requestBody", {}).get("content", {})
+            if "multipart/form-data" in body:
+                assert "400" in op["responses"], (method, path)
+                form = body["multipart/form-data"]["schema"]
+                props = components[form["$ref"].rsplit("/", 1)[1]]["properties"]
+                if "k" in props:
+                    assert (props["k"]["minimum"], props["k"]["maximum"]) == (1, 100)
+                if "image" in props:  # in a batch, an empty file is one item's error
+                    assert props["image"].get("minLength") == 1, (path, props["image"])
+                if "images" in props:
+                    assert (props["images"]["minItems"], props["images"]["maxItems"]) == (1, 32)
+    bad = client.post("/complete-the-look", data={"k": "ten"})
+    assert bad.status_code == 422 and isinstance(bad.json()["detail"], str)
+    assert "image: Field required" in bad.json()["detail"]

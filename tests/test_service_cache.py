@@ -17,9 +17,18 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from service_support import post_scene, scene, serve, settings_for, tiny_artifacts
+from service_support import (
+    free_port,
+    post_scene,
+    running,
+    scene,
+    serve,
+    settings_for,
+    tiny_artifacts,
+)
 
 from model.runtime import SceneEmbedding
+from service.app import create_app
 from service.cache import (
     MemoryCache,
     RedisCache,
@@ -107,7 +116,8 @@ def test_the_log_never_shows_the_redis_password(caplog: pytest.LogCaptureFixture
 def test_redis_write_failures_are_counted_and_bypassed() -> None:
     async def run() -> None:
         metrics = Metrics()
-        cache = RedisCache(f"redis://127.0.0.1:{_free_port()}/0", "p:", 60, 0.05, 60, metrics)
+        url = f"redis://127.0.0.1:{free_port()}/0"
+        cache = RedisCache(url, "p:", 60, 0.05, 60, metrics, retry_min_s=60)
         await cache.set("a", b"1")
         await cache.set("b", b"2")
         await cache.flush()
@@ -215,12 +225,6 @@ def _eventually(check: Callable[[], bool], timeout_s: float = 2.0) -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_redis(port: int) -> subprocess.Popen[bytes]:
     """A private redis-server (never the shared one on 6379)."""
     proc = subprocess.Popen(
@@ -246,7 +250,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 @pytest.mark.redis
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 def test_redis_stopped_mid_test_is_bypassed_then_reconnected(stl_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     server = _start_redis(port)
     try:
         settings = settings_for(
@@ -303,6 +307,7 @@ def test_hanging_redis_costs_one_timeout_then_is_skipped(stl_dir: Path) -> None:
         redis_url=f"redis://127.0.0.1:{port}/0",
         redis_timeout_s=0.05,
         redis_retry_s=60,
+        redis_retry_min_s=60,
     )
     try:
         with serve(settings) as client:
@@ -321,3 +326,130 @@ def test_hanging_redis_costs_one_timeout_then_is_skipped(stl_dir: Path) -> None:
         for s in accepted:
             s.close()
         listener.close()
+
+
+def test_one_failure_pauses_redis_briefly_and_failed_retries_back_off() -> None:
+    """Not 5 s off for one slow or failed call: 0.3 s, then 0.6 s, ... up to retry_s."""
+
+    async def run() -> None:
+        metrics = Metrics()
+        url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: every call fails
+        cache = RedisCache(url, "p:", 60, 0.05, 5.0, metrics, retry_min_s=0.3)
+        assert await cache.get("a") is None
+        assert metrics.cache_errors.value("redis") == 1
+        await asyncio.sleep(0.45)
+        assert await cache.get("a") is None
+        assert metrics.cache_errors.value("redis") == 2, "still off after one failure"
+        await asyncio.sleep(0.35)  # the pause doubled to 0.6 s: not retried yet
+        assert await cache.get("a") is None
+        assert metrics.cache_errors.value("redis") == 2
+        await asyncio.sleep(0.45)
+        assert await cache.get("a") is None
+        assert metrics.cache_errors.value("redis") == 3
+        await cache.close()
+
+    asyncio.run(run())
+
+
+def test_the_connect_timeout_is_its_own_setting() -> None:
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", cache_size=0)
+    cache = make_cache(settings, Metrics())
+    assert isinstance(cache, RedisCache)
+    kwargs = cache._redis.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == settings.redis_timeout_s == 0.05
+    assert kwargs["socket_connect_timeout"] == settings.redis_connect_timeout_s == 1.0
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_stale_pooled_connections_after_a_restart_are_retried_not_failures() -> None:
+    port = free_port()
+    server = _start_redis(port)
+    metrics = Metrics()
+
+    async def run() -> None:
+        nonlocal server
+        cache = RedisCache(f"redis://127.0.0.1:{port}/0", "p:", 60, 1.0, 5.0, metrics)
+        await asyncio.gather(*(cache.get(f"k{n}") for n in range(16)))  # 16 pooled connections
+        _stop(server)
+        server = _start_redis(port)  # every pooled connection is now closed by the server
+        assert await asyncio.gather(*(cache.get(f"k{n}") for n in range(16))) == [None] * 16
+        assert metrics.cache_errors.value("redis") == 0, "a stale connection counted as a failure"
+        await cache.set("x", b"1")
+        await cache.flush()
+        assert await cache.get("x") == b"1"
+        await cache.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        _stop(server)
+
+
+RESTART_RECOVERY_BOUND_S = 3.0
+"""From the restarted Redis answering to the service writing to it again (default back-off:
+0.1 s doubling, so an outage of a second is retried within ~1.6 s of its end)."""
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_redis_restarted_under_load_fails_no_request_and_is_back_in_use_soon(
+    stl_dir: Path,
+) -> None:
+    import httpx
+
+    port = free_port()
+    server = _start_redis(port)
+    settings = settings_for(
+        tiny_artifacts(stl_dir), stl_dir, redis_url=f"redis://127.0.0.1:{port}/0", cache_size=0
+    )
+    scenes = [scene(stl_dir, n) for n in range(30, 70)]
+    statuses: list[int] = []
+    stop = threading.Event()
+    try:
+        with running(create_app(settings)) as base:
+            categories = httpx.get(f"{base}/categories").json()["categories"]
+            names = [c["name"] for c in categories]
+
+            def client(worker: int) -> None:
+                with httpx.Client(base_url=base, timeout=30) as http:
+                    n = worker
+                    while not stop.is_set():
+                        r = http.post(
+                            "/complete-the-look",
+                            files={"image": ("s.jpg", scenes[n % len(scenes)], "image/jpeg")},
+                            data={"category": names[n % len(names)], "k": "3"},
+                        )
+                        statuses.append(r.status_code)
+                        n += 7
+
+            workers = [threading.Thread(target=client, args=(w,)) for w in range(8)]
+            for w in workers:
+                w.start()
+            try:
+                time.sleep(1.5)
+                served_before = len(statuses)
+                _stop(server)
+                server = _start_redis(port)
+                up = time.monotonic()
+                fresh = redis.Redis(port=port)
+                assert _eventually(lambda: fresh.dbsize() > 0, timeout_s=10), "never back"
+                recovery = time.monotonic() - up
+                time.sleep(1.0)
+            finally:
+                stop.set()
+                for w in workers:
+                    w.join()
+        logging.getLogger(__name__).info(
+            "Redis restart under load: %d requests (%d before the restart), %d failed, "
+            "cache back in use %.2f s after Redis answered",
+            len(statuses),
+            served_before,
+            sum(s != 200 for s in statuses),
+            recovery,
+        )
+        assert served_before > 0 and len(statuses) > served_before
+        assert [s for s in statuses if s != 200] == []
+        assert recovery < RESTART_RECOVERY_BOUND_S, f"back in use after {recovery:.2f} s"
+    finally:
+        _stop(server)

@@ -251,3 +251,20 @@ def test_invalid_values_are_left_to_fastapi(
     assert r.status_code == status and words in r.json()["detail"]
     assert lane == [False], "the lane parsed the form but left the answer to FastAPI"
     assert _requests(client, status) == before + 1
+
+
+def test_without_room_in_the_upload_budget_the_lane_leaves_the_request_to_fastapi(
+    client: TestClient, stl_dir: Path, lane: list[bool]
+) -> None:
+    category = client.get("/categories").json()["categories"][0]["name"]
+    budget = client.app.state.upload_budget  # type: ignore[attr-defined]
+    data = scene(stl_dir, 14)
+    spare = budget.capacity - budget.held - len(data)  # room for the file, not for 2x the body
+    assert budget.try_take(spare)
+    try:
+        r = post_scene(client, data, category)
+    finally:
+        budget.give(spare)
+    assert r.status_code == 200, r.text
+    assert lane == [], "the lane buffered a body the budget had no room for"
+    assert budget.held == 0

@@ -5,22 +5,27 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, status
+from fastapi import APIRouter, Form, HTTPException, Path, Request, status
 
 from index.build import BuildError, NewProduct, add_products, remove_products
-from index.store import IndexStore, IndexStoreError, UnknownProductError
+from index.store import (
+    PRODUCT_ID_PATTERN,
+    IndexStore,
+    IndexStoreError,
+    InvalidProductIdError,
+    UnknownProductError,
+    quote,
+)
 from model.runtime import ArtifactError
-from service.deps import AdminDep, MetricsDep, SettingsDep
-from service.images import decode_image, read_upload
-from service.routes.recommend import ERRORS
+from service.deps import AdminDep, MetricsDep, PipelineDep, single_fields
+from service.errors import AUTH, UNAVAILABLE, UPLOAD, responses
+from service.images import decode_image
+from service.routes.recommend import ImageField
 from service.schemas import CatalogUpdate, Reloaded
 from service.serving import ServingManager
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
-AUTH_ERRORS: dict[int | str, dict[str, str]] = {
-    401: {"description": "no bearer token"},
-    403: {"description": "wrong token, or admin disabled (CTL_ADMIN_TOKEN unset)"},
-}
+ID_FORMAT = "1-128 characters of A-Z a-z 0-9 . _ -, not starting with a dot"
 
 
 def _manager(request: Request) -> ServingManager:
@@ -45,7 +50,7 @@ async def _switch(request: Request, metrics: MetricsDep, reload_encoder: bool) -
 @router.post(
     "/reload",
     response_model=Reloaded,
-    responses={**AUTH_ERRORS, 409: {"description": "the new version could not be loaded"}},
+    responses=responses({**AUTH, 409: "the new version could not be loaded", 503: UNAVAILABLE}),
 )
 async def reload_current(request: Request, metrics: MetricsDep) -> dict:
     """Load the newest model and index and switch to them; in-flight requests finish on the old."""
@@ -69,57 +74,74 @@ async def _catalog_update(request: Request, metrics: MetricsDep, **ids: list[str
 @router.post(
     "/products",
     response_model=CatalogUpdate,
-    responses={**AUTH_ERRORS, **ERRORS, 409: {"description": "the id is already in the catalog"}},
+    responses=responses(
+        {**AUTH, **UPLOAD, 409: "the id is already in the catalog, or the update failed"}
+    ),
+    dependencies=[single_fields("product_id", "category", "image")],
 )
 async def add_product(
     request: Request,
-    settings: SettingsDep,
+    pipe: PipelineDep,
     metrics: MetricsDep,
-    product_id: Annotated[str, Form(min_length=1, max_length=200, examples=["my-sku-123"])],
+    product_id: Annotated[
+        str,
+        Form(
+            description=f"the new id: {ID_FORMAT}", pattern=PRODUCT_ID_PATTERN, examples=["sku-1"]
+        ),
+    ],
     category: Annotated[str, Form(examples=["Shoes"])],
-    image: Annotated[UploadFile, File(description="the product photo (JPEG, PNG or WebP)")],
+    image: ImageField,
 ) -> dict:
     """Embed one new product and publish a new index version with it, then serve that."""
-    manager = _manager(request)
-    serving = manager.current
-    assert serving is not None
+    settings, serving = pipe.settings, pipe.serving
     if category not in serving.encoder.categories:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"unknown category {category!r}; valid: {', '.join(serving.encoder.categories)}",
+            f"unknown category {quote(category)}; valid: {', '.join(serving.encoder.categories)}",
         )
-    upload = await read_upload(image, settings.max_upload_bytes)
-    await asyncio.to_thread(decode_image, upload, settings.max_image_pixels)
     store = IndexStore.for_artifacts(settings.artifacts_dir)
-    product = NewProduct(product_id, category, upload.data)
-    try:
-        await asyncio.to_thread(
-            add_products, store, serving.encoder, [product], settings.ann_threshold
-        )
-    except BuildError as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    async with pipe.upload(image) as upload:
+        await asyncio.to_thread(decode_image, upload, settings.max_image_pixels)
+        product = NewProduct(product_id, category, upload.data)
+        try:
+            await asyncio.to_thread(
+                add_products, store, serving.encoder, [product], settings.ann_threshold
+            )
+        except InvalidProductIdError as exc:  # the form checked it; the store checks again
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        except BuildError as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     return await _catalog_update(request, metrics, added=[product_id])
 
 
 @router.delete(
     "/products/{product_id}",
     response_model=CatalogUpdate,
-    responses={**AUTH_ERRORS, 404: {"description": "no such product"}},
+    responses=responses(
+        {
+            **AUTH,
+            404: "no such product",
+            409: "the update failed",
+            422: f"not a product id ({ID_FORMAT})",
+            503: UNAVAILABLE,
+        }
+    ),
 )
 async def delete_product(
-    product_id: str, request: Request, settings: SettingsDep, metrics: MetricsDep
+    product_id: Annotated[str, Path(description=ID_FORMAT, pattern=PRODUCT_ID_PATTERN)],
+    request: Request,
+    pipe: PipelineDep,
+    metrics: MetricsDep,
 ) -> dict:
     """Publish a new index version without the product, then serve that."""
-    serving = _manager(request).current
-    assert serving is not None
-    store = IndexStore.for_artifacts(settings.artifacts_dir)
+    store = IndexStore.for_artifacts(pipe.settings.artifacts_dir)
     try:
         await asyncio.to_thread(
-            remove_products, store, serving.encoder, [product_id], settings.ann_threshold
+            remove_products, store, pipe.serving.encoder, [product_id], pipe.settings.ann_threshold
         )
     except UnknownProductError:
         raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"no product with id {product_id!r}"
+            status.HTTP_404_NOT_FOUND, f"no product with id {quote(product_id)}"
         ) from None
     except BuildError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None

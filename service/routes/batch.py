@@ -11,7 +11,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 
-from service.deps import DEFAULT_K, PipelineDep, check_category, check_k
+from service.deps import DEFAULT_K, PipelineDep, check_category, check_k, single_fields
+from service.images import MAX_NAME
 from service.recommender import Pipeline, with_ranks
 from service.routes.recommend import ERRORS, KField
 from service.schemas import BatchResponse
@@ -28,6 +29,11 @@ def _parse_categories(raw: str | None, n_images: int, default: list[str]) -> lis
     except ValueError as exc:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, f"categories is not valid JSON: {exc}"
+        ) from None
+    except RecursionError:  # e.g. [[[[...]]]] a thousand deep: no shape we accept nests so
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            "categories is nested too deeply: a list of names, or one such list per image",
         ) from None
     if isinstance(value, list) and all(isinstance(c, str) for c in value):
         return [value or default] * n_images
@@ -47,14 +53,21 @@ def _parse_categories(raw: str | None, n_images: int, default: list[str]) -> lis
 
 
 async def _one(
-    pipe: Pipeline, index: int, image: UploadFile, categories: list[str], k: int
+    pipe: Pipeline,
+    window: asyncio.Semaphore,
+    index: int,
+    image: UploadFile,
+    categories: list[str],
+    k: int,
 ) -> dict:
-    name = image.filename or f"image {index}"
+    name = (image.filename or f"image {index}")[:MAX_NAME]
     try:
         for category in categories:
             check_category(pipe.serving, category)
-        upload = await pipe.read(image)
-        results, _ = await pipe.recommend(upload, list(dict.fromkeys(categories)), k)
+        # A few files of the batch in memory at a time (and each within the upload budget).
+        async with window, pipe.upload(image) as upload:
+            results, _ = await pipe.recommend(upload, list(dict.fromkeys(categories)), k)
+            sha256 = upload.sha256
     except HTTPException as exc:
         return {
             "index": index,
@@ -64,15 +77,27 @@ async def _one(
     return {
         "index": index,
         "filename": name,
-        "scene_sha256": upload.sha256,
+        "scene_sha256": sha256,
         "results": {c: with_ranks(items) for c, items in results.items()},
     }
 
 
-@router.post("/batch/complete-the-look", response_model=BatchResponse, responses=ERRORS)
+@router.post(
+    "/batch/complete-the-look",
+    response_model=BatchResponse,
+    responses=ERRORS,
+    dependencies=[single_fields("categories", "k")],
+)
 async def batch_complete_the_look(
     pipe: PipelineDep,
-    images: Annotated[list[UploadFile], File(description="scene photos (repeat the field)")],
+    images: Annotated[
+        list[UploadFile],
+        File(
+            description="scene photos (repeat the field), 1..max_batch_items; a file that is "
+            "empty or not an image is an item's error, not the batch's",
+            min_length=1,
+        ),
+    ],
     categories: Annotated[
         str | None,
         Form(
@@ -83,7 +108,10 @@ async def batch_complete_the_look(
     ] = None,
     k: KField = DEFAULT_K,
 ) -> dict:
-    """Recommendations for each uploaded scene; per-item errors do not fail the batch."""
+    """Recommendations for each uploaded scene; per-item errors do not fail the batch.
+
+    The files are read a few at a time (as many as one encoder call takes), never all at once.
+    """
     check_k(k, pipe.settings)
     limit = pipe.settings.max_batch_items
     if len(images) > limit:
@@ -92,9 +120,10 @@ async def batch_complete_the_look(
             f"{len(images)} images in one batch; the limit is {limit}",
         )
     per_image = _parse_categories(categories, len(images), list(pipe.serving.categories))
+    window = asyncio.Semaphore(pipe.serving.batcher.max_size)
     items = await asyncio.gather(
         *(
-            _one(pipe, i, img, cats, k)
+            _one(pipe, window, i, img, cats, k)
             for i, (img, cats) in enumerate(zip(images, per_image, strict=True))
         )
     )

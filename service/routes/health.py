@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from service.deps import MetricsDep, ServingDep
+from service.errors import responses
 from service.schemas import Health, Ready
 
 router = APIRouter(tags=["operations"])
@@ -16,7 +17,7 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Ready, responses={503: {"description": "not loaded yet"}})
+@router.get("/readyz", response_model=Ready, responses=responses({503: "not loaded yet"}))
 async def readyz(request: Request, serving: ServingDep) -> dict:
     """Model and index are loaded; the execution providers and FAISS device in use, and a
     warning for each GPU build that runs on the CPU."""

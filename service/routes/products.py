@@ -5,24 +5,36 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
+from fastapi import APIRouter, Form, HTTPException, Query, status
 from fastapi.responses import FileResponse
 
 from index.search import Product, Similar, similar, similar_to_product
-from service.deps import DEFAULT_K, PipelineDep, ServingDep, SettingsDep, check_category, check_k
+from index.store import quote
+from service.deps import (
+    DEFAULT_K,
+    PipelineDep,
+    ServingDep,
+    SettingsDep,
+    check_category,
+    check_k,
+    single_fields,
+)
+from service.errors import UNAVAILABLE, responses
 from service.images import decode_image
-from service.routes.recommend import ERRORS, KField
+from service.routes.recommend import ERRORS, ImageField, KField
 from service.schemas import Categories, ProductInfo, SimilarResponse
 from service.serving import Serving
 
 router = APIRouter(tags=["catalog"])
-NOT_FOUND: dict[int | str, dict[str, str]] = {404: {"description": "no such product"}}
+NOT_FOUND = responses(
+    {404: "no such product", 422: "a mistyped field, or k out of range", 503: UNAVAILABLE}
+)
 
 
 def _product(serving: Serving, product_id: str) -> Product:
     product = serving.catalog.product(product_id)
     if product is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no product with id {product_id!r}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no product with id {quote(product_id)}")
     return product
 
 
@@ -44,7 +56,7 @@ def _similar_response(serving: Serving, category: str, k: int, found: list[Simil
     }
 
 
-@router.get("/categories", response_model=Categories)
+@router.get("/categories", response_model=Categories, responses=responses({503: UNAVAILABLE}))
 async def categories(serving: ServingDep) -> dict:
     """The categories that can be recommended, with their product counts."""
     return {
@@ -69,7 +81,7 @@ async def product_image(product_id: str, serving: ServingDep) -> FileResponse:
     """The product's catalog photo."""
     path = serving.catalog.image_path(_product(serving, product_id).id)
     if path is None or not path.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no image stored for {product_id!r}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no image stored for {quote(product_id)}")
     return FileResponse(path, media_type="image/jpeg")
 
 
@@ -78,7 +90,13 @@ async def similar_products(
     product_id: str,
     serving: ServingDep,
     settings: SettingsDep,
-    k: Annotated[int, Query(description="how many products (1..max_k)")] = DEFAULT_K,
+    k: Annotated[
+        int,
+        Query(
+            description="how many products (1..max_k)",
+            json_schema_extra={"minimum": 1, "maximum": 100},
+        ),
+    ] = DEFAULT_K,
 ) -> dict:
     """Visually similar products of the same category (the product itself excluded)."""
     check_k(k, settings)
@@ -86,20 +104,25 @@ async def similar_products(
     return _similar_response(serving, p.category, k, similar_to_product(serving.catalog, p.id, k))
 
 
-@router.post("/similar", response_model=SimilarResponse, responses=ERRORS)
+@router.post(
+    "/similar",
+    response_model=SimilarResponse,
+    responses=ERRORS,
+    dependencies=[single_fields("image", "category", "k")],
+)
 async def similar_to_photo(
     pipe: PipelineDep,
-    image: Annotated[UploadFile, File(description="a product photo (JPEG, PNG or WebP)")],
+    image: ImageField,
     category: Annotated[str, Form(description="the category to search", examples=["Shoes"])],
     k: KField = DEFAULT_K,
 ) -> dict:
     """Products of ``category`` that look like the uploaded product photo."""
     check_k(k, pipe.settings)
     check_category(pipe.serving, category)
-    upload = await pipe.read(image)
-    photo = await asyncio.to_thread(
-        decode_image, upload, pipe.settings.max_image_pixels, pipe.serving.encoder.input_size
-    )
+    async with pipe.upload(image) as upload:
+        photo = await asyncio.to_thread(
+            decode_image, upload, pipe.settings.max_image_pixels, pipe.serving.encoder.input_size
+        )
     vector = await pipe.serving.embed_product(photo)
     found = await asyncio.to_thread(similar, pipe.serving.catalog, vector, category, k)
     return _similar_response(pipe.serving, category, k, found)

@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from service.deps import DEFAULT_K, PipelineDep, check_category, check_k, unique
+from service.deps import DEFAULT_K, PipelineDep, check_category, check_k, single_fields, unique
+from service.errors import UPLOAD, responses
 from service.images import Upload
 from service.recommender import Pipeline, attention_grid, with_ranks
 from service.schemas import CompleteTheLook, CompleteTheLookAll
@@ -16,19 +17,30 @@ from service.schemas import CompleteTheLook, CompleteTheLookAll
 router = APIRouter(tags=["recommend"])
 JSON = "application/json"
 
-ImageField = Annotated[UploadFile, File(description="the scene photo (JPEG, PNG or WebP)")]
-KField = Annotated[int, Form(description="how many products per category (1..max_k)")]
-ERRORS: dict[int | str, dict[str, str]] = {
-    413: {"description": "upload over the size limit, or image over the pixel limit"},
-    415: {"description": "not an image, or not JPEG/PNG/WebP"},
-    422: {
-        "description": "truncated image, unknown category (the valid ones are listed), "
-        "k out of range, missing or mistyped field"
-    },
-}
+ImageField = Annotated[
+    UploadFile,
+    File(
+        description="the scene photo (JPEG, PNG or WebP), not empty",
+        json_schema_extra={"minLength": 1},
+    ),
+]
+# The schema's maximum is the default max_k; the app's schema says the configured one.
+KField = Annotated[
+    int,
+    Form(
+        description="how many products per category (1..max_k)",
+        json_schema_extra={"minimum": 1, "maximum": 100},
+    ),
+]
+ERRORS = responses(UPLOAD)
 
 
-@router.post("/complete-the-look", response_model=CompleteTheLook, responses=ERRORS)
+@router.post(
+    "/complete-the-look",
+    response_model=CompleteTheLook,
+    responses=ERRORS,
+    dependencies=[single_fields("image", "category", "k", "explain")],
+)
 async def complete_the_look(
     pipe: PipelineDep,
     image: ImageField,
@@ -41,8 +53,9 @@ async def complete_the_look(
     """Products of ``category`` that complete the look of the uploaded scene, best first."""
     check_k(k, pipe.settings)
     check_category(pipe.serving, category)
-    upload = await pipe.read(image)
-    return Response(await recommendation(pipe, upload, category, k, explain), media_type=JSON)
+    async with pipe.upload(image) as upload:
+        body = await recommendation(pipe, upload, category, k, explain)
+    return Response(body, media_type=JSON)
 
 
 async def recommendation(
@@ -84,7 +97,12 @@ def render(content: dict[str, object]) -> bytes:
     return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
-@router.post("/complete-the-look/all", response_model=CompleteTheLookAll, responses=ERRORS)
+@router.post(
+    "/complete-the-look/all",
+    response_model=CompleteTheLookAll,
+    responses=ERRORS,
+    dependencies=[single_fields("image", "k")],
+)
 async def complete_the_look_all(
     pipe: PipelineDep,
     image: ImageField,
@@ -102,8 +120,8 @@ async def complete_the_look_all(
     wanted = unique(categories) or list(pipe.serving.categories)
     for category in wanted:
         check_category(pipe.serving, category)
-    upload = await pipe.read(image)
-    results, cached = await pipe.recommend(upload, wanted, k)
+    async with pipe.upload(image) as upload:
+        results, cached = await pipe.recommend(upload, wanted, k)
     return JSONResponse(
         {
             **pipe.serving.versions(),

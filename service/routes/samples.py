@@ -7,7 +7,9 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import FileResponse
 
+from index.store import quote
 from service.config import Settings
+from service.errors import responses
 from service.schemas import Sample
 
 router = APIRouter(tags=["samples"])
@@ -43,11 +45,11 @@ async def list_samples(request: Request) -> list[dict]:
 @router.get(
     "/samples/{name}",
     response_class=FileResponse,
-    responses={404: {"description": "no such sample"}},
+    responses=responses({404: "no such sample", 422: "a mistyped path"}),
 )
 async def get_sample(name: str, request: Request) -> FileResponse:
     """One sample image; only names listed by ``GET /samples`` resolve, so no path escapes."""
     path = _samples(request).get(name)
     if path is None or not path.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sample named {name!r}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sample named {quote(name)}")
     return FileResponse(path, media_type=MEDIA_TYPES[path.suffix.lower()])

@@ -6,25 +6,38 @@ import asyncio
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, Form, HTTPException, status
+from pydantic import StringConstraints
 
 from index.search import score
-from service.deps import PipelineDep, unique
-from service.routes.recommend import ERRORS
+from index.store import PRODUCT_ID_PATTERN
+from service.deps import PipelineDep, single_fields, unique
+from service.routes.recommend import ERRORS, ImageField
 from service.schemas import ScoreResponse
 
 router = APIRouter(tags=["recommend"])
 
 
-@router.post("/score", response_model=ScoreResponse, responses=ERRORS)
+# Ids outside the one product id format cannot be in the catalog: a 422 that quotes a prefix
+# of the bad one, not an echo of megabytes in ``unknown_ids``.
+ProductIdItem = Annotated[str, StringConstraints(pattern=PRODUCT_ID_PATTERN)]
+
+
+@router.post(
+    "/score",
+    response_model=ScoreResponse,
+    responses=ERRORS,
+    dependencies=[single_fields("image")],
+)
 async def score_products(
     pipe: PipelineDep,
-    image: Annotated[UploadFile, File(description="the scene photo (JPEG, PNG or WebP)")],
+    image: ImageField,
     product_ids: Annotated[
-        list[str],
+        list[ProductIdItem],
         Form(
             description="product ids to score (repeat the field)",
             examples=[["0a1b2c3d4e5f60718293a4b5c6d7e8f9"]],
+            min_length=1,
         ),
     ],
 ) -> dict:
@@ -37,8 +50,8 @@ async def score_products(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"{len(ids)} product ids; at most {pipe.settings.max_score_ids} per request",
         )
-    upload = await pipe.read(image)
-    emb, _ = await pipe.embed(upload)
+    async with pipe.upload(image) as upload:
+        emb, _ = await pipe.embed(upload)
     scored, unknown = await asyncio.to_thread(
         score, pipe.serving.catalog, emb, pipe.serving.encoder.categories, ids
     )
