@@ -217,12 +217,6 @@ class CatalogIndex:
             out[n] = cat.emb[cat.row[pid]]
         return out
 
-    def search(self, category: str, q: np.ndarray, k: int) -> list[tuple[str, float]]:
-        """Top ``k`` (id, inner product) of one query vector (D,) within a category."""
-        cat = self.category(category)
-        scores, rows = cat.search(q.reshape(1, -1), k)
-        return [(cat.ids[r], float(s)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0]
-
 
 def exact_distances(
     f_s: np.ndarray, f_i: np.ndarray, att: np.ndarray, f_p: np.ndarray

@@ -82,11 +82,6 @@ class Encoder(Protocol):
     def embed_products(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
 
-def query_vectors(emb: SceneEmbedding) -> np.ndarray:
-    """(C, D): q_c = f_s + sum_i a_ci f_i, so that d*(s, p) = 2 - <q_c, f_p> for unit f_p."""
-    return emb.f_s[None, :] + emb.attention @ emb.f_i
-
-
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks (index embeddings can be large)."""
     h = hashlib.sha256()

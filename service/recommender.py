@@ -68,7 +68,7 @@ class Pipeline:
             return emb, True
         self.metrics.cache_misses.inc("embedding")
         max_pixels, encoder = self.settings.max_image_pixels, self.serving.encoder
-        emb = await self.serving.batcher.submit_raw(
+        emb = await self.serving.batcher.submit(
             upload, lambda u: encoder.prepare(decode_image(u, max_pixels, encoder.input_size))
         )
         await self.cache.set(self._embedding_key(upload.sha256), pack_embedding(emb))
