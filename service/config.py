@@ -52,9 +52,6 @@ class Settings(BaseSettings):
     # request that finds no room waits up to upload_wait_s, then gets 503 + Retry-After.
     upload_budget_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     upload_wait_s: float = Field(default=10.0, ge=0)
-    # Recent uploads kept with their sha256, so a photo sent again is not hashed again (a quarter
-    # of a cache hit's CPU time); uploads over a quarter of this are not kept. 0: none.
-    digest_memo_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     max_image_pixels: int = 40_000_000
     max_k: int = 100
     max_batch_items: int = 32

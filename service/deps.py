@@ -14,8 +14,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 from service.budget import UploadBudget
 from service.cache import Cache
 from service.config import Settings
-from service.digests import DigestMemo
-from service.metrics import Metrics
+from service.metrics import ServiceMetrics
 from service.recommender import Pipeline
 from service.serving import Serving, ServingManager, UnknownCategory
 
@@ -23,13 +22,13 @@ DEFAULT_K = 10
 """Products per category when a request does not say (the OpenAPI default, so a constant)."""
 
 
-async def get_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-async def get_metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
+async def get_metrics(request: Request) -> ServiceMetrics:
+    metrics: ServiceMetrics = request.app.state.metrics
     return metrics
 
 
@@ -74,7 +73,7 @@ def admin_denial(settings: Settings, authorization: str | None) -> HTTPException
 
 async def require_admin(
     request: Request,
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: Annotated[Settings, Depends(app_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """The admin token check as a dependency (it documents the bearer scheme). The app checks
@@ -103,9 +102,10 @@ def check_category(serving: Serving, category: str) -> int:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
-async def get_digests(request: Request) -> DigestMemo:
-    digests: DigestMemo = request.app.state.digests
-    return digests
+def check_categories(serving: Serving, categories: list[str]) -> dict[str, int]:
+    """Each category with its model row (resolved once per request), or 422 at the first
+    unknown one."""
+    return {category: check_category(serving, category) for category in categories}
 
 
 async def get_budget(request: Request) -> UploadBudget:
@@ -116,12 +116,11 @@ async def get_budget(request: Request) -> UploadBudget:
 async def get_pipeline(
     serving: Annotated[Serving, Depends(get_serving)],
     cache: Annotated[Cache, Depends(get_cache)],
-    metrics: Annotated[Metrics, Depends(get_metrics)],
-    settings: Annotated[Settings, Depends(get_settings)],
-    digests: Annotated[DigestMemo, Depends(get_digests)],
+    metrics: Annotated[ServiceMetrics, Depends(get_metrics)],
+    settings: Annotated[Settings, Depends(app_settings)],
     budget: Annotated[UploadBudget, Depends(get_budget)],
 ) -> Pipeline:
-    return Pipeline(serving, cache, metrics, settings, digests, budget)
+    return Pipeline(serving, cache, metrics, settings, budget)
 
 
 def single_fields(*names: str) -> Any:
@@ -152,9 +151,8 @@ def unique(values: list[str] | None) -> list[str]:
     return list(dict.fromkeys(v.strip() for v in values or [] if v.strip()))
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-CacheDep = Annotated[Cache, Depends(get_cache)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 AdminDep = Depends(require_admin)

@@ -65,7 +65,7 @@ class CompleteTheLookAll(Versions):
     results: dict[str, list[Recommended]]
 
 
-class Scored(Distances):
+class ProductScore(Distances):
     """Distances of one requested product."""
 
     id: str
@@ -76,8 +76,22 @@ class ScoreResponse(Versions):
     """Scores of the requested products; ids not in the catalog are listed, not fatal."""
 
     scene_sha256: str
-    scores: list[Scored]
+    scores: list[ProductScore]
     unknown_ids: list[str]
+
+
+class SceneCreated(BaseModel):
+    """A stored scene: ask about it with ``GET /scenes/{scene_id}/...`` until it expires."""
+
+    scene_id: str = Field(
+        description="the sha256 of the photo's bytes",
+        examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+    )
+    expires_in: int = Field(
+        description="seconds the scene is kept at most (it may be evicted sooner: then upload "
+        "it again)",
+        examples=[86400],
+    )
 
 
 class ItemError(BaseModel):
