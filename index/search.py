@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# FAISS's OpenMP threads spin while they wait; on a busy 2-core machine that made an index build
-# 16x slower. Passive waiting must be chosen before the OpenMP runtime starts.
+# FAISS's OpenMP threads spin while they wait; on a busy machine that made an index build many
+# times slower (docs/performance.md). Passive waiting must be chosen before OpenMP starts.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import faiss

@@ -190,9 +190,9 @@ class OnnxEncoder:
         self._product = product
         self.spec = spec
         self.manifest = manifest
-        # Scene sessions with fewer threads each, for calls that overlap another one: on a
-        # 2-core CPU two single-threaded calls at once encoded ~30% more images/s than one
-        # two-threaded call at a time (whose threads wait on each other).
+        # Scene sessions with fewer threads each, for calls that overlap another one: two
+        # single-threaded calls at once encode more images/s than one call on all threads,
+        # whose threads wait on each other (docs/performance.md).
         self._lanes = list(lanes)
         self._free_lanes = list(lanes)
         self._running = 0
@@ -303,7 +303,7 @@ class OnnxEncoder:
     def warm_up(self, batch: int) -> None:
         """Run every session once, the scene ones at ``batch`` images: the first run of a
         session at a size allocates its memory, which made the first requests after a start
-        or a reload take up to ~150 ms on a VM."""
+        or a reload slow (docs/performance.md)."""
         x = np.zeros((batch, 3, self.spec.size, self.spec.size), np.float32)
         for session in (self._scene, *self._lanes):
             session.run(None, {"image": x})

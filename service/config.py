@@ -40,8 +40,8 @@ class Settings(BaseSettings):
     port: int = 8000
     redis_url: str | None = None
     redis_timeout_s: float = 0.05  # a command's reply (a cache must not slow answers down)
-    # Opening a connection: rare with pooling, and under full CPU the loop itself can take
-    # 50 ms to see a connect complete (a 64-client burst turned the cache off that way).
+    # Opening a connection: rare with pooling, and under full CPU the loop itself can be slow
+    # to see a connect complete (a burst of clients turned the cache off that way).
     redis_connect_timeout_s: float = Field(default=1.0, gt=0)
     # Entries of the in-process LRU; with Redis, of the one in front of it (0: Redis alone).
     cache_size: int = Field(default=2048, ge=0)
@@ -56,17 +56,17 @@ class Settings(BaseSettings):
     max_k: int = 100
     max_batch_items: int = 32
     # Scenes per encoder call; 0: 4 when calls run on several CPU lanes (a lane's batch is
-    # decoded and encoded on one core, so small batches spread the work; 2-4 sustained the most
-    # images/s on 2 cores), 16 with one lane (a GPU, where bigger batches pay).
+    # decoded and encoded on one core, so small batches spread the work; docs/performance.md),
+    # 16 with one lane (a GPU, where bigger batches pay).
     batch_max_size: int = Field(default=0, ge=0)
     batch_max_wait_ms: float = 0.0  # 0: no added wait; batches fill while the encoder is busy
     inference_threads: int = 0  # ONNX Runtime threads of an encoder call that runs alone (0: all)
     # Encoder calls that may overlap under load, each on its own scene session with a share of
-    # the cores (0: one per core, at most 4). On 2 cores, two single-threaded calls at once
-    # encoded ~30% more images/s than one two-threaded call. CPU only; GPUs take one at a time.
+    # the cores (0: one per core, at most 4): overlapping single-threaded calls encode more
+    # images/s than one call on all threads (docs/performance.md). CPU only; GPUs take one.
     encoder_lanes: int = Field(default=0, ge=0)
     # FAISS (OpenMP) threads per search. One query gains nothing from more, and waking idle
-    # OpenMP threads for every request stole CPU from the encoder (1-client miss 16.8 -> 14.7 ms).
+    # OpenMP threads for every request stole CPU from the encoder (docs/performance.md).
     search_threads: int = 1
     device: str = "auto"  # auto | cpu | cuda
     redis_prefix: str = "ctl:"
@@ -81,8 +81,8 @@ class Settings(BaseSettings):
     samples_count: int = 8
     max_score_ids: int = 1000
     # FastAPI's own OpenTelemetry spans, metrics and logs, for a process that configures a
-    # provider (e.g. under opentelemetry-instrument). Off, FastAPI still looked for a provider
-    # on every request: ~5 us, 3% of a cache hit. /metrics (Prometheus) is there either way.
+    # provider (e.g. under opentelemetry-instrument). Off, FastAPI would still look for a
+    # provider on every request. /metrics (Prometheus) is there either way.
     opentelemetry: bool = False
 
     # Index.

@@ -18,8 +18,14 @@ _PRODUCT_EXAMPLE: dict[str, JsonValue] = {
 class Versions(BaseModel):
     """Which model and index produced an answer (results are cached per version pair)."""
 
-    model_version: str = Field(examples=["20261125T160000-3f2a"])
-    index_version: str = Field(examples=["20261125T170000-9c1d"])
+    model_version: str = Field(
+        description="the exported model's version (12 hex digits of its files' checksums)",
+        examples=["3f2a9c1d7b6e"],
+    )
+    index_version: str = Field(
+        description="the index version (UTC time to the microsecond and a random suffix)",
+        examples=["20261125T170000123456Z-9c1d"],
+    )
 
 
 class Distances(BaseModel):

@@ -218,3 +218,15 @@ def test_the_category_is_resolved_once_per_request(
     r = post_scene(client, scene(stl_dir, 78), categories[0], explain="true")
     assert r.status_code == 200, r.text
     assert calls == [categories[0]]
+
+
+def test_openapi_version_examples_have_the_real_formats(client: TestClient) -> None:
+    """The documented examples look like the versions the service really reports."""
+    import re
+
+    ready = client.get("/openapi.json").json()["components"]["schemas"]["Ready"]["properties"]
+    served = client.get("/readyz").json()
+    for name in ("model_version", "index_version"):
+        example = ready[name]["examples"][0]
+        shape = re.sub(r"[0-9a-f]", "h", served[name])
+        assert re.sub(r"[0-9a-f]", "h", example) == shape, (name, example, served[name])
