@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator
-from contextlib import nullcontext
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
-from service.budget import UploadBudget
-from service.cache import Cache
 from service.config import Settings
 from service.metrics import ServiceMetrics
 from service.recommender import Pipeline
@@ -32,19 +30,21 @@ async def get_metrics(request: Request) -> ServiceMetrics:
     return metrics
 
 
-async def get_cache(request: Request) -> Cache:
-    cache: Cache = request.app.state.cache
-    return cache
-
-
-async def get_serving(request: Request) -> AsyncIterator[Serving]:
-    """The current serving unit, held for the whole request so a reload cannot pull it away."""
+@contextmanager
+def _held(request: Request) -> Iterator[Serving]:
+    """The current serving unit, held until the block ends; 503 before the first load."""
     manager: ServingManager | None = getattr(request.app.state, "manager", None)
     with manager.hold() if manager is not None else nullcontext() as serving:
         if serving is None:
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE, "model and index are not loaded"
             )
+        yield serving
+
+
+async def get_serving(request: Request) -> AsyncIterator[Serving]:
+    """The current serving unit, held for the whole request so a reload cannot pull it away."""
+    with _held(request) as serving:
         yield serving
 
 
@@ -108,19 +108,13 @@ def check_categories(serving: Serving, categories: list[str]) -> dict[str, int]:
     return {category: check_category(serving, category) for category in categories}
 
 
-async def get_budget(request: Request) -> UploadBudget:
-    budget: UploadBudget = request.app.state.upload_budget
-    return budget
-
-
-async def get_pipeline(
-    serving: Annotated[Serving, Depends(get_serving)],
-    cache: Annotated[Cache, Depends(get_cache)],
-    metrics: Annotated[ServiceMetrics, Depends(get_metrics)],
-    settings: Annotated[Settings, Depends(app_settings)],
-    budget: Annotated[UploadBudget, Depends(get_budget)],
-) -> Pipeline:
-    return Pipeline(serving, cache, metrics, settings, budget)
+async def get_pipeline(request: Request) -> AsyncIterator[Pipeline]:
+    """The request's pipeline, its serving unit held to the end of the request. One dependency
+    reading ``app.state``, not one per part: FastAPI's solving costs per dependency, and was
+    most of the time of a cached answer."""
+    state = request.app.state
+    with _held(request) as serving:
+        yield Pipeline(serving, state.cache, state.metrics, state.settings, state.upload_budget)
 
 
 def single_fields(*names: str) -> Any:
