@@ -1,4 +1,8 @@
-"""The one configuration class: every knob of every step, read from ``CTL_*`` env vars."""
+"""The one configuration class: every knob of every step, read from ``CTL_*`` env vars.
+
+The index's and the model's own knobs live in their layers (``index.config``,
+``model.config``), which this class extends.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +10,12 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from index.config import IndexSettings
 
 
-def _default_data_dir() -> Path:
-    """The shared STL-Fashion subset beside the checkout (or the working dir), else ./data."""
-    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        shared = base.parent / "shared" / "stl-fashion"
-        if shared.is_dir():
-            return shared
-    return Path("data")
-
-
-class Settings(BaseSettings):
-    """Configuration for the CLI, the pipeline and the HTTP service."""
-
-    model_config = SettingsConfigDict(env_prefix="CTL_", env_file=None, extra="ignore")
-
-    # Where things live.
-    data_dir: Path = Field(default_factory=_default_data_dir)
-    work_dir: Path = Path("work")
-    artifacts_dir: Path = Path("artifacts")
-    log_level: str = "INFO"
-
-    # Model and training defaults.
-    backbone: str = "efficientnet_lite0"
-    backbone_weights: Path | None = None
-    embedding_dim: int = 128
-    seed: int = 0
+class Settings(IndexSettings):
+    """Every knob of every step: the index's and the model's, and the HTTP service's."""
 
     # Service.
     host: str = "127.0.0.1"
@@ -60,7 +42,6 @@ class Settings(BaseSettings):
     # 16 with one lane (a GPU, where bigger batches pay).
     batch_max_size: int = Field(default=0, ge=0)
     batch_max_wait_ms: float = 0.0  # 0: no added wait; batches fill while the encoder is busy
-    inference_threads: int = 0  # ONNX Runtime threads of an encoder call that runs alone (0: all)
     # Encoder calls that may overlap under load, each on its own scene session with a share of
     # the cores (0: one per core, at most 4): overlapping single-threaded calls encode more
     # images/s than one call on all threads (docs/performance.md). CPU only; GPUs take one.
@@ -68,7 +49,6 @@ class Settings(BaseSettings):
     # FAISS (OpenMP) threads per search. One query gains nothing from more, and waking idle
     # OpenMP threads for every request stole CPU from the encoder (docs/performance.md).
     search_threads: int = 1
-    device: str = "auto"  # auto | cpu | cuda
     redis_prefix: str = "ctl:"
     # After a failed Redis call the cache is bypassed for redis_retry_min_s, doubling with
     # each failed retry up to redis_retry_s: one slow moment costs a fraction of a second.
@@ -84,10 +64,6 @@ class Settings(BaseSettings):
     # provider (e.g. under opentelemetry-instrument). Off, FastAPI would still look for a
     # provider on every request. /metrics (Prometheus) is there either way.
     opentelemetry: bool = False
-
-    # Index.
-    ann_threshold: int = 50_000
-    rerank_candidates: int = 500  # approximate-index candidates re-scored exactly (recall@10)
 
 
 @lru_cache(maxsize=1)
