@@ -41,6 +41,8 @@ class Cache(Protocol):
     """An async byte store with a time to live; misses and failures both return ``None``."""
 
     backend: str
+    keeps: bool
+    """Whether a value set may be read back (``False``: a cache of size 0)."""
 
     async def get(self, key: str) -> bytes | None: ...
 
@@ -61,6 +63,7 @@ class MemoryCache:
     backend = "memory"
 
     def __init__(self, max_items: int, ttl_s: float) -> None:
+        self.keeps = max_items > 0
         # cachetools' TTLCache evicts the least recently used item when full; it needs a size
         # of at least 1, and a size of 0 keeps nothing.
         self._items: TTLCache[str, bytes] | None = (
@@ -97,6 +100,7 @@ class RedisCache:
     """
 
     backend = "redis"
+    keeps = True
 
     def __init__(
         self,
@@ -211,7 +215,7 @@ class TieredCache:
 
     def __init__(self, near: Cache, far: Cache) -> None:
         self._near, self._far = near, far
-        self.backend = far.backend
+        self.backend, self.keeps = far.backend, far.keeps
 
     async def get(self, key: str) -> bytes | None:
         # Direct, not through get_many: a cache hit's one lookup builds no lists.

@@ -230,3 +230,11 @@ def test_openapi_version_examples_have_the_real_formats(client: TestClient) -> N
         example = ready[name]["examples"][0]
         shape = re.sub(r"[0-9a-f]", "h", served[name])
         assert re.sub(r"[0-9a-f]", "h", example) == shape, (name, example, served[name])
+
+
+def test_without_a_cache_scenes_are_refused_with_a_reason(stl_dir: Path) -> None:
+    settings = settings_for(tiny_artifacts(stl_dir), stl_dir, cache_size=0)
+    with serve(settings) as client:
+        r = upload(client, scene(stl_dir, 79))
+        assert r.status_code == 501, r.text
+        assert "POST /complete-the-look" in r.json()["detail"]

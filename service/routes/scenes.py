@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
 from service.deps import DEFAULT_K, PipelineDep, check_categories, check_k, single_fields, unique
 from service.errors import UNAVAILABLE, responses
@@ -54,12 +54,22 @@ GET_ERRORS = responses(
     "",
     response_model=SceneCreated,
     status_code=status.HTTP_201_CREATED,
-    responses={**ERRORS, 200: {"model": SceneCreated, "description": "the scene was known"}},
+    responses={
+        **ERRORS,
+        **responses({501: "the service keeps no scenes: it has no cache (CTL_CACHE_SIZE=0)"}),
+        200: {"model": SceneCreated, "description": "the scene was known"},
+    },
     dependencies=[single_fields("image")],
 )
 async def create_scene(pipe: PipelineDep, image: ImageField, response: Response) -> dict:
     """Embed the scene and keep it for follow-up questions: 201 with its id, or 200 with the
-    same id when it is stored already."""
+    same id when it is stored already. 501 where the service keeps no scenes (no cache)."""
+    if not pipe.cache.keeps:
+        raise HTTPException(
+            status.HTTP_501_NOT_IMPLEMENTED,
+            "this service keeps no scenes (CTL_CACHE_SIZE=0 without CTL_REDIS_URL); "
+            "send the photo with each question to POST /complete-the-look instead",
+        )
     async with pipe.upload(image) as upload:
         _, known = await pipe.embed(upload)
     if known:
