@@ -1,8 +1,10 @@
 """Service benchmark: uvicorn on loopback, load at 1, 8 and 32 clients, misses and hits.
 
 Cache misses use distinct real scene photos (each sent once); cache hits repeat one warmed
-photo. Each figure is compared with a baseline measured in the same run, because the CPU is
-shared and its speed varies from machine to machine:
+photo, as ``POST /complete-the-look`` (the one-shot call, upload included) and as ``GET
+/scenes/{id}/complete-the-look`` (a question about a stored scene, no upload). Each figure is
+compared with a baseline measured in the same run, because the CPU is shared and its speed
+varies from machine to machine:
 
 - The bare encoder (the same decoding and ONNX files, in this process, no service around it).
   At 1 client each request alternates with a bare batch-1 call on the same photo (the overhead
@@ -12,8 +14,9 @@ shared and its speed varies from machine to machine:
   decoding the photos charged to the service (the bare encoder starts from decoded pixels) and
   charged to the encoder (it starts from the same JPEG bytes as the service).
 - The HTTP layer alone (``floor_app``: uvicorn as ``ctl serve`` runs it, an app that only reads
-  the body and answers as many bytes as the service): its hit latency at each level is what no
-  service on this machine can beat.
+  the body and answers as many bytes as the service): its latency at each level, for the same
+  POST and GET requests, is what no service on this machine can beat. Targets: GET p50 within
+  3x the floor's, POST hit p50 within 4x, both under 1 ms at 1 client.
 
 Each level also reports the server process's CPU time per request: with one event loop, the
 hit rate cannot pass 1 / that, so at 32 clients the hit p50 is about 32 times it.
@@ -113,6 +116,15 @@ def start_floor(port: int, body_bytes: int) -> subprocess.Popen[bytes]:
     return _started(subprocess.Popen(command, cwd=REPO, env=env), port)
 
 
+def get_request(port: int, scene_id: str, category: str, k: int) -> bytes:
+    """The complete HTTP/1.1 request for one question about a stored scene."""
+    query = httpx.QueryParams({"category": category, "k": k})
+    return (
+        f"GET /scenes/{scene_id}/complete-the-look?{query} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{port}\r\n\r\n"
+    ).encode()
+
+
 def multipart_request(port: int, photo: bytes, category: str, k: int) -> bytes:
     """The complete HTTP/1.1 request for one photo, built before the clock starts."""
     boundary = "ctlbench" + hashlib.sha1(photo).hexdigest()[:16]
@@ -184,9 +196,15 @@ async def load(port: int, requests: list[bytes], clients: int) -> tuple[list[flo
     return latencies, errors, time.perf_counter() - start
 
 
-def server_time(base: str) -> tuple[float, float]:
-    """(sum of seconds, count) of successful /complete-the-look requests, from /metrics."""
-    series = 'endpoint="/complete-the-look",method="POST",status="200"'
+ENDPOINTS = {
+    "POST": 'endpoint="/complete-the-look",method="POST",status="200"',
+    "GET": 'endpoint="/scenes/{scene_id}/complete-the-look",method="GET",status="200"',
+}
+
+
+def server_time(base: str, method: str) -> tuple[float, float]:
+    """(sum of seconds, count) of successful requests of the benchmarked route, from /metrics."""
+    series = ENDPOINTS[method]
     values = {}
     for line in httpx.get(f"{base}/metrics").text.splitlines():
         for part in ("sum", "count"):
@@ -210,11 +228,12 @@ def level(
     """One load level: ``run()`` sends its requests and gives (latencies s, errors, wall s);
     the row adds the server's own mean time and its CPU time per request."""
     base = f"http://127.0.0.1:{port}"
-    sum0, n0 = server_time(base)
+    method = "GET" if mode.endswith("get") else "POST"
+    sum0, n0 = server_time(base, method)
     cpu0 = cpu_seconds(pid)
     latencies, errors, wall = run()
     cpu1 = cpu_seconds(pid)
-    sum1, n1 = server_time(base)
+    sum1, n1 = server_time(base, method)
     return Row(
         mode,
         clients,
@@ -395,6 +414,13 @@ def main(argv: list[str] | None = None) -> int:
         for clients in levels:
             rows.append(measure(port, server.pid, "hit", hits, clients))
             log.info("%s", rows[-1])
+        stored = httpx.post(
+            f"{base}/scenes", files={"image": ("scene.jpg", photos[0], "image/jpeg")}
+        ).json()["scene_id"]
+        gets = [get_request(port, stored, category, args.k)] * args.hit_requests
+        for clients in levels:
+            rows.append(measure(port, server.pid, "get", gets, clients))
+            log.info("%s", rows[-1])
         answer = httpx.post(
             f"{base}/complete-the-look",
             files={"image": ("scene.jpg", photos[0], "image/jpeg")},
@@ -408,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         for clients in levels:
             rows.append(measure(port, floor_server.pid, "floor", hits, clients))
             log.info("%s", rows[-1])
+            rows.append(measure(port, floor_server.pid, "floor-get", gets, clients))
+            log.info("%s", rows[-1])
     finally:
         floor_server.terminate()
         floor_server.wait(timeout=30)
@@ -415,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     miss = {r.clients: r for r in rows if r.mode == "miss"}
     hit = {r.clients: r for r in rows if r.mode == "hit"}
     floor = {r.clients: r for r in rows if r.mode == "floor"}
+    get = {r.clients: r for r in rows if r.mode == "get"}
+    floor_get = {r.clients: r for r in rows if r.mode == "floor-get"}
     encode_ms = 1000 * statistics.fmean(bare_s)
     decode_ms = 1000 * statistics.fmean(decode_s)
     ratio_decoding_in_service = miss[1].mean_ms / encode_ms
@@ -458,6 +488,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{floor[c].p50_ms:.2f} ms (ratio {hit[c].p50_ms / floor[c].p50_ms:.2f}); server CPU "
             f"per request {hit[c].server_cpu_ms * 1000:.0f} us against "
             f"{floor[c].server_cpu_ms * 1000:.0f} us"
+            for c in levels
+        ),
+        *(
+            f"{c} clients: GET p50 {get[c].p50_ms:.2f} ms, the HTTP layer alone "
+            f"{floor_get[c].p50_ms:.2f} ms (ratio {get[c].p50_ms / floor_get[c].p50_ms:.2f}); "
+            f"server CPU per request {get[c].server_cpu_ms * 1000:.0f} us against "
+            f"{floor_get[c].server_cpu_ms * 1000:.0f} us"
             for c in levels
         ),
     ]

@@ -14,16 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from index.build import BuildError, NewProduct, add_products, build_index, remove_products
+from index.config import IndexSettings
 from index.store import IndexStore, IndexStoreError
 from model.runtime import ArtifactError, OnnxEncoder
-from service.config import Settings
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
 
-def _parser(prog: str, description: str, settings: Settings) -> argparse.ArgumentParser:
+def _parser(prog: str, description: str, settings: IndexSettings) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument(
         "--artifacts",
@@ -34,7 +34,7 @@ def _parser(prog: str, description: str, settings: Settings) -> argparse.Argumen
     return p
 
 
-def _encoder_options(p: argparse.ArgumentParser, settings: Settings) -> None:
+def _encoder_options(p: argparse.ArgumentParser, settings: IndexSettings) -> None:
     p.add_argument(
         "--ann-threshold",
         type=int,
@@ -57,7 +57,7 @@ def _run(func: Callable[[], dict[str, object]], prog: str) -> int:
 
 def build_main(argv: list[str]) -> int:
     """Embed every product image of a data directory into a new index version."""
-    settings = Settings()
+    settings = IndexSettings()
     p = _parser("ctl index build", build_main.__doc__ or "", settings)
     p.add_argument("--data", type=Path, default=settings.data_dir, help="STL data directory")
     p.add_argument("--batch-size", type=int, default=32)
@@ -107,7 +107,7 @@ def _products_from_json(path: Path) -> list[NewProduct]:
 
 def add_main(argv: list[str]) -> int:
     """Add products (id = image file name without extension) as a new index version."""
-    settings = Settings()
+    settings = IndexSettings()
     p = _parser("ctl index add", add_main.__doc__ or "", settings)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", type=Path, nargs="+", help="image files or directories")
@@ -137,7 +137,7 @@ def add_main(argv: list[str]) -> int:
 
 def remove_main(argv: list[str]) -> int:
     """Remove products by id as a new index version."""
-    settings = Settings()
+    settings = IndexSettings()
     p = _parser("ctl index remove", remove_main.__doc__ or "", settings)
     p.add_argument("ids", nargs="+", help="product ids")
     _encoder_options(p, settings)
@@ -155,7 +155,7 @@ def remove_main(argv: list[str]) -> int:
 
 def info_main(argv: list[str]) -> int:
     """Show the current index version and the others kept on disk."""
-    settings = Settings()
+    settings = IndexSettings()
     p = _parser("ctl index info", info_main.__doc__ or "", settings)
     args = p.parse_args(argv)
 

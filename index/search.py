@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# FAISS's OpenMP threads spin while they wait; on a busy 2-core machine that made an index build
-# 16x slower. Passive waiting must be chosen before the OpenMP runtime starts.
+# FAISS's OpenMP threads spin while they wait; on a busy machine that made an index build many
+# times slower (docs/performance.md). Passive waiting must be chosen before OpenMP starts.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import faiss
@@ -216,12 +216,6 @@ class CatalogIndex:
             cat = self._cats[self._products[pid].category]
             out[n] = cat.emb[cat.row[pid]]
         return out
-
-    def search(self, category: str, q: np.ndarray, k: int) -> list[tuple[str, float]]:
-        """Top ``k`` (id, inner product) of one query vector (D,) within a category."""
-        cat = self.category(category)
-        scores, rows = cat.search(q.reshape(1, -1), k)
-        return [(cat.ids[r], float(s)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0]
 
 
 def exact_distances(

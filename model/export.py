@@ -240,9 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backbone-weights", type=Path, default=None)
     args = p.parse_args(list(argv) if argv is not None else None)
     if args.out is None:
-        from service.config import Settings
+        from model.config import ModelSettings
 
-        args.out = Settings().artifacts_dir
+        args.out = ModelSettings().artifacts_dir
     try:
         manifest = export_run(args.run, args.out, args.backbone_weights)
     except (ArtifactError, BackboneError, FileNotFoundError, KeyError, OSError) as exc:

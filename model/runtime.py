@@ -82,11 +82,6 @@ class Encoder(Protocol):
     def embed_products(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
 
-def query_vectors(emb: SceneEmbedding) -> np.ndarray:
-    """(C, D): q_c = f_s + sum_i a_ci f_i, so that d*(s, p) = 2 - <q_c, f_p> for unit f_p."""
-    return emb.f_s[None, :] + emb.attention @ emb.f_i
-
-
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks (index embeddings can be large)."""
     h = hashlib.sha256()
@@ -195,9 +190,9 @@ class OnnxEncoder:
         self._product = product
         self.spec = spec
         self.manifest = manifest
-        # Scene sessions with fewer threads each, for calls that overlap another one: on a
-        # 2-core CPU two single-threaded calls at once encoded ~30% more images/s than one
-        # two-threaded call at a time (whose threads wait on each other).
+        # Scene sessions with fewer threads each, for calls that overlap another one: two
+        # single-threaded calls at once encode more images/s than one call on all threads,
+        # whose threads wait on each other (docs/performance.md).
         self._lanes = list(lanes)
         self._free_lanes = list(lanes)
         self._running = 0
@@ -308,7 +303,7 @@ class OnnxEncoder:
     def warm_up(self, batch: int) -> None:
         """Run every session once, the scene ones at ``batch`` images: the first run of a
         session at a size allocates its memory, which made the first requests after a start
-        or a reload take up to ~150 ms on a VM."""
+        or a reload slow (docs/performance.md)."""
         x = np.zeros((batch, 3, self.spec.size, self.spec.size), np.float32)
         for session in (self._scene, *self._lanes):
             session.run(None, {"image": x})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from fastapi.telemetry import TelemetryConfig
+from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,14 +29,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.budget import UploadBudget
 from service.cache import Cache, make_cache
 from service.config import Settings
-from service.deps import DEFAULT_K, admin_denial
-from service.digests import DigestMemo
+from service.deps import admin_denial
 from service.errors import validation_error
-from service.fastlane import FastLane
 from service.follow import Follower
 from service.images import too_large
-from service.metrics import Metrics
-from service.routes import admin, batch, health, products, recommend, samples, score
+from service.metrics import ServiceMetrics, multiprocess_dir
+from service.routes import admin, batch, health, products, recommend, samples, scenes, score
 from service.serving import (
     CatalogLoader,
     EncoderLoader,
@@ -123,7 +123,7 @@ class AdminGate:
 class RequestMetrics:
     """Counts requests and times them by route template (not raw path), method and status."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app, self.metrics = app, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -145,8 +145,8 @@ class RequestMetrics:
             route = scope.get("route")
             endpoint = "static" if isinstance(route, Mount) else getattr(route, "path", "unmatched")
             labels = (endpoint, scope["method"], str(status))
-            self.metrics.requests.inc(*labels)
-            self.metrics.latency.observe(time.perf_counter() - start, *labels)
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
 
 
 def _page(directory: Path) -> ASGIApp:
@@ -200,7 +200,7 @@ def create_app(
 ) -> FastAPI:
     """The service. Loaders default to the artifacts in ``settings.artifacts_dir``."""
     settings = settings or Settings()
-    metrics = Metrics()
+    metrics = ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -222,6 +222,8 @@ def create_app(
             await manager.close()
             await app.state.cache.close()
             executor.shutdown(wait=True)
+            if multiprocess_dir() is not None:  # this worker's live gauges stop counting
+                multiprocess.mark_process_dead(os.getpid())
 
     app = FastAPI(
         title="Complete the Look",
@@ -232,11 +234,10 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.digests = DigestMemo(settings.digest_memo_bytes, metrics)
     app.state.samples = samples.find_samples(settings)
     app.state.upload_budget = UploadBudget(settings.upload_budget_bytes, settings.upload_wait_s)
     app.add_exception_handler(RequestValidationError, validation_error)
-    for module in (recommend, score, batch, products, health, admin, samples):
+    for module in (recommend, scenes, score, batch, products, health, admin, samples):
         app.include_router(module.router)
     if STATIC_DIR.is_dir():
         # The router's fallback, not a route: it serves only paths no API route matches, so a
@@ -258,13 +259,6 @@ def create_app(
     def limit_for(path: str) -> int:
         return batch_limit if path.startswith("/batch/") else single_limit
 
-    lane_route = next(
-        r for r in recommend.router.routes if getattr(r, "path", None) == "/complete-the-look"
-    )
-    # Inside the body limit (which it answers like FastAPI would) and the request metrics.
-    app.add_middleware(
-        FastLane, route=lane_route, answer=recommend.recommendation, default_k=DEFAULT_K
-    )
     app.add_middleware(BodyLimit, limit_for=limit_for)
     app.add_middleware(AdminGate, settings=settings)
     app.add_middleware(RequestMetrics, metrics=metrics)

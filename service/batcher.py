@@ -76,12 +76,9 @@ class MicroBatcher(Generic[T, R]):
         """Items per call of ``fn`` at most."""
         return self._max_size
 
-    async def submit(self, item: T) -> R:
-        """Queue ``item`` and wait for its result (exceptions of ``fn`` are re-raised here)."""
-        return await self.submit_raw(item, _identity)
-
-    async def submit_raw(self, raw: U, prepare: Callable[[U], T]) -> R:
-        """``fn([prepare(raw)])[0]``, batched with other requests when there are any.
+    async def submit(self, raw: U, prepare: Callable[[U], T]) -> R:
+        """``fn([prepare(raw)])[0]``, batched with other requests when there are any (the
+        exceptions of ``fn`` are re-raised here).
 
         ``prepare`` runs in the batch's job, or in a worker thread when the only lane is busy;
         its exceptions (a bad upload) reach this caller only.

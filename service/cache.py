@@ -9,8 +9,7 @@ once on a fresh one (redis-py's ``Retry``) and is not a failure.
 
 Every key names a value that never changes (the model and index versions and the image's sha256
 are in it), so with Redis an in-process LRU sits in front of it: a repeat is answered without a
-round trip (through Redis, a hit took ~0.2 ms of server CPU against ~0.12 ms, and its p50 at 32
-clients was 6.6 ms), and replicas still share what each computed through Redis.
+round trip (docs/performance.md), and replicas still share what each computed through Redis.
 """
 
 from __future__ import annotations
@@ -20,12 +19,12 @@ import logging
 import struct
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+from cachetools import TTLCache
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -33,7 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from model.runtime import SceneEmbedding
 from service.config import Settings
-from service.metrics import Metrics
+from service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,8 @@ class Cache(Protocol):
     """An async byte store with a time to live; misses and failures both return ``None``."""
 
     backend: str
+    keeps: bool
+    """Whether a value set may be read back (``False``: a cache of size 0)."""
 
     async def get(self, key: str) -> bytes | None: ...
 
@@ -62,46 +63,44 @@ class MemoryCache:
     backend = "memory"
 
     def __init__(self, max_items: int, ttl_s: float) -> None:
-        self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
-        self._max, self._ttl = max_items, ttl_s
+        self.keeps = max_items > 0
+        # cachetools' TTLCache evicts the least recently used item when full; it needs a size
+        # of at least 1, and a size of 0 keeps nothing.
+        self._items: TTLCache[str, bytes] | None = (
+            TTLCache(max_items, ttl_s) if max_items > 0 else None
+        )
         self._lock = threading.Lock()
 
     async def get(self, key: str) -> bytes | None:
+        if self._items is None:
+            return None
         with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                return None
-            expires, value = item
-            if expires < time.monotonic():
-                del self._items[key]
-                return None
-            self._items.move_to_end(key)
-            return value
+            return self._items.get(key)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return [await self.get(key) for key in keys]
 
     async def set(self, key: str, value: bytes) -> None:
-        with self._lock:
-            self._items[key] = (time.monotonic() + self._ttl, value)
-            self._items.move_to_end(key)
-            while len(self._items) > self._max:
-                self._items.popitem(last=False)
+        if self._items is not None:
+            with self._lock:
+                self._items[key] = value
 
     async def close(self) -> None:
-        with self._lock:
-            self._items.clear()
+        if self._items is not None:
+            with self._lock:
+                self._items.clear()
 
 
 class RedisCache:
     """Redis with short timeouts and a circuit breaker; failures are counted and bypassed.
 
     Writes are queued and sent together, in one pipeline, once the writer's current step is
-    done: a cache miss writes three keys (embedding, result, answer) one after the other, and
-    each round trip to Redis cost ~0.4 ms. Nothing reads its own write back soon after.
+    done: a cache miss writes its keys (embedding, results) one after the other, and each would
+    be a round trip of its own. Nothing reads its own write back soon after.
     """
 
     backend = "redis"
+    keeps = True
 
     def __init__(
         self,
@@ -110,7 +109,7 @@ class RedisCache:
         ttl_s: int,
         timeout_s: float,
         retry_s: float,
-        metrics: Metrics,
+        metrics: ServiceMetrics,
         max_queued: int = 1024,
         connect_timeout_s: float = 1.0,
         retry_min_s: float = 0.1,
@@ -137,7 +136,7 @@ class RedisCache:
         return time.monotonic() >= self._down_until
 
     def _failed(self, op: str, exc: Exception) -> None:
-        self._metrics.cache_errors.inc(self.backend)
+        self._metrics.cache_errors.labels(self.backend).inc()
         now = time.monotonic()
         if now < self._down_until:
             return  # a call begun before the pause started: that failure is counted already
@@ -216,7 +215,7 @@ class TieredCache:
 
     def __init__(self, near: Cache, far: Cache) -> None:
         self._near, self._far = near, far
-        self.backend = far.backend
+        self.backend, self.keeps = far.backend, far.keeps
 
     async def get(self, key: str) -> bytes | None:
         # Direct, not through get_many: a cache hit's one lookup builds no lists.
@@ -255,7 +254,7 @@ def _without_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def make_cache(settings: Settings, metrics: Metrics) -> Cache:
+def make_cache(settings: Settings, metrics: ServiceMetrics) -> Cache:
     """Redis when ``CTL_REDIS_URL`` is set (behind an in-process LRU of ``cache_size`` entries
     unless that is 0), the in-process LRU alone otherwise."""
     if not settings.redis_url:

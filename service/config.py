@@ -1,4 +1,8 @@
-"""The one configuration class: every knob of every step, read from ``CTL_*`` env vars."""
+"""The one configuration class: every knob of every step, read from ``CTL_*`` env vars.
+
+The index's and the model's own knobs live in their layers (``index.config``,
+``model.config``), which this class extends.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +10,20 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from index.config import IndexSettings
 
 
-def _default_data_dir() -> Path:
-    """The shared STL-Fashion subset beside the checkout (or the working dir), else ./data."""
-    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        shared = base.parent / "shared" / "stl-fashion"
-        if shared.is_dir():
-            return shared
-    return Path("data")
-
-
-class Settings(BaseSettings):
-    """Configuration for the CLI, the pipeline and the HTTP service."""
-
-    model_config = SettingsConfigDict(env_prefix="CTL_", env_file=None, extra="ignore")
-
-    # Where things live.
-    data_dir: Path = Field(default_factory=_default_data_dir)
-    work_dir: Path = Path("work")
-    artifacts_dir: Path = Path("artifacts")
-    log_level: str = "INFO"
-
-    # Model and training defaults.
-    backbone: str = "efficientnet_lite0"
-    backbone_weights: Path | None = None
-    embedding_dim: int = 128
-    seed: int = 0
+class Settings(IndexSettings):
+    """Every knob of every step: the index's and the model's, and the HTTP service's."""
 
     # Service.
     host: str = "127.0.0.1"
     port: int = 8000
     redis_url: str | None = None
     redis_timeout_s: float = 0.05  # a command's reply (a cache must not slow answers down)
-    # Opening a connection: rare with pooling, and under full CPU the loop itself can take
-    # 50 ms to see a connect complete (a 64-client burst turned the cache off that way).
+    # Opening a connection: rare with pooling, and under full CPU the loop itself can be slow
+    # to see a connect complete (a burst of clients turned the cache off that way).
     redis_connect_timeout_s: float = Field(default=1.0, gt=0)
     # Entries of the in-process LRU; with Redis, of the one in front of it (0: Redis alone).
     cache_size: int = Field(default=2048, ge=0)
@@ -52,26 +34,21 @@ class Settings(BaseSettings):
     # request that finds no room waits up to upload_wait_s, then gets 503 + Retry-After.
     upload_budget_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     upload_wait_s: float = Field(default=10.0, ge=0)
-    # Recent uploads kept with their sha256, so a photo sent again is not hashed again (a quarter
-    # of a cache hit's CPU time); uploads over a quarter of this are not kept. 0: none.
-    digest_memo_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     max_image_pixels: int = 40_000_000
     max_k: int = 100
     max_batch_items: int = 32
     # Scenes per encoder call; 0: 4 when calls run on several CPU lanes (a lane's batch is
-    # decoded and encoded on one core, so small batches spread the work; 2-4 sustained the most
-    # images/s on 2 cores), 16 with one lane (a GPU, where bigger batches pay).
+    # decoded and encoded on one core, so small batches spread the work; docs/performance.md),
+    # 16 with one lane (a GPU, where bigger batches pay).
     batch_max_size: int = Field(default=0, ge=0)
     batch_max_wait_ms: float = 0.0  # 0: no added wait; batches fill while the encoder is busy
-    inference_threads: int = 0  # ONNX Runtime threads of an encoder call that runs alone (0: all)
     # Encoder calls that may overlap under load, each on its own scene session with a share of
-    # the cores (0: one per core, at most 4). On 2 cores, two single-threaded calls at once
-    # encoded ~30% more images/s than one two-threaded call. CPU only; GPUs take one at a time.
+    # the cores (0: one per core, at most 4): overlapping single-threaded calls encode more
+    # images/s than one call on all threads (docs/performance.md). CPU only; GPUs take one.
     encoder_lanes: int = Field(default=0, ge=0)
     # FAISS (OpenMP) threads per search. One query gains nothing from more, and waking idle
-    # OpenMP threads for every request stole CPU from the encoder (1-client miss 16.8 -> 14.7 ms).
+    # OpenMP threads for every request stole CPU from the encoder (docs/performance.md).
     search_threads: int = 1
-    device: str = "auto"  # auto | cpu | cuda
     redis_prefix: str = "ctl:"
     # After a failed Redis call the cache is bypassed for redis_retry_min_s, doubling with
     # each failed retry up to redis_retry_s: one slow moment costs a fraction of a second.
@@ -84,13 +61,9 @@ class Settings(BaseSettings):
     samples_count: int = 8
     max_score_ids: int = 1000
     # FastAPI's own OpenTelemetry spans, metrics and logs, for a process that configures a
-    # provider (e.g. under opentelemetry-instrument). Off, FastAPI still looked for a provider
-    # on every request: ~5 us, 3% of a cache hit. /metrics (Prometheus) is there either way.
+    # provider (e.g. under opentelemetry-instrument). Off, FastAPI would still look for a
+    # provider on every request. /metrics (Prometheus) is there either way.
     opentelemetry: bool = False
-
-    # Index.
-    ann_threshold: int = 50_000
-    rerank_candidates: int = 500  # approximate-index candidates re-scored exactly (recall@10)
 
 
 @lru_cache(maxsize=1)

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator
-from contextlib import nullcontext
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
-from service.budget import UploadBudget
-from service.cache import Cache
 from service.config import Settings
-from service.digests import DigestMemo
-from service.metrics import Metrics
+from service.metrics import ServiceMetrics
 from service.recommender import Pipeline
 from service.serving import Serving, ServingManager, UnknownCategory
 
@@ -23,29 +20,31 @@ DEFAULT_K = 10
 """Products per category when a request does not say (the OpenAPI default, so a constant)."""
 
 
-async def get_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-async def get_metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
+async def get_metrics(request: Request) -> ServiceMetrics:
+    metrics: ServiceMetrics = request.app.state.metrics
     return metrics
 
 
-async def get_cache(request: Request) -> Cache:
-    cache: Cache = request.app.state.cache
-    return cache
-
-
-async def get_serving(request: Request) -> AsyncIterator[Serving]:
-    """The current serving unit, held for the whole request so a reload cannot pull it away."""
+@contextmanager
+def _held(request: Request) -> Iterator[Serving]:
+    """The current serving unit, held until the block ends; 503 before the first load."""
     manager: ServingManager | None = getattr(request.app.state, "manager", None)
     with manager.hold() if manager is not None else nullcontext() as serving:
         if serving is None:
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE, "model and index are not loaded"
             )
+        yield serving
+
+
+async def get_serving(request: Request) -> AsyncIterator[Serving]:
+    """The current serving unit, held for the whole request so a reload cannot pull it away."""
+    with _held(request) as serving:
         yield serving
 
 
@@ -74,7 +73,7 @@ def admin_denial(settings: Settings, authorization: str | None) -> HTTPException
 
 async def require_admin(
     request: Request,
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: Annotated[Settings, Depends(app_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """The admin token check as a dependency (it documents the bearer scheme). The app checks
@@ -103,25 +102,19 @@ def check_category(serving: Serving, category: str) -> int:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
-async def get_digests(request: Request) -> DigestMemo:
-    digests: DigestMemo = request.app.state.digests
-    return digests
+def check_categories(serving: Serving, categories: list[str]) -> dict[str, int]:
+    """Each category with its model row (resolved once per request), or 422 at the first
+    unknown one."""
+    return {category: check_category(serving, category) for category in categories}
 
 
-async def get_budget(request: Request) -> UploadBudget:
-    budget: UploadBudget = request.app.state.upload_budget
-    return budget
-
-
-async def get_pipeline(
-    serving: Annotated[Serving, Depends(get_serving)],
-    cache: Annotated[Cache, Depends(get_cache)],
-    metrics: Annotated[Metrics, Depends(get_metrics)],
-    settings: Annotated[Settings, Depends(get_settings)],
-    digests: Annotated[DigestMemo, Depends(get_digests)],
-    budget: Annotated[UploadBudget, Depends(get_budget)],
-) -> Pipeline:
-    return Pipeline(serving, cache, metrics, settings, digests, budget)
+async def get_pipeline(request: Request) -> AsyncIterator[Pipeline]:
+    """The request's pipeline, its serving unit held to the end of the request. One dependency
+    reading ``app.state``, not one per part: FastAPI's solving costs per dependency, and was
+    most of the time of a cached answer."""
+    state = request.app.state
+    with _held(request) as serving:
+        yield Pipeline(serving, state.cache, state.metrics, state.settings, state.upload_budget)
 
 
 def single_fields(*names: str) -> Any:
@@ -152,9 +145,8 @@ def unique(values: list[str] | None) -> list[str]:
     return list(dict.fromkeys(v.strip() for v in values or [] if v.strip()))
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-CacheDep = Annotated[Cache, Depends(get_cache)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 AdminDep = Depends(require_admin)

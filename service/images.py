@@ -7,14 +7,13 @@ format and pixel count before any pixel is decoded (decompression bombs), and de
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from dataclasses import dataclass
 
 from fastapi import HTTPException, UploadFile, status
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
-
-from service.digests import DigestMemo, sha256_hex
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 # Formats Pillow names apart that are JPEG files to everyone else: MPO (phones' and cameras'
@@ -33,9 +32,9 @@ class Upload:
     sha256: str
 
     @classmethod
-    def of(cls, filename: str, data: bytes, digests: DigestMemo | None = None) -> Upload:
-        """``data`` with its sha256, from ``digests`` when it holds these bytes."""
-        return cls(filename, data, sha256_hex(data) if digests is None else digests.sha256(data))
+    def of(cls, filename: str, data: bytes) -> Upload:
+        """``data`` with its sha256."""
+        return cls(filename, data, hashlib.sha256(data).hexdigest())
 
 
 def too_large(limit: int) -> HTTPException:
@@ -45,9 +44,7 @@ def too_large(limit: int) -> HTTPException:
     )
 
 
-async def read_upload(
-    file: UploadFile, max_bytes: int, digests: DigestMemo | None = None
-) -> Upload:
+async def read_upload(file: UploadFile, max_bytes: int) -> Upload:
     """Read ``file`` fully but never more than ``max_bytes`` (413 beyond, 422 when empty).
 
     One read of at most ``max_bytes + 1`` bytes: the parsed form has the file (spooled to disk
@@ -61,16 +58,16 @@ async def read_upload(
         raise too_large(max_bytes)
     if not data:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: the file is empty")
-    return Upload.of(name, data, digests)
+    return Upload.of(name, data)
 
 
 def decode_image(upload: Upload, max_pixels: int, min_size: int = 0) -> Image.Image:
     """Decode ``upload`` into a loaded RGB image, or raise the 4xx that says what is wrong.
 
     A JPEG at least twice ``min_size`` on both sides is decoded at 1/2, 1/4 or 1/8 scale
-    (libjpeg's DCT scaling), never below ``min_size``: a 12-megapixel phone photo then takes
-    ~11 ms instead of ~70 ms to decode and resize, and 0.6 MB instead of 36 MB. Smaller photos
-    (all of the training data) decode exactly as before.
+    (libjpeg's DCT scaling), never below ``min_size``: a 12-megapixel phone photo then decodes
+    several times faster and into a small fraction of the memory (docs/performance.md).
+    Smaller photos (all of the training data) decode exactly as before.
     """
     name = upload.filename
     with warnings.catch_warnings():

@@ -1,8 +1,9 @@
 """The request pipeline behind the recommendation routes, with both cache layers.
 
 A scene is embedded once per distinct image (sha256 of its bytes, per model version) and its
-embedding cached, so other categories and other k reuse it; results are cached per image,
-category, k, model version and index version. Decoding and encoding run off the event loop.
+embedding cached, so other categories and other k reuse it, and a stored scene (``/scenes``)
+is answered from it without an upload; results are cached per image, category, k, model version
+and index version. Decoding and encoding run off the event loop.
 """
 
 from __future__ import annotations
@@ -10,24 +11,42 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from fastapi import UploadFile
+from fastapi import HTTPException, UploadFile, status
 
 from index.search import recommend
 from model.runtime import SceneEmbedding
 from service.budget import UploadBudget
 from service.cache import Cache, pack_embedding, unpack_embedding
 from service.config import Settings
-from service.digests import DigestMemo
 from service.images import Upload, decode_image, read_upload, too_large
-from service.metrics import Metrics
+from service.metrics import ServiceMetrics
 from service.serving import Serving
 
 INLINE_SEARCH_MAX = 10_000
 """Categories up to this many products are searched on the event loop (see ``compute``)."""
+
+
+class Recommendations(NamedTuple):
+    """Results per category, whether all came from the cache, and the scene embedding when
+    it was needed (``None`` when every result was cached and nothing asked for it)."""
+
+    results: dict[str, list[dict]]
+    cached: bool
+    embedding: SceneEmbedding | None
+
+
+def unknown_scene(scene_id: str) -> HTTPException:
+    """The 404 of a scene id whose embedding is not (or no longer) stored."""
+    return HTTPException(
+        status.HTTP_404_NOT_FOUND,
+        f"scene {scene_id} is unknown or expired (or the model changed since it was uploaded); "
+        "upload the photo again with POST /scenes",
+    )
 
 
 @dataclass(frozen=True)
@@ -36,9 +55,8 @@ class Pipeline:
 
     serving: Serving
     cache: Cache
-    metrics: Metrics
+    metrics: ServiceMetrics
     settings: Settings
-    digests: DigestMemo | None = None
     budget: UploadBudget | None = None
 
     @asynccontextmanager
@@ -51,89 +69,101 @@ class Pipeline:
             raise too_large(limit)
         size = max(1, image.size if image.size is not None else limit)
         async with self.budget.hold(size) if self.budget is not None else nullcontext():
-            yield await read_upload(image, limit, self.digests)
+            yield await read_upload(image, limit)
 
     def _embedding_key(self, sha256: str) -> str:
         return f"emb:{self.serving.model_version}:{sha256}"
 
     async def embed(self, upload: Upload) -> tuple[SceneEmbedding, bool]:
         """The scene embedding of ``upload`` and whether it came from the cache."""
-        return await self._embed(upload, await self.cache.get(self._embedding_key(upload.sha256)))
+        cached = await self.cache.get(self._embedding_key(upload.sha256))
+        return await self._embedding(upload.sha256, upload, cached)
 
-    async def _embed(self, upload: Upload, cached: bytes | None) -> tuple[SceneEmbedding, bool]:
-        """``cached`` (the embedding cache's bytes for ``upload``) or a pass through the encoder."""
+    async def _embedding(
+        self, sha256: str, upload: Upload | None, cached: bytes | None
+    ) -> tuple[SceneEmbedding, bool]:
+        """``cached`` (the embedding cache's bytes for the scene), else a pass of ``upload``
+        through the encoder; without an upload (a stored scene), 404."""
         emb = unpack_embedding(cached) if cached is not None else None
         if emb is not None:
-            self.metrics.cache_hits.inc("embedding")
+            self.metrics.cache_hits.labels("embedding").inc()
             return emb, True
-        self.metrics.cache_misses.inc("embedding")
+        self.metrics.cache_misses.labels("embedding").inc()
+        if upload is None:
+            raise unknown_scene(sha256)
         max_pixels, encoder = self.settings.max_image_pixels, self.serving.encoder
-        emb = await self.serving.batcher.submit_raw(
+        emb = await self.serving.batcher.submit(
             upload, lambda u: encoder.prepare(decode_image(u, max_pixels, encoder.input_size))
         )
-        await self.cache.set(self._embedding_key(upload.sha256), pack_embedding(emb))
+        await self.cache.set(self._embedding_key(sha256), pack_embedding(emb))
         return emb, False
 
     def _result_key(self, sha256: str, category: str, k: int) -> str:
         s = self.serving
         return f"res:{s.model_version}:{s.index_version}:{sha256}:{category}:{k}"
 
-    def response_key(self, sha256: str, category: str, k: int, explain: bool) -> str:
-        """The cache key of a whole ``/complete-the-look`` answer."""
-        return f"resp:{self._result_key(sha256, category, k)}:{int(explain)}"
-
-    async def compute(self, sha256: str, emb: SceneEmbedding, category: str, k: int) -> list[dict]:
-        """Search the catalog for ``category`` and cache the result."""
-        cat_idx = self.serving.category_index(category)
+    async def compute(
+        self, sha256: str, emb: SceneEmbedding, category: str, row: int, k: int
+    ) -> list[dict]:
+        """Search the catalog for ``category`` (the model's category ``row``) and cache the
+        result."""
         catalog = self.serving.catalog
         search = functools.partial(
-            recommend, catalog, emb, cat_idx, category, k, self.settings.rerank_candidates
+            recommend, catalog, emb, row, category, k, self.settings.rerank_candidates
         )
-        # A small category's exact search (+ rescoring) takes 0.1-0.4 ms: about the cost of the
-        # hop to a worker thread and back, so it runs right here; big (ANN) ones go to a thread.
+        # A small category's exact search (+ rescoring) costs about as much as the hop to a
+        # worker thread and back, so it runs right here; big (ANN) ones go to a thread.
         if catalog.count(category) <= INLINE_SEARCH_MAX:
-            scored = search()
+            ranked = search()
         else:
-            scored = await asyncio.to_thread(search)
+            ranked = await asyncio.to_thread(search)
         result = [
             {
-                "id": s.id,
-                "category": s.category,
-                "d_star": float(s.d_star),
-                "d_global": float(s.d_global),
-                "d_local": float(s.d_local),
+                "id": r.id,
+                "category": r.category,
+                "d_star": float(r.d_star),
+                "d_global": float(r.d_global),
+                "d_local": float(r.d_local),
             }
-            for s in scored
+            for r in ranked
         ]
         await self.cache.set(self._result_key(sha256, category, k), json.dumps(result).encode())
         return result
 
     async def recommend(
-        self, upload: Upload, categories: list[str], k: int
-    ) -> tuple[dict[str, list[dict]], bool]:
-        """Results per category (cached where possible; at most one encoder pass) and whether
-        every one of them came from the cache.
+        self,
+        sha256: str,
+        categories: Mapping[str, int],
+        k: int,
+        upload: Upload | None = None,
+        need_embedding: bool = False,
+    ) -> Recommendations:
+        """Results for each of ``categories`` (name -> the model's category row), cached where
+        possible, with at most one encoder pass (of ``upload``; without one, the scene's stored
+        embedding must exist, else 404).
 
-        The cached results and the cached embedding are looked up together: one round trip to
-        Redis instead of one for each (the embedding's bytes are unused when every result is
-        cached, which the response cache in front makes the rare case).
+        The cached results and the cached embedding are looked up together, in one round trip
+        to Redis; the embedding found or computed is returned, so nothing is encoded twice.
         """
-        keys = [self._result_key(upload.sha256, category, k) for category in categories]
-        *cached, embedding = await self.cache.get_many([*keys, self._embedding_key(upload.sha256)])
+        keys = [self._result_key(sha256, category, k) for category in categories]
+        *cached, embedding = await self.cache.get_many([*keys, self._embedding_key(sha256)])
         results: dict[str, list[dict]] = {}
         missing: list[str] = []
         for category, data in zip(categories, cached, strict=True):
             if data is None:
-                self.metrics.cache_misses.inc("result")
+                self.metrics.cache_misses.labels("result").inc()
                 missing.append(category)
             else:
-                self.metrics.cache_hits.inc("result")
+                self.metrics.cache_hits.labels("result").inc()
                 results[category] = json.loads(data)
-        if missing:
-            emb, _ = await self._embed(upload, embedding)
+        emb = None
+        if missing or need_embedding or upload is None:
+            emb, _ = await self._embedding(sha256, upload, embedding)
             for category in missing:
-                results[category] = await self.compute(upload.sha256, emb, category, k)
-        return {c: results[c] for c in categories}, not missing
+                results[category] = await self.compute(
+                    sha256, emb, category, categories[category], k
+                )
+        return Recommendations({c: results[c] for c in categories}, not missing, emb)
 
 
 def with_ranks(items: list[dict]) -> list[dict]:
@@ -144,8 +174,9 @@ def with_ranks(items: list[dict]) -> list[dict]:
     ]
 
 
-def attention_grid(emb: SceneEmbedding, cat_idx: int) -> list[list[float]]:
-    """The category's attention over the regions as a square grid (rows top to bottom)."""
-    weights = emb.attention[cat_idx]
+def attention_grid(emb: SceneEmbedding, row: int) -> list[list[float]]:
+    """The attention of the model's category ``row`` over the regions as a square grid (rows
+    top to bottom)."""
+    weights = emb.attention[row]
     side = round(len(weights) ** 0.5)
     return [[float(w) for w in weights[r * side : (r + 1) * side]] for r in range(side)]

@@ -18,8 +18,14 @@ _PRODUCT_EXAMPLE: dict[str, JsonValue] = {
 class Versions(BaseModel):
     """Which model and index produced an answer (results are cached per version pair)."""
 
-    model_version: str = Field(examples=["20261125T160000-3f2a"])
-    index_version: str = Field(examples=["20261125T170000-9c1d"])
+    model_version: str = Field(
+        description="the exported model's version (12 hex digits of its files' checksums)",
+        examples=["3f2a9c1d7b6e"],
+    )
+    index_version: str = Field(
+        description="the index version (UTC time to the microsecond and a random suffix)",
+        examples=["20261125T170000123456Z-9c1d"],
+    )
 
 
 class Distances(BaseModel):
@@ -65,7 +71,7 @@ class CompleteTheLookAll(Versions):
     results: dict[str, list[Recommended]]
 
 
-class Scored(Distances):
+class ProductScore(Distances):
     """Distances of one requested product."""
 
     id: str
@@ -76,8 +82,22 @@ class ScoreResponse(Versions):
     """Scores of the requested products; ids not in the catalog are listed, not fatal."""
 
     scene_sha256: str
-    scores: list[Scored]
+    scores: list[ProductScore]
     unknown_ids: list[str]
+
+
+class SceneCreated(BaseModel):
+    """A stored scene: ask about it with ``GET /scenes/{scene_id}/...`` until it expires."""
+
+    scene_id: str = Field(
+        description="the sha256 of the photo's bytes",
+        examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+    )
+    expires_in: int = Field(
+        description="seconds the scene is kept at most (it may be evicted sooner: then upload "
+        "it again)",
+        examples=[86400],
+    )
 
 
 class ItemError(BaseModel):

@@ -27,7 +27,7 @@ from model.runtime import (
 )
 from service.batcher import MicroBatcher
 from service.config import Settings
-from service.metrics import Metrics
+from service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Serving:
         catalog: CatalogIndex,
         executor: Executor,
         settings: Settings,
-        metrics: Metrics,
+        metrics: ServiceMetrics,
     ) -> None:
         if catalog.model_version != encoder.version:
             raise ArtifactError(
@@ -179,7 +179,7 @@ class ServingManager:
     def __init__(
         self,
         settings: Settings,
-        metrics: Metrics,
+        metrics: ServiceMetrics,
         executor: Executor,
         encoder_loader: EncoderLoader,
         catalog_loader: CatalogLoader,
@@ -205,7 +205,7 @@ class ServingManager:
             catalog = await asyncio.to_thread(self._catalog_loader, self._settings)
             new = Serving(encoder, catalog, self._executor, self._settings, self._metrics)
             old, self.current = self.current, new
-            self._metrics.versions.set(new.model_version, new.index_version, exclusive=True)
+            self._metrics.serving(new.model_version, new.index_version)
             log.info(
                 "serving model %s / index %s (%d categories); encoder on %s, FAISS on %s",
                 new.model_version,

@@ -406,3 +406,36 @@ def test_phone_screen(driver: Any, server: Server) -> None:
     wait_for(driver, "return !document.getElementById('message').hidden", "the error message")
     assert no_horizontal_scroll(driver)
     screenshot(driver, "phone-not-an-image")
+
+
+def _requests(server: Server, endpoint: str, method: str) -> float:
+    """Requests the service has counted for one route (from /metrics)."""
+    with urllib.request.urlopen(server.url + "metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("ctl_http_requests_total{") and (
+            f'endpoint="{endpoint}"' in line and f'method="{method}"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_switching_categories_asks_about_the_stored_scene(driver: Any, server: Server) -> None:
+    """One upload (POST /scenes); every later category is a GET, without the photo again."""
+    from selenium.webdriver.common.by import By
+
+    open_page(driver, server)
+    first, second = server.categories[:2]
+    choose_categories(driver, [first])
+    set_k(driver, K)
+    uploads = _requests(server, "/scenes", "POST")
+    questions = _requests(server, "/scenes/{scene_id}/complete-the-look", "GET")
+    upload(driver, server.scenes[12])
+    check_grid(results_for(driver, [first], K), K)
+    choose_categories(driver, [second])
+    driver.find_element(By.ID, "go").click()
+    check_grid(results_for(driver, [second], K), K)
+    assert _requests(server, "/scenes", "POST") == uploads + 1, "the photo was sent again"
+    assert _requests(server, "/scenes/{scene_id}/complete-the-look", "GET") == questions + 2
+    assert _requests(server, "/complete-the-look", "POST") == 0

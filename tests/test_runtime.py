@@ -23,7 +23,6 @@ from model.runtime import (
     Encoder,
     OnnxEncoder,
     gpu_fallback_warning,
-    query_vectors,
     read_manifest,
     select_providers,
 )
@@ -55,7 +54,7 @@ def test_query_vector_gives_d_star() -> None:
     products = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in "abcd"]
     (emb,) = enc.embed_scenes([scene])
     f_p = enc.embed_products(products)
-    q = query_vectors(emb)
+    q = emb.f_s[None, :] + emb.attention @ emb.f_i  # q_c as index.search.recommend builds it
     for c in range(3):
         d_star, _, _ = exact_distances(emb.f_s, emb.f_i, emb.attention[c], f_p)
         np.testing.assert_allclose(d_star, 2.0 - f_p @ q[c], atol=1e-5)

@@ -74,7 +74,9 @@ def test_reload_under_load_fails_no_request(stl_dir: Path, tmp_path: Path) -> No
     artifacts = copy_artifacts(stl_dir, tmp_path)
     store = IndexStore.for_artifacts(artifacts)
     old_version = store.current()
-    settings = settings_for(artifacts, stl_dir, batch_max_size=2)
+    # No polling of CURRENT (service/follow.py): the version published below must reach the
+    # service through this reload, not through the follower, whose poll could come first.
+    settings = settings_for(artifacts, stl_dir, batch_max_size=2, follow_interval_s=0)
     with serve(settings, encoder_loader=slow_loader) as client:
         category = client.get("/categories").json()["categories"][0]["name"]
         victim = store.load().category(category).ids[-1]

@@ -257,7 +257,9 @@ def test_metrics_exposition_format(client: TestClient) -> None:
     for line in text.splitlines():
         assert line.startswith("# ") or sample.match(line), line
     assert 'ctl_http_requests_total{endpoint="/categories",method="GET",status="200"}' in text
-    assert "ctl_serving_info{model_version=" in text
+    info = r'^ctl_serving_info\{index_version="[^"]+",model_version="[^"]+"\} 1\.0$'
+    assert re.search(info, text, re.M)
+    assert "process_cpu_seconds_total" in text, "prometheus_client's process metrics"
     assert 'ctl_http_request_duration_seconds_bucket{endpoint="/healthz"' in text
 
 

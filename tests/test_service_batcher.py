@@ -13,6 +13,12 @@ import pytest
 
 from service.batcher import BatcherClosed, MicroBatcher
 
+
+def same(item: int) -> int:
+    """No preparation: the item is what the batch function takes."""
+    return item
+
+
 T = TypeVar("T")
 
 
@@ -56,7 +62,7 @@ def test_concurrent_submits_share_one_call_off_the_loop() -> None:
     fn = Recorder()
 
     async def go(b: MicroBatcher[int, int]) -> list[int]:
-        return list(await asyncio.gather(*(b.submit(i) for i in range(8))))
+        return list(await asyncio.gather(*(b.submit(i, same) for i in range(8))))
 
     assert _run(fn, 16, 0.05, go) == [i * 10 for i in range(8)]
     assert fn.sizes == [8]
@@ -67,7 +73,7 @@ def test_batches_never_exceed_max_size_and_fill_while_busy() -> None:
     fn = Recorder(delay=0.02)
 
     async def go(b: MicroBatcher[int, int]) -> list[int]:
-        return list(await asyncio.gather(*(b.submit(i) for i in range(10))))
+        return list(await asyncio.gather(*(b.submit(i, same) for i in range(10))))
 
     assert _run(fn, 4, 0.0, go) == [i * 10 for i in range(10)]
     assert max(fn.sizes) <= 4 and sum(fn.sizes) == 10
@@ -78,8 +84,8 @@ def test_a_failing_batch_fails_its_callers_only() -> None:
     fn = Recorder(fail_on=3)
 
     async def go(b: MicroBatcher[int, int]) -> tuple[list[object], int]:
-        first = await asyncio.gather(*(b.submit(i) for i in range(4)), return_exceptions=True)
-        return list(first), await b.submit(5)
+        first = await asyncio.gather(*(b.submit(i, same) for i in range(4)), return_exceptions=True)
+        return list(first), await b.submit(5, same)
 
     first, later = _run(fn, 8, 0.05, go)
     assert all(isinstance(r, ValueError) and "bad item 3" in str(r) for r in first)
@@ -90,11 +96,11 @@ def test_close_finishes_queued_items_then_refuses() -> None:
     fn = Recorder(delay=0.01)
 
     async def go(b: MicroBatcher[int, int]) -> list[int]:
-        pending = [asyncio.ensure_future(b.submit(i)) for i in range(6)]
+        pending = [asyncio.ensure_future(b.submit(i, same)) for i in range(6)]
         await asyncio.sleep(0)  # let them queue
         await b.close()
         with pytest.raises(BatcherClosed):
-            await b.submit(99)
+            await b.submit(99, same)
         return [p.result() for p in pending]
 
     assert _run(fn, 2, 0.0, go) == [i * 10 for i in range(6)]
@@ -107,7 +113,7 @@ def test_max_size_and_concurrency_must_be_positive() -> None:
         MicroBatcher(Recorder(), pool, 1, 0.0, concurrency=0)
 
 
-def test_submit_raw_prepares_and_encodes_in_one_job_on_the_encoder_thread() -> None:
+def test_submit_prepares_and_encodes_in_one_job_on_the_encoder_thread() -> None:
     fn = Recorder()
     prepared_on: list[str] = []
 
@@ -116,7 +122,7 @@ def test_submit_raw_prepares_and_encodes_in_one_job_on_the_encoder_thread() -> N
         return int(raw)
 
     async def go(b: MicroBatcher[int, int]) -> list[int]:
-        return [await b.submit_raw("3", prepare), await b.submit_raw("4", prepare)]
+        return [await b.submit("3", prepare), await b.submit("4", prepare)]
 
     assert _run(fn, 8, 0.0, go) == [30, 40]
     assert fn.sizes == [1, 1]
@@ -124,7 +130,7 @@ def test_submit_raw_prepares_and_encodes_in_one_job_on_the_encoder_thread() -> N
 
 
 @pytest.mark.parametrize("concurrency", [1, 2])
-def test_submit_raw_under_load_batches_and_prepares_where_the_lanes_say(concurrency: int) -> None:
+def test_submit_under_load_batches_and_prepares_where_the_lanes_say(concurrency: int) -> None:
     """One lane, busy: prepare in worker threads so that it never waits for decoding. Several
     lanes: prepare in the batch's job, one busy thread per lane."""
     fn = Recorder(delay=0.05)
@@ -138,9 +144,9 @@ def test_submit_raw_under_load_batches_and_prepares_where_the_lanes_say(concurre
         with ThreadPoolExecutor(concurrency, thread_name_prefix="enc") as pool:
             b: MicroBatcher[int, int] = MicroBatcher(fn, pool, 8, 0.0, concurrency=concurrency)
             try:
-                first = asyncio.ensure_future(b.submit(0))  # keeps a lane busy
+                first = asyncio.ensure_future(b.submit(0, same))  # keeps a lane busy
                 await asyncio.sleep(0.01)
-                rest = await asyncio.gather(*(b.submit_raw(str(i), prepare) for i in range(1, 7)))
+                rest = await asyncio.gather(*(b.submit(str(i), prepare) for i in range(1, 7)))
                 return [await first, *rest]
             finally:
                 await b.close()
@@ -151,15 +157,15 @@ def test_submit_raw_under_load_batches_and_prepares_where_the_lanes_say(concurre
     assert in_job == [concurrency > 1] * 6
 
 
-def test_submit_raw_prepare_errors_reach_only_their_caller() -> None:
+def test_submit_prepare_errors_reach_only_their_caller() -> None:
     fn = Recorder(delay=0.05)
 
     async def go(b: MicroBatcher[int, int]) -> list[object]:
-        first = asyncio.ensure_future(b.submit(0))
+        first = asyncio.ensure_future(b.submit(0, same))
         await asyncio.sleep(0.01)
         # "x" fails like an undecodable upload, in the same batch as "1" and "2".
         out = await asyncio.gather(
-            *(b.submit_raw(r, int) for r in ("1", "x", "2")), return_exceptions=True
+            *(b.submit(r, int) for r in ("1", "x", "2")), return_exceptions=True
         )
         return [await first, *out]
 
@@ -186,7 +192,7 @@ def test_concurrency_runs_that_many_batches_at_once() -> None:
         with ThreadPoolExecutor(4, thread_name_prefix="enc") as pool:
             b: MicroBatcher[int, int] = MicroBatcher(fn, pool, 2, 0.0, concurrency=2)
             try:
-                return list(await asyncio.gather(*(b.submit(i) for i in range(12))))
+                return list(await asyncio.gather(*(b.submit(i, same) for i in range(12))))
             finally:
                 await b.close()
 

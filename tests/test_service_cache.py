@@ -38,7 +38,7 @@ from service.cache import (
     unpack_embedding,
 )
 from service.config import Settings
-from service.metrics import Metrics
+from service.metrics import ServiceMetrics
 
 
 def test_memory_cache_is_an_lru_with_ttl() -> None:
@@ -105,7 +105,7 @@ def test_the_log_never_shows_the_redis_password(caplog: pytest.LogCaptureFixture
         for url, size in (("redis://app:s3cret@10.0.0.9:6380/2", 0), ("rediss://:s3cret@r:1", 5)):
             settings = Settings(redis_url=url, cache_size=size)
             with caplog.at_level(logging.INFO, logger="service.cache"):
-                await make_cache(settings, Metrics()).close()  # connects to nothing
+                await make_cache(settings, ServiceMetrics()).close()  # connects to nothing
         assert "s3cret" not in caplog.text
         assert "redis://app:***@10.0.0.9:6380/2" in caplog.text
         assert "rediss://:***@r:1" in caplog.text
@@ -115,17 +115,19 @@ def test_the_log_never_shows_the_redis_password(caplog: pytest.LogCaptureFixture
 
 def test_redis_write_failures_are_counted_and_bypassed() -> None:
     async def run() -> None:
-        metrics = Metrics()
+        metrics = ServiceMetrics()
         url = f"redis://127.0.0.1:{free_port()}/0"
         cache = RedisCache(url, "p:", 60, 0.05, 60, metrics, retry_min_s=60)
         await cache.set("a", b"1")
         await cache.set("b", b"2")
         await cache.flush()
-        assert metrics.cache_errors.value("redis") == 1, "one pipeline, one failure"
+        assert metrics.value("ctl_cache_errors_total", backend="redis") == 1, (
+            "one pipeline, one failure"
+        )
         await cache.set("c", b"3")  # bypassed for retry_s: not even tried
         assert await cache.get_many(["a", "c"]) == [None, None]
         await cache.close()
-        assert metrics.cache_errors.value("redis") == 1
+        assert metrics.value("ctl_cache_errors_total", backend="redis") == 1
 
     asyncio.run(run())
 
@@ -162,7 +164,7 @@ def prefix(redis_url: str) -> Iterator[str]:
 @pytest.mark.redis
 def test_redis_writes_of_one_moment_go_in_one_pipeline(redis_url: str, prefix: str) -> None:
     async def run() -> None:
-        cache = RedisCache(redis_url, prefix, 60, 1.0, 5.0, Metrics())
+        cache = RedisCache(redis_url, prefix, 60, 1.0, 5.0, ServiceMetrics())
         pipelines: list[object] = []
         pipeline = cache._redis.pipeline
 
@@ -196,8 +198,8 @@ def test_results_and_embeddings_are_cached_in_redis(
         assert client.get("/readyz").json()["cache"] == "redis"
         first = post_scene(client, data, category).json()
         assert first["cached"] is False
-        # Written behind the answer: the embedding, the result and the whole answer.
-        assert _eventually(lambda: len(list(r.scan_iter(match=prefix + "*"))) == 3)
+        # Written behind the answer: the embedding and the result.
+        assert _eventually(lambda: len(list(r.scan_iter(match=prefix + "*"))) == 2)
         saved = {k: v for k in r.scan_iter(match=prefix + "*") if (v := r.dump(k)) is not None}
         keys = {k.decode() for k in saved}
         assert any(k.startswith(prefix + "emb:") for k in keys)
@@ -332,20 +334,22 @@ def test_one_failure_pauses_redis_briefly_and_failed_retries_back_off() -> None:
     """Not 5 s off for one slow or failed call: 0.3 s, then 0.6 s, ... up to retry_s."""
 
     async def run() -> None:
-        metrics = Metrics()
+        metrics = ServiceMetrics()
         url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: every call fails
         cache = RedisCache(url, "p:", 60, 0.05, 5.0, metrics, retry_min_s=0.3)
         assert await cache.get("a") is None
-        assert metrics.cache_errors.value("redis") == 1
+        assert metrics.value("ctl_cache_errors_total", backend="redis") == 1
         await asyncio.sleep(0.45)
         assert await cache.get("a") is None
-        assert metrics.cache_errors.value("redis") == 2, "still off after one failure"
+        assert metrics.value("ctl_cache_errors_total", backend="redis") == 2, (
+            "still off after one failure"
+        )
         await asyncio.sleep(0.35)  # the pause doubled to 0.6 s: not retried yet
         assert await cache.get("a") is None
-        assert metrics.cache_errors.value("redis") == 2
+        assert metrics.value("ctl_cache_errors_total", backend="redis") == 2
         await asyncio.sleep(0.45)
         assert await cache.get("a") is None
-        assert metrics.cache_errors.value("redis") == 3
+        assert metrics.value("ctl_cache_errors_total", backend="redis") == 3
         await cache.close()
 
     asyncio.run(run())
@@ -353,7 +357,7 @@ def test_one_failure_pauses_redis_briefly_and_failed_retries_back_off() -> None:
 
 def test_the_connect_timeout_is_its_own_setting() -> None:
     settings = Settings(redis_url="redis://127.0.0.1:1/0", cache_size=0)
-    cache = make_cache(settings, Metrics())
+    cache = make_cache(settings, ServiceMetrics())
     assert isinstance(cache, RedisCache)
     kwargs = cache._redis.connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == settings.redis_timeout_s == 0.05
@@ -365,7 +369,7 @@ def test_the_connect_timeout_is_its_own_setting() -> None:
 def test_stale_pooled_connections_after_a_restart_are_retried_not_failures() -> None:
     port = free_port()
     server = _start_redis(port)
-    metrics = Metrics()
+    metrics = ServiceMetrics()
 
     async def run() -> None:
         nonlocal server
@@ -374,7 +378,9 @@ def test_stale_pooled_connections_after_a_restart_are_retried_not_failures() -> 
         _stop(server)
         server = _start_redis(port)  # every pooled connection is now closed by the server
         assert await asyncio.gather(*(cache.get(f"k{n}") for n in range(16))) == [None] * 16
-        assert metrics.cache_errors.value("redis") == 0, "a stale connection counted as a failure"
+        assert metrics.value("ctl_cache_errors_total", backend="redis") == 0, (
+            "a stale connection counted as a failure"
+        )
         await cache.set("x", b"1")
         await cache.flush()
         assert await cache.get("x") == b"1"

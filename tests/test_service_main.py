@@ -68,3 +68,98 @@ def test_fastapi_telemetry_follows_the_setting(
     app = create_app(Settings(artifacts_dir=tmp_path, opentelemetry=enabled))
     assert TestClient(app).get("/healthz").status_code == 200
     assert wrapped == (["/healthz"] if enabled else [])
+
+
+def test_workers_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["serve", "--workers", "0"])
+    assert exc.value.code == 2 and "--workers" in capsys.readouterr().err
+
+
+def _get(url: str) -> tuple[int, str]:
+    """One request on a new connection (so the kernel may hand it to either worker)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except OSError:
+        return 0, ""
+
+
+def test_two_workers_serve_and_merge_their_metrics(stl_dir: Path) -> None:
+    """``ctl serve --workers 2``: both workers answer, and /metrics from either counts all."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service_support import free_port, tiny_artifacts
+
+    root = Path(__file__).resolve().parent.parent
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CTL_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    env.update(PYTHONPATH=str(root), CTL_DATA_DIR=str(stl_dir), CTL_ENCODER_LANES="1")
+    args = [
+        "serve",
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        "--artifacts",
+        str(tiny_artifacts(stl_dir)),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "cli.py"), *args], env=env, cwd=root, start_new_session=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        ready = 0
+        while ready < 10:  # ten ready answers in a row: both workers have loaded
+            assert proc.poll() is None and time.monotonic() < deadline, "the workers did not start"
+            ready = ready + 1 if _get(f"{base}/readyz")[0] == 200 else 0
+            time.sleep(0.05 if ready else 0.5)
+        workers = [
+            int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        ]
+        multiproc = Path(
+            dict(
+                line.split("=", 1)
+                for line in Path(f"/proc/{workers[0]}/environ").read_text().split("\0")
+                if "=" in line
+            )["PROMETHEUS_MULTIPROC_DIR"]
+        )
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda _: _get(f"{base}/healthz")[0], range(40)))
+        assert statuses == [200] * 40
+        counted = {
+            int(m[1])
+            for f in multiproc.iterdir()
+            if (m := re.fullmatch(r"counter_(\d+)\.db", f.name))
+        }
+        assert len(counted) >= 2, f"only workers {counted} counted requests"
+        totals = set()
+        for _ in range(6):  # whichever worker answers, it reports every worker's count
+            text = _get(f"{base}/metrics")[1]
+            found = re.search(
+                r'^ctl_http_requests_total\{endpoint="/healthz",method="GET",status="200"\} (\S+)$',
+                text,
+                re.M,
+            )
+            assert found, text[:2000]
+            totals.add(float(found[1]))
+        assert totals == {40.0}
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    assert not multiproc.exists(), "ctl serve left its metrics directory behind"

@@ -38,11 +38,11 @@ async def _switch(request: Request, metrics: MetricsDep, reload_encoder: bool) -
     try:
         old = await _manager(request).load(reload_encoder=reload_encoder)
     except (ArtifactError, IndexStoreError, OSError, ValueError, KeyError) as exc:
-        metrics.reloads.inc("failed")
+        metrics.reloads.labels("failed").inc()
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"reload failed, still serving the previous version: {exc}"
         ) from None
-    metrics.reloads.inc("ok")
+    metrics.reloads.labels("ok").inc()
     await request.app.state.follower.announce()
     return old.model_version, old.index_version
 

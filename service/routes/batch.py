@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 
-from service.deps import DEFAULT_K, PipelineDep, check_category, check_k, single_fields
+from service.deps import DEFAULT_K, PipelineDep, check_categories, check_k, single_fields
 from service.images import MAX_NAME
 from service.recommender import Pipeline, with_ranks
 from service.routes.recommend import ERRORS, KField
@@ -62,11 +62,10 @@ async def _one(
 ) -> dict:
     name = (image.filename or f"image {index}")[:MAX_NAME]
     try:
-        for category in categories:
-            check_category(pipe.serving, category)
+        wanted = check_categories(pipe.serving, list(dict.fromkeys(categories)))
         # A few files of the batch in memory at a time (and each within the upload budget).
         async with window, pipe.upload(image) as upload:
-            results, _ = await pipe.recommend(upload, list(dict.fromkeys(categories)), k)
+            found = await pipe.recommend(upload.sha256, wanted, k, upload)
             sha256 = upload.sha256
     except HTTPException as exc:
         return {
@@ -78,7 +77,7 @@ async def _one(
         "index": index,
         "filename": name,
         "scene_sha256": sha256,
-        "results": {c: with_ranks(items) for c, items in results.items()},
+        "results": {c: with_ranks(items) for c, items in found.results.items()},
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.deps import MetricsDep, ServingDep
 from service.errors import responses
@@ -33,6 +34,6 @@ async def readyz(request: Request, serving: ServingDep) -> dict:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(metrics: MetricsDep) -> Response:
-    """Prometheus text exposition."""
-    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+async def prometheus_exposition(metrics: MetricsDep) -> Response:
+    """Prometheus text exposition (every worker's, merged, under ``ctl serve --workers N``)."""
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -1,7 +1,8 @@
 // Demo client for the Complete the Look API. It calls only the public endpoints, so it
-// doubles as an example: GET /categories, GET /samples, POST /complete-the-look (one
-// category; explain=true adds its attention map), POST /complete-the-look/all (several
-// categories from one encoder pass) and the product images at /products/{id}/image.
+// doubles as an example: GET /categories, GET /samples, POST /scenes (the photo, uploaded once),
+// then GET /scenes/{id}/complete-the-look (one category; explain=true adds its attention map)
+// and GET /scenes/{id}/complete-the-look/all (several categories) for every question about it,
+// and the product images at /products/{id}/image.
 
 const $ = (id) => document.getElementById(id);
 
@@ -32,6 +33,8 @@ const state = {
   /** @type {Blob|null} the scene bytes exactly as chosen; the model sees the whole photo */
   image: null,
   imageName: "",
+  /** the service's id of the current scene (POST /scenes), once uploaded */
+  sceneId: null,
   photoUrl: "",
   /** category -> attention weights of the current scene (flat, row-major, grid x grid) */
   attention: new Map(),
@@ -110,25 +113,42 @@ async function fetchBlob(url) {
   return response.blob();
 }
 
-/** A multipart form with the current scene and the given fields. */
-function sceneForm(fields) {
-  const form = new FormData();
-  form.append("image", state.image, state.imageName || "photo");
-  for (const [name, value] of fields) form.append(name, String(value));
-  return form;
+/**
+ * GET a question about the current scene (path under /scenes/{id}/, query params as pairs),
+ * uploading the photo first when the service has no id for it: on the first question, and
+ * again once if the service forgot it (404: expired, or a new model since).
+ */
+async function askScene(path, params) {
+  const image = state.image;
+  for (let attempt = 0; ; attempt++) {
+    let id = state.sceneId;
+    if (!id) {
+      const form = new FormData();
+      form.append("image", image, state.imageName || "photo");
+      id = (await api("scenes", { method: "POST", body: form })).scene_id;
+      if (state.image === image) state.sceneId = id;
+    }
+    const query = new URLSearchParams(params.map(([n, v]) => [n, String(v)]));
+    try {
+      return await api(`scenes/${id}/${path}?${query}`);
+    } catch (err) {
+      if (!(err instanceof ApiError && err.status === 404) || attempt > 0) throw err;
+      if (state.sceneId === id) state.sceneId = null;
+    }
+  }
 }
 
 /**
  * Recommendations as [{category, products, cached, model_version, index_version}].
- * One category: /complete-the-look with its attention map; several: one /all call.
+ * One category: complete-the-look with its attention map; several: one /all call.
  */
 async function fetchRecommendations(categories, k) {
   if (categories.length === 1) {
-    const form = sceneForm([["category", categories[0]], ["k", k], ["explain", "true"]]);
-    return [await api("complete-the-look", { method: "POST", body: form })];
+    const params = [["category", categories[0]], ["k", k], ["explain", "true"]];
+    return [await askScene("complete-the-look", params)];
   }
-  const form = sceneForm([["k", k], ...categories.map((c) => ["categories", c])]);
-  const body = await api("complete-the-look/all", { method: "POST", body: form });
+  const params = [["k", k], ...categories.map((c) => ["categories", c])];
+  const body = await askScene("complete-the-look/all", params);
   return Object.entries(body.results).map(([category, products]) => ({
     category,
     products,
@@ -138,10 +158,10 @@ async function fetchRecommendations(categories, k) {
   }));
 }
 
-/** The attention map of one category (the scene embedding is cached, so this is cheap). */
+/** The attention map of one category (from the stored scene: no upload, no encoder pass). */
 async function fetchAttention(category) {
-  const form = sceneForm([["category", category], ["k", 1], ["explain", "true"]]);
-  const body = await api("complete-the-look", { method: "POST", body: form });
+  const params = [["category", category], ["k", 1], ["explain", "true"]];
+  const body = await askScene("complete-the-look", params);
   return body.attention.flat();
 }
 
@@ -252,6 +272,7 @@ function setScene(blob, name) {
   state.seq++;
   state.image = blob;
   state.imageName = name;
+  state.sceneId = null;
   state.attention.clear();
   if (state.photoUrl) URL.revokeObjectURL(state.photoUrl);
   state.photoUrl = URL.createObjectURL(blob);

@@ -1,0 +1,12 @@
+"""The index layer's settings: the model's, and how catalogs are indexed and searched."""
+
+from __future__ import annotations
+
+from model.config import ModelSettings
+
+
+class IndexSettings(ModelSettings):
+    """``ModelSettings`` plus the index knobs (``CTL_ANN_THRESHOLD``, ...)."""
+
+    ann_threshold: int = 50_000
+    rerank_candidates: int = 500  # approximate-index candidates re-scored exactly (recall@10)

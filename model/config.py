@@ -1,0 +1,44 @@
+"""The settings of the bottom layer: where things live, the model, and where it runs.
+
+Each layer's settings extend the one below (``index.config.IndexSettings``, then
+``service.config.Settings``), all read from the same ``CTL_*`` environment variables, so a
+lower layer's command needs no import from above.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    """The shared STL-Fashion subset beside the checkout (or the working dir), else ./data."""
+    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        shared = base.parent / "shared" / "stl-fashion"
+        if shared.is_dir():
+            return shared
+    return Path("data")
+
+
+class ModelSettings(BaseSettings):
+    """Paths, the model's training defaults, and the device and threads it runs on."""
+
+    model_config = SettingsConfigDict(env_prefix="CTL_", env_file=None, extra="ignore")
+
+    # Where things live.
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    work_dir: Path = Path("work")
+    artifacts_dir: Path = Path("artifacts")
+    log_level: str = "INFO"
+
+    # Model and training defaults.
+    backbone: str = "efficientnet_lite0"
+    backbone_weights: Path | None = None
+    embedding_dim: int = 128
+    seed: int = 0
+
+    # Where the encoders run.
+    device: str = "auto"  # auto | cpu | cuda
+    inference_threads: int = 0  # ONNX Runtime threads of an encoder call that runs alone (0: all)

@@ -1,0 +1,107 @@
+"""Scenes as a resource: upload a photo once, then ask about it with GETs.
+
+``POST /scenes`` stores the scene's embedding in the cache under its sha256 (the scene id) for
+the current model; the GETs answer from it without an upload. A scene lives as long as its
+cached embedding: evicted, expired, or made for a model no longer served, its id gets 404 and
+the client uploads the photo again. With several workers or replicas, that cache is Redis.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+
+from service.deps import DEFAULT_K, PipelineDep, check_categories, check_k, single_fields, unique
+from service.errors import UNAVAILABLE, responses
+from service.routes.recommend import (
+    CATEGORIES,
+    ERRORS,
+    EXPLAIN,
+    ImageField,
+    all_categories,
+    one_category,
+)
+from service.schemas import CompleteTheLook, CompleteTheLookAll, SceneCreated
+
+router = APIRouter(prefix="/scenes", tags=["scenes"])
+
+SceneId = Annotated[
+    str,
+    Path(
+        description="the id POST /scenes gave (the sha256 of the photo's bytes, 64 hex digits)",
+        pattern="^[0-9a-f]{64}$",
+    ),
+]
+KQuery = Annotated[
+    int,
+    Query(
+        description="how many products per category (1..max_k)",
+        json_schema_extra={"minimum": 1, "maximum": 100},
+    ),
+]
+GET_ERRORS = responses(
+    {
+        404: "unknown or expired scene id: upload the photo again (POST /scenes)",
+        422: "unknown category (the valid ones are listed), k out of range, a mistyped "
+        "parameter or scene id",
+        503: UNAVAILABLE,
+    }
+)
+
+
+@router.post(
+    "",
+    response_model=SceneCreated,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        **ERRORS,
+        **responses({501: "the service keeps no scenes: it has no cache (CTL_CACHE_SIZE=0)"}),
+        200: {"model": SceneCreated, "description": "the scene was known"},
+    },
+    dependencies=[single_fields("image")],
+)
+async def create_scene(pipe: PipelineDep, image: ImageField, response: Response) -> dict:
+    """Embed the scene and keep it for follow-up questions: 201 with its id, or 200 with the
+    same id when it is stored already. 501 where the service keeps no scenes (no cache)."""
+    if not pipe.cache.keeps:
+        raise HTTPException(
+            status.HTTP_501_NOT_IMPLEMENTED,
+            "this service keeps no scenes (CTL_CACHE_SIZE=0 without CTL_REDIS_URL); "
+            "send the photo with each question to POST /complete-the-look instead",
+        )
+    async with pipe.upload(image) as upload:
+        _, known = await pipe.embed(upload)
+    if known:
+        response.status_code = status.HTTP_200_OK
+    return {"scene_id": upload.sha256, "expires_in": pipe.settings.cache_ttl_s}
+
+
+@router.get("/{scene_id}/complete-the-look", response_model=CompleteTheLook, responses=GET_ERRORS)
+async def scene_complete_the_look(
+    pipe: PipelineDep,
+    scene_id: SceneId,
+    category: Annotated[str, Query(description="a category name", examples=["Shoes"])],
+    k: KQuery = DEFAULT_K,
+    explain: Annotated[bool, Query(description=EXPLAIN)] = False,
+) -> Response:
+    """``POST /complete-the-look`` for a stored scene."""
+    check_k(k, pipe.settings)
+    wanted = check_categories(pipe.serving, [category])
+    found = await pipe.recommend(scene_id, wanted, k, need_embedding=explain)
+    return one_category(pipe, scene_id, category, wanted[category], k, found, explain)
+
+
+@router.get(
+    "/{scene_id}/complete-the-look/all", response_model=CompleteTheLookAll, responses=GET_ERRORS
+)
+async def scene_complete_the_look_all(
+    pipe: PipelineDep,
+    scene_id: SceneId,
+    categories: Annotated[list[str] | None, Query(description=CATEGORIES)] = None,
+    k: KQuery = DEFAULT_K,
+) -> Response:
+    """``POST /complete-the-look/all`` for a stored scene."""
+    check_k(k, pipe.settings)
+    wanted = check_categories(pipe.serving, unique(categories) or list(pipe.serving.categories))
+    return all_categories(pipe, scene_id, k, await pipe.recommend(scene_id, wanted, k))
