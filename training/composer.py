@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageChops, ImageFilter
 
-COMPOSER_VERSION = 1
+COMPOSER_VERSION = 2
 """Bumped whenever the layout rules change, so composition caches rebuild."""
 WIDTH = 400  # STL scene photos are 400 px wide
 BACKGROUND_TOLERANCE = 24
@@ -57,35 +57,56 @@ def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
-def _cutout(image: Image.Image) -> tuple[Image.Image, Image.Image]:
-    """The item cropped to its extent, and a mask that hides the photo's plain background.
+@dataclass(frozen=True)
+class Cutout:
+    """An item cropped to its extent and the mask that hides its photo's plain background."""
+
+    rgb: Image.Image
+    mask: Image.Image
+
+
+def cutout(image: Image.Image) -> Cutout:
+    """The item of a catalog photo, without its background (depends on the photo alone, so
+    callers may keep it for photos used in several compositions).
 
     The background is the median colour of the photo's border (the retailer's is an off-white
     near (236, 231, 224), not pure white); a pixel differing from it by more than
-    ``BACKGROUND_TOLERANCE`` in some channel is item. A median filter removes speckle; the
-    extent ignores rows and columns with fewer than 3 item pixels.
+    ``BACKGROUND_TOLERANCE`` in some channel is item. A 3x3 median filter removes speckle; the
+    extent ignores the photo's edge and rows and columns with fewer than 3 item pixels.
     """
     rgb = image.convert("RGB")
-    arr = np.asarray(rgb).astype(np.int16)
+    arr = np.asarray(rgb)
     border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
-    diff = np.abs(arr - np.median(border, 0)).max(-1)
-    item = diff > BACKGROUND_TOLERANCE
-    item[:EDGE], item[-EDGE:], item[:, :EDGE], item[:, -EDGE:] = False, False, False, False
-    mask = Image.fromarray((item * 255).astype(np.uint8), "L").filter(ImageFilter.MedianFilter(7))
-    on = np.asarray(mask) > 0
+    bg = Image.new("RGB", rgb.size, tuple(int(v) for v in np.median(border, 0)))
+    r, g, b = ImageChops.difference(rgb, bg).split()
+    diff = ImageChops.lighter(r, ImageChops.lighter(g, b))
+    mask = diff.point(lambda v: 255 if v > BACKGROUND_TOLERANCE else 0).filter(
+        ImageFilter.MedianFilter(3)
+    )
+    on = np.asarray(mask)[EDGE:-EDGE, EDGE:-EDGE] > 0
     cols, rows = np.flatnonzero(on.sum(0) >= 3), np.flatnonzero(on.sum(1) >= 3)
     if not len(cols) or not len(rows):  # nothing stands out (a white item): keep the photo
-        return rgb, Image.new("L", rgb.size, 255)
-    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
-    return rgb.crop(box), mask.crop(box)
+        return Cutout(rgb, Image.new("L", rgb.size, 255))
+    box = (
+        int(cols[0]) + EDGE,
+        int(rows[0]) + EDGE,
+        int(cols[-1]) + EDGE + 1,
+        int(rows[-1]) + EDGE + 1,
+    )
+    return Cutout(rgb.crop(box), mask.crop(box))
 
 
 def compose(images: Sequence[Image.Image], seed: int) -> Composition:
     """Lay ``images`` out on one canvas; the same images and seed give the same composition."""
-    if not images:
+    return compose_cutouts([cutout(im) for im in images], seed)
+
+
+def compose_cutouts(items: Sequence[Cutout], seed: int) -> Composition:
+    """``compose`` on items already cut out."""
+    if not items:
         raise ValueError("compose needs at least one image")
     rng = np.random.default_rng(seed)
-    n = len(images)
+    n = len(items)
     w = WIDTH
     h = round(w * rng.uniform(0.6, 1.4))
     canvas = _background(rng, w, h)
@@ -95,7 +116,7 @@ def compose(images: Sequence[Image.Image], seed: int) -> Composition:
     slots = rng.permutation(rows * cols)[:n]
     boxes: list[tuple[int, int, int, int]] = [(0, 0, 0, 0)] * n
     for i in rng.permutation(n):  # random paste order: who overlaps whom
-        rgb, mask = _cutout(images[i])
+        rgb, mask = items[i].rgb, items[i].mask
         r, c = divmod(int(slots[i]), cols)
         fit = min(cell_w / rgb.width, cell_h / rgb.height) * rng.uniform(0.8, 1.3)
         fit = min(fit, MAX_UPSCALE, w / rgb.width, h / rgb.height)  # small items stay small

@@ -13,6 +13,7 @@ identity, composer version, compositions per outfit, seed, categories and the ou
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from PIL import Image
 
 from model.backbones import Backbone
 from training.atomic import write_json
-from training.composer import COMPOSER_VERSION, Composition, compose
+from training.composer import COMPOSER_VERSION, Composition, Cutout, compose_cutouts, cutout
 from training.features import ChunkBuilder, FeatureCache, use_all_cores
 from training.outfits import OutfitData
 
@@ -138,9 +139,13 @@ def build_outfit_cache(
     examples, products = meta["examples"], meta["products"]
     log.info("outfit cache %s: %d compositions, %d products", path, len(examples), len(products))
 
+    @functools.lru_cache(maxsize=4096)  # a product is in ~5 outfits: cut it out once
+    def item(p: int) -> Cutout:
+        return cutout(_rgb(data.image_path(products[p])))
+
     def composition(i: int) -> Composition:
         ex = examples[i]
-        return compose([_rgb(data.image_path(products[p])) for p in ex["others"]], ex["seed"])
+        return compose_cutouts([item(p) for p in ex["others"]], ex["seed"])
 
     def scene(i: int) -> Image.Image:  # the boxes are kept as the backbone's input is made
         c = composition(i)
