@@ -88,3 +88,12 @@ def test_default_dir_follows_the_environment(
 ) -> None:
     monkeypatch.setenv(OUTFITS_ENV, str(tmp_path))
     assert default_outfits_dir() == tmp_path
+
+
+def test_report_shows_held_out_outfits_only_when_measured() -> None:
+    from training.report import _outfit_lines
+
+    assert _outfit_lines({}) == []
+    m = {"n": 12, "fitb": 0.61, "attention_top1_hit": 0.9, "attention_random_top1_hit": 0.7}
+    text = "\n".join(_outfit_lines({"val": m, "test": {"n": 0}}))
+    assert "| val | 12 | 0.610 | 0.900 | 0.700 |" in text and "| test |" not in text
