@@ -239,6 +239,13 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--seed", type=int, default=settings.seed)
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument(
+        "--init-seed",
+        type=int,
+        default=None,
+        help="seed of initialization and dropout (default --seed; the split and sampling stay on "
+        "--seed): another model on the same split, e.g. an ensemble's control",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -314,7 +321,8 @@ def _train(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     data = STLData.load(args.data)
     ds = Dataset.build(cache, data, args.seed)
     t = Tensors.load(cache, [v for v in args.views.split(",") if v])
-    torch.manual_seed(args.seed)  # before the model exists: its initialization is seeded too
+    init_seed = args.seed if args.init_seed is None else args.init_seed
+    torch.manual_seed(init_seed)  # before the model exists: its initialization is seeded too
     model = CTLModel(
         t.scene_global.shape[-1],
         t.scene_regions.shape[-1],
@@ -371,7 +379,7 @@ def _train(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     )
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     rng = np.random.default_rng(args.seed)
-    torch.manual_seed(args.seed)  # the dropout stream, independent of the model's size
+    torch.manual_seed(init_seed)  # the dropout stream, independent of the model's size
     gen = torch.Generator().manual_seed(args.seed)
     orng = np.random.default_rng([args.seed, 16])  # outfit batches: the STL stream stays as is
     outfit_queue: list[np.ndarray] = []
