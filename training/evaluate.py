@@ -679,8 +679,10 @@ def evaluate(run_dir: Path, data_dir: Path, out_dir: Path, opts: Options) -> dic
     metrics = metrics_of(ev, opts)
     pictures = draw_pictures(ev, metrics, opts, out_dir)
     metrics["seconds"]["total"] = round(time.monotonic() - t0, 2)
-    write_json(out_dir / "metrics.json", metrics)
     run_metrics = _read_json(run_dir / "metrics.json", {})
+    # Held-out outfits (FITB, composed-scene attention) are measured by training on its split.
+    metrics["outfits"] = run_metrics.get("outfits") or {}
+    write_json(out_dir / "metrics.json", metrics)
     write_report(out_dir / "report.md", metrics, run_metrics, SCORER_NOTES, pictures)
     return metrics
 

@@ -242,7 +242,7 @@ def _load_product(data: STLData, sig: str) -> Image.Image:
         return im.convert("RGB")
 
 
-class _Builder:
+class ChunkBuilder:
     """Fills one cache directory chunk by chunk, resumably."""
 
     def __init__(self, path: Path, backbone: Backbone, batch_size: int, engine: str) -> None:
@@ -365,7 +365,7 @@ def build_cache(
         list(views),
     )
     use_all_cores()
-    builder = _Builder(path, backbone, batch_size, engine)
+    builder = ChunkBuilder(path, backbone, batch_size, engine)
     spent = 0.0
     for view in views:
         spent += builder.fill(

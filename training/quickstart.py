@@ -19,6 +19,7 @@ from pathlib import Path
 from model.runtime import sha256_file
 from service.config import Settings
 from training.atomic import write_json
+from training.outfits import default_outfits_dir, outfits_available
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=settings.seed)
     parser.add_argument("--host", default=settings.host)
     parser.add_argument("--port", type=int, default=settings.port)
+    parser.add_argument(
+        "--outfits",
+        type=Path,
+        default=None,
+        help="stylist outfits directory (default: $CTL_OUTFITS_DIR or ../shared/mango-outfits)",
+    )
     parser.add_argument("--no-serve", action="store_true", help="stop after building the index")
     args = parser.parse_args(argv)
 
@@ -149,10 +156,12 @@ def main(argv: list[str]) -> int:
     ]
     if args.epochs is not None:
         train_argv += ["--epochs", str(args.epochs)]
+    outfits = (args.outfits or default_outfits_dir()).resolve()
+    train_argv += ["--outfits", str(outfits)]
     _run_step(
         stamps,
         "train",
-        _digest(feat_digest, train_argv),
+        _digest(feat_digest, train_argv, outfits_available(outfits)),
         run_dir / "metrics.json",
         train.main,
         train_argv,

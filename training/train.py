@@ -26,6 +26,9 @@ from model.ctl import CTLModel
 from service.config import Settings
 from training.atomic import atomic_path, write_json
 from training.features import FeatureCache, add_arguments, cache_from_args
+from training.joint import OutfitDomain, outfit_loss, outfit_metrics
+from training.outfit_features import build_outfit_cache
+from training.outfits import OUTFITS_ENV, OutfitData, default_outfits_dir, outfits_available
 from training.sampling import Example, TripletSampler
 from training.split import split_scenes
 from training.stl import STLData
@@ -116,13 +119,19 @@ def train_step(
     ds: Dataset,
     scene_of_row: list[str],
     cache_rows: np.ndarray | None = None,
+    outfits: tuple[OutfitDomain, np.ndarray] | None = None,
 ) -> float:
     """One optimizer step on ``batch``; ``cache_rows``: the same triplets as rows of the feature
-    cache when ``t`` holds freshly computed features instead (the end-to-end benchmark)."""
+    cache when ``t`` holds freshly computed features instead (the end-to-end benchmark);
+    ``outfits``: a batch of composed-outfit triplets whose weighted loss joins this step."""
     rows = batch if cache_rows is None else cache_rows
     cats = torch.from_numpy(ds.product_cat[rows[:, 1]])
     excl = exclusion_mask(rows, scene_of_row, ds)
     loss = triplet_step(model, t, batch, cats, args, gen, excl)
+    if outfits is not None:
+        dom, obatch = outfits
+        oloss = outfit_loss(model, dom, obatch, args.margin, args.outfit_attention)
+        loss = loss + args.outfit_weight * oloss
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -188,6 +197,36 @@ def exclusion_mask(batch: np.ndarray, scene_of_row: list[str], ds: Dataset) -> t
     return torch.from_numpy(mask)
 
 
+def load_outfits(
+    args: argparse.Namespace, categories: list[str], backbone_name: str
+) -> tuple[OutfitDomain | None, float]:
+    """The outfit domain when wanted and present (``None`` otherwise, said in one log line),
+    and the seconds spent computing its features."""
+    if args.no_outfits or (args.outfit_weight <= 0 and not args.outfit_eval):
+        return None, 0.0
+    if not outfits_available(args.outfits):
+        log.info(
+            "no outfits at %s (set --outfits or $%s): training on STL alone",
+            args.outfits,
+            OUTFITS_ENV,
+        )
+        return None, 0.0
+    from model.backbones import build_backbone
+
+    backbone = build_backbone(backbone_name, args.backbone_weights)
+    cache, spent = build_outfit_cache(
+        OutfitData.load(args.outfits),
+        backbone,
+        args.cache,
+        categories,
+        args.compositions,
+        0,
+        args.batch_size_features,
+        args.engine,
+    )
+    return OutfitDomain.build(cache, categories, args.seed, backbone.grid), spent
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -200,6 +239,13 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--seed", type=int, default=settings.seed)
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument(
+        "--init-seed",
+        type=int,
+        default=None,
+        help="seed of initialization and dropout (default --seed; the split and sampling stay on "
+        "--seed): another model on the same split, e.g. an ensemble's control",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -212,6 +258,35 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--contrastive", type=float, default=0.0, help="weight of in-batch softmax loss")
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument(
+        "--outfits",
+        type=Path,
+        default=default_outfits_dir(),
+        help=f"stylist outfits directory (${OUTFITS_ENV}); used when present and "
+        "--outfit-weight > 0 or --outfit-eval",
+    )
+    p.add_argument("--no-outfits", action="store_true", help="train on STL alone")
+    p.add_argument(
+        "--outfit-weight", type=float, default=0.0, help="weight of composed-outfit batches"
+    )
+    p.add_argument(
+        "--outfit-attention",
+        type=float,
+        default=0.0,
+        help="weight of attention supervision by the composer's item boxes",
+    )
+    p.add_argument(
+        "--domain-norm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="map outfit features onto the STL features' per-dimension mean/std",
+    )
+    p.add_argument(
+        "--outfit-eval",
+        action="store_true",
+        help="report FITB and composed-scene attention even when not training on outfits",
+    )
+    p.add_argument("--compositions", type=int, default=1, help="composed scenes per outfit")
     p.add_argument(
         "--standardize",
         action=argparse.BooleanOptionalAction,
@@ -246,7 +321,8 @@ def _train(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     data = STLData.load(args.data)
     ds = Dataset.build(cache, data, args.seed)
     t = Tensors.load(cache, [v for v in args.views.split(",") if v])
-    torch.manual_seed(args.seed)  # before the model exists: its initialization is seeded too
+    init_seed = args.seed if args.init_seed is None else args.init_seed
+    torch.manual_seed(init_seed)  # before the model exists: its initialization is seeded too
     model = CTLModel(
         t.scene_global.shape[-1],
         t.scene_regions.shape[-1],
@@ -264,6 +340,17 @@ def _train(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             ),
             t.scene_regions[:, train_rows].flatten(0, 2),
         )
+    t_out = time.perf_counter()
+    dom, outfit_feature_seconds = load_outfits(args, ds.categories, args.backbone)
+    outfit_feature_wall = time.perf_counter() - t_out
+    if dom is not None and args.domain_norm:
+        train_rows = torch.tensor(sorted({e.row for e in ds.examples["train"]}))
+        dom.match_moments(
+            t.scene_global[:, train_rows].flatten(0, 1),
+            t.scene_regions[:, train_rows].flatten(0, 2),
+            t.product_global.flatten(0, 1),
+        )
+    use_outfits = dom is not None and args.outfit_weight > 0
     config = {
         "model": model.config(),
         "backbone": args.backbone,
@@ -292,8 +379,10 @@ def _train(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     )
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     rng = np.random.default_rng(args.seed)
-    torch.manual_seed(args.seed)  # the dropout stream, independent of the model's size
+    torch.manual_seed(init_seed)  # the dropout stream, independent of the model's size
     gen = torch.Generator().manual_seed(args.seed)
+    orng = np.random.default_rng([args.seed, 16])  # outfit batches: the STL stream stays as is
+    outfit_queue: list[np.ndarray] = []
     history: list[dict[str, Any]] = []
     best = {"auc": -1.0, "epoch": 0}
     start_epoch, train_seconds = 1, 0.0
@@ -304,6 +393,8 @@ def _train(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         rng.bit_generator.state = state["rng"]
         gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
+        if "orng" in state:
+            orng.bit_generator.state = state["orng"]
         history, best = state["history"], state["best"]
         start_epoch, train_seconds = state["epoch"] + 1, state["seconds"]
         log.info("resuming after epoch %d (best val AUC %.4f)", state["epoch"], best["auc"])
@@ -320,7 +411,19 @@ def _train(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             batch = triplets[i : i + args.batch_size]
             if len(batch) < 2:
                 continue
-            losses.append(train_step(model, opt, t, batch, args, gen, ds, scene_of_row))
+            outfits = None
+            if use_outfits:
+                assert dom is not None
+                if not outfit_queue:  # a fresh epoch of composed-outfit triplets
+                    ot = dom.samplers["train"].epoch(orng)
+                    outfit_queue = [
+                        ot[j : j + args.batch_size] for j in range(0, len(ot), args.batch_size)
+                    ]
+                    outfit_queue.reverse()
+                outfits = (dom, outfit_queue.pop())
+            losses.append(
+                train_step(model, opt, t, batch, args, gen, ds, scene_of_row, outfits=outfits)
+            )
         train_seconds += time.perf_counter() - t_epoch
         record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else 0.0}
         if epoch % args.eval_every == 0 or epoch == args.epochs:
@@ -348,12 +451,21 @@ def _train(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 "rng": rng.bit_generator.state,
                 "gen": gen.get_state(),
                 "torch_rng": torch.get_rng_state(),
+                "orng": orng.bit_generator.state,
                 "history": history,
                 "best": best,
                 "seconds": train_seconds,
             },
             out / "last.pt",
         )
+    outfit_report: dict[str, Any] = {}
+    if dom is not None:
+        best_model = CTLModel.from_config(model.config())
+        best_model.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=False)["model"])
+        outfit_report = {
+            split: outfit_metrics(best_model, dom, split, args.seed) for split in ("val", "test")
+        }
+        log.info("outfits (best checkpoint): %s", outfit_report)
     metrics = {
         "best_val_auc": best["auc"],
         "best_epoch": best["epoch"],
@@ -367,7 +479,10 @@ def _train(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "features_wall": round(feature_wall, 2),
             "features_total_cached": round(float(cache.meta["seconds"]), 2),
             "train": round(train_seconds, 2),
+            "outfit_features": round(outfit_feature_seconds, 2),
+            "outfit_features_wall": round(outfit_feature_wall, 2),
         },
+        "outfits": outfit_report,
         "history": history,
     }
     write_json(out / "metrics.json", metrics)

@@ -1,0 +1,176 @@
+"""The outfit feature cache: composed scenes and outfit product photos through the frozen backbone.
+
+For every outfit, ``per_outfit`` compositions: one item held out (a product with an STL category
+the model knows, drawn by the recipe's seed), the other items composed into one scene
+(``training.composer``). The cache holds, like the STL one (``training.features``) and built by
+the same chunked, resumable ``ChunkBuilder``: ``scene_global-<view>.npy`` (N, G) and
+``scene_regions-<view>.npy`` (N, R, L) of the compositions, ``product_global-<view>.npy`` (P, G)
+of every outfit product photo, and ``meta.json`` with the examples (``outfit``, ``product`` (the
+held-out item's product row), ``category``, ``crop`` (scene row), ``others``, ``boxes`` (the
+other items' boxes, normalized to the canvas)). The directory is keyed by the recipe: backbone
+identity, composer version, compositions per outfit, seed, categories and the outfits data.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from model.backbones import Backbone
+from training.atomic import write_json
+from training.composer import COMPOSER_VERSION, Composition, Cutout, compose_cutouts, cutout
+from training.features import ChunkBuilder, FeatureCache, use_all_cores
+from training.outfits import OutfitData
+
+log = logging.getLogger(__name__)
+
+OUTFIT_VIEWS = ("orig",)
+"""One view: composition is itself the augmentation, and every view costs a backbone pass."""
+
+
+def outfit_cache_key(
+    backbone: Backbone, data: OutfitData, categories: Sequence[str], per_outfit: int, seed: int
+) -> str:
+    blob = json.dumps(
+        {
+            "backbone": backbone.key(),
+            "composer": COMPOSER_VERSION,
+            "per_outfit": per_outfit,
+            "seed": seed,
+            "categories": sorted(categories),
+            "data": [
+                str(data.root.resolve()),
+                (data.root / "outfits.csv").stat().st_size,
+                (data.root / "products.csv").stat().st_size,
+            ],
+        },
+        sort_keys=True,
+    )
+    return f"outfits-{backbone.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def plan_compositions(
+    data: OutfitData, categories: Sequence[str], per_outfit: int, seed: int
+) -> list[dict[str, Any]]:
+    """Which item each composition holds out, and its composer seed (deterministic)."""
+    known = set(categories)
+    rng = np.random.default_rng(seed)
+    plans: list[dict[str, Any]] = []
+    for outfit in sorted(data.outfits, key=lambda o: (len(o), o)):
+        items = data.outfits[outfit]
+        targets = [p for p in items if data.products[p].stl_category in known]
+        if not targets:
+            continue
+        chosen = rng.permutation(len(targets))[:per_outfit]
+        for k in chosen:
+            target = targets[int(k)]
+            plans.append(
+                {
+                    "outfit": outfit,
+                    "target": target,
+                    "category": data.products[target].stl_category,
+                    "others": [p for p in items if p != target],
+                    "seed": int(rng.integers(2**31)),
+                }
+            )
+    return plans
+
+
+def _rgb(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def build_outfit_cache(
+    data: OutfitData,
+    backbone: Backbone,
+    cache_root: Path,
+    categories: Sequence[str],
+    per_outfit: int = 1,
+    seed: int = 0,
+    batch_size: int = 32,
+    engine: str = "auto",
+) -> tuple[FeatureCache, float]:
+    """The complete outfit cache (computing what is missing) and the seconds spent computing."""
+    path = Path(cache_root) / outfit_cache_key(backbone, data, categories, per_outfit, seed)
+    path.mkdir(parents=True, exist_ok=True)
+    meta_file = path / "meta.json"
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+    else:
+        plans = plan_compositions(data, categories, per_outfit, seed)
+        products = sorted(data.products)
+        row = {p: i for i, p in enumerate(products)}
+        examples = [
+            {
+                "outfit": plan["outfit"],
+                "scene": f"outfit:{plan['outfit']}",
+                "product": row[plan["target"]],
+                "category": plan["category"],
+                "crop": i,
+                "others": [row[p] for p in plan["others"]],
+                "seed": plan["seed"],
+            }
+            for i, plan in enumerate(plans)
+        ]
+        meta = {
+            "backbone": backbone.describe(),
+            "data": str(data.root.resolve()),
+            "composer_version": COMPOSER_VERSION,
+            "per_outfit": per_outfit,
+            "seed": seed,
+            "examples": examples,
+            "products": products,
+            "product_categories": [data.products[p].stl_category for p in products],
+            "problems": dict(data.problems),
+            "views": [],
+            "seconds": 0.0,
+        }
+        write_json(meta_file, meta, indent=1)
+    examples, products = meta["examples"], meta["products"]
+    log.info("outfit cache %s: %d compositions, %d products", path, len(examples), len(products))
+
+    @functools.lru_cache(maxsize=4096)  # a product is in ~5 outfits: cut it out once
+    def item(p: int) -> Cutout:
+        return cutout(_rgb(data.image_path(products[p])))
+
+    def composition(i: int) -> Composition:
+        ex = examples[i]
+        return compose_cutouts([item(p) for p in ex["others"]], ex["seed"])
+
+    def scene(i: int) -> Image.Image:  # the boxes are kept as the backbone's input is made
+        c = composition(i)
+        examples[i]["boxes"] = [[round(v, 5) for v in b] for b in c.normalized_boxes()]
+        return c.image
+
+    use_all_cores()
+    builder = ChunkBuilder(path, backbone, batch_size, engine)
+    spent = 0.0
+    for view in OUTFIT_VIEWS:
+        spent += builder.fill("scene_global", view, len(examples), scene, True)
+        spent += builder.fill(
+            "product_global",
+            view,
+            len(products),
+            lambda i: _rgb(data.image_path(products[i])),
+            False,
+        )
+        if view not in meta["views"]:
+            meta["views"].append(view)
+    for i, ex in enumerate(examples):  # compositions of chunks computed by an earlier run
+        if "boxes" not in ex:
+            scene(i)
+    meta["seconds"] = float(meta["seconds"]) + spent
+    write_json(meta_file, meta, indent=1)
+    if builder.chunk_dir.is_dir() and not any(builder.chunk_dir.iterdir()):
+        shutil.rmtree(builder.chunk_dir)
+    return FeatureCache(path, meta), spent
