@@ -5,14 +5,14 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 # Stage 1: the locked serving set into /opt/venv, and the project as a wheel. pip takes the
-# wheels in docker/wheels/ first (empty unless docker/build-local filled it); PIP_NO_INDEX=1
+# wheels in docker/wheels/serve/ first (empty unless docker/build-local filled it); PIP_NO_INDEX=1
 # forbids the index. The wheels stay in this stage: the image carries only what they install.
 FROM ${BASE_IMAGE} AS deps
 ARG PIP_NO_INDEX=0
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_FIND_LINKS=/wheels \
     PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY docker/wheels /wheels
+COPY docker/wheels/serve /wheels
 COPY requirements/serve.txt ./requirements/
 RUN python3 -m venv /opt/venv && pip install -r requirements/serve.txt
 COPY pyproject.toml README.md cli.py ./

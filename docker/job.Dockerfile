@@ -1,7 +1,7 @@
 # The one-shot build job: features, train, export and index from a mounted data directory into
 # the artifacts volume (`ctl quickstart --no-serve`; steps whose output is current are skipped).
 # Build from the repository root: docker build -f docker/job.Dockerfile .
-# BASE_IMAGE and docker/wheels/ as in api.Dockerfile (docker/build-local --job adds torch's wheels).
+# BASE_IMAGE as in api.Dockerfile; the wheels come from docker/wheels/train/ (docker/build-local --job).
 ARG BASE_IMAGE=python:3.11-slim
 
 # Stage 1: the locked training set into /opt/venv (kept apart from the code, so code changes do
@@ -11,7 +11,7 @@ ARG PIP_NO_INDEX=0
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_FIND_LINKS=/wheels \
     PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY docker/wheels /wheels
+COPY docker/wheels/train /wheels
 COPY requirements/train.txt ./requirements/
 RUN python3 -m venv /opt/venv && pip install -r requirements/train.txt
 COPY pyproject.toml README.md cli.py ./
