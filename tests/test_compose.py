@@ -21,13 +21,21 @@ from service.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yml"
+OVERRIDE = REPO / "docker-compose.override.yml"
+LOCAL = REPO / "docker" / "compose.local.yml"
+PUBLIC_BASE = "python:3.11-slim"
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
 SETTINGS_FIELDS = set(Settings.model_fields)
 ENV_REF = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
 
 
 def _compose() -> dict[str, Any]:
+    """docker-compose.yml with docker-compose.override.yml on top, as plain `up` reads them."""
     data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    override: dict[str, Any] = yaml.safe_load(OVERRIDE.read_text())
+    for name, service in override["services"].items():
+        assert name in data["services"], f"the override names an unknown service {name}"
+        data["services"][name].update(service)
     return data
 
 
@@ -147,9 +155,11 @@ def test_compose_healthchecks_hit_real_routes() -> None:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_sources_commands_and_variables(dockerfile: Path) -> None:
     instructions = _instructions(dockerfile)
-    assert instructions[0][0] == "FROM"
+    # The base image is a build argument whose default is the public image.
+    assert instructions[0] == ("ARG", f"BASE_IMAGE={PUBLIC_BASE}")
+    assert [a.split()[0] for w, a in instructions if w == "FROM"] == ["${BASE_IMAGE}"] * 2
     for word, args in instructions:
-        if word == "COPY":
+        if word == "COPY" and "--from=" not in args:
             sources = [a for a in shlex.split(args) if not a.startswith("--")][:-1]
             for source in sources:
                 assert (REPO / source).exists(), f"{dockerfile.name}: COPY {source} is missing"
@@ -176,3 +186,37 @@ def test_dockerignore_keeps_data_out() -> None:
     ignored = (REPO / ".dockerignore").read_text().split()
     for heavy in ("data", "artifacts", "work", ".git"):
         assert heavy in ignored
+
+
+def test_local_override_keeps_every_service_on_the_host_network() -> None:
+    """docker/compose.local.yml: local images, host networking, ports beside the host's own."""
+    local: dict[str, Any] = yaml.safe_load(LOCAL.read_text())
+    services = _compose()["services"]
+    # docker-py refuses published ports on the host network: none may come from the files used.
+    base: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    assert not any("ports" in s for s in [*base["services"].values(), *local["services"].values()])
+    assert set(local["services"]) == set(services)
+    for name, service in local["services"].items():
+        assert service["network_mode"] == "host", name
+        if "build" in services[name]:
+            args = service["build"]["args"]
+            assert args["BASE_IMAGE"].startswith("ctl-local/") and args["PIP_NO_INDEX"] == "1"
+        else:
+            assert service["image"].startswith("ctl-local/"), name
+    api_port = _expand(_words(local["services"]["api"]["command"])[-1])
+    redis_command = _words(local["services"]["redis"]["command"])
+    redis_port = _expand(redis_command[redis_command.index("--port") + 1])
+    assert {api_port, redis_port}.isdisjoint({"6379", str(Settings().port)})
+    api = local["services"]["api"]
+    _assert_ctl_command(_words(api["command"]))
+    assert _expand(api["environment"]["CTL_REDIS_URL"]) == f"redis://127.0.0.1:{redis_port}/0"
+    assert f":{api_port}/readyz" in _expand(" ".join(api["healthcheck"]["test"]))
+    assert redis_port in _expand(" ".join(local["services"]["redis"]["healthcheck"]["test"]))
+
+
+def test_no_registry_address_in_docker_files() -> None:
+    """The images name no index or mirror: addresses come from the machine at build time."""
+    files = [COMPOSE, OVERRIDE, LOCAL, *DOCKERFILES, REPO / "docker" / "build-local"]
+    for path in files:
+        text = path.read_text()
+        assert not re.search(r"https?://(?!127\.0\.0\.1)", text), f"{path.name} names an address"
