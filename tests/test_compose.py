@@ -217,6 +217,23 @@ def test_local_override_keeps_every_service_on_the_host_network() -> None:
 def test_no_registry_address_in_docker_files() -> None:
     """The images name no index or mirror: addresses come from the machine at build time."""
     files = [COMPOSE, OVERRIDE, LOCAL, *DOCKERFILES, REPO / "docker" / "build-local"]
+    files += [REPO / "docker" / "compose.replicas.yml", REPO / "docker" / "haproxy.cfg"]
     for path in files:
         text = path.read_text()
         assert not re.search(r"https?://(?!127\.0\.0\.1)", text), f"{path.name} names an address"
+
+
+def test_replicas_override_balances_every_api_replica() -> None:
+    """docker/compose.replicas.yml: only the load balancer publishes a port, its config exists
+    and names the api service's port, and it waits for a healthy api."""
+    replicas: dict[str, Any] = yaml.safe_load(
+        (REPO / "docker" / "compose.replicas.yml").read_text()
+    )
+    base: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    lb = replicas["services"]["lb"]
+    assert [s for s, v in base["services"].items() if "ports" in v] == []
+    assert _expand(lb["ports"][0]) == f"{Settings().port}:{Settings().port}"
+    config_path = lb["volumes"][0].split(":")[0]
+    config = (REPO / config_path).read_text()
+    assert f"api:{Settings().port}" in config and "/readyz" in config
+    assert lb["depends_on"]["api"]["condition"] == "service_healthy"
