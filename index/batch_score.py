@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from index.search import recommend
+from index.search import recommend, set_search_threads
 from index.store import IndexStore
 from model.runtime import OnnxEncoder
 
@@ -82,6 +82,9 @@ class SceneScorer:
         self, artifacts: str, categories: Sequence[str], k: int, threads: int, device: str
     ) -> None:
         self.encoder = OnnxEncoder.from_artifacts(Path(artifacts), device=device, threads=threads)
+        # FAISS on every core woke the OpenMP threads of both actors for each of a scene's
+        # searches: a third of the actor's time went there (docs/performance.md).
+        set_search_threads(threads)
         self.catalog = IndexStore.for_artifacts(Path(artifacts)).load(device=device)
         served = [c for c in self.catalog.categories if c in self.encoder.categories]
         self.categories = list(categories) or served
