@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     p.add_argument("--scenes", type=Path, default=REPO.parent / "shared/stl-fashion/images/scenes")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--sample", type=int, default=256, help="photos for the bare encoder sweep")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
