@@ -147,23 +147,20 @@ def test_replicas_converge_on_catalog_updates_without_failing_requests(
     a, b, c = replicas
     category = httpx.get(f"{a}/categories").json()["categories"][0]["name"]
 
+    def seen_through(others: tuple[str, str], want: int, what: str) -> None:
+        for other in others:
+            took = _eventually(
+                lambda o=other: _status(o, "/products/replica-new-1") == want, STALENESS_BOUND_S
+            )
+            assert took is not None, f"{other}: not {what} within {STALENESS_BOUND_S} s"
+            log.info("%s through one replica, seen through %s after %.3f s", what, other, took)
+
     r = _add(a, "replica-new-1", category, _product_photo(stl_dir, 0))
     assert r.status_code == 200, r.text
-    for other in (b, c):
-        took = _eventually(
-            lambda o=other: _status(o, "/products/replica-new-1") == 200, STALENESS_BOUND_S
-        )
-        assert took is not None, f"{other} did not see the product within {STALENESS_BOUND_S} s"
-        log.info("added through one replica, seen through %s after %.3f s", other, took)
-
+    seen_through((b, c), 200, "added")
     r = httpx.delete(f"{b}/admin/products/replica-new-1", headers=admin_headers(), timeout=60)
     assert r.status_code == 200, r.text
-    for other in (a, c):
-        took = _eventually(
-            lambda o=other: _status(o, "/products/replica-new-1") == 404, STALENESS_BOUND_S
-        )
-        assert took is not None, f"{other} still serves the removed product"
-        log.info("removed through one replica, gone from %s after %.3f s", other, took)
+    seen_through((a, c), 404, "removed")
 
     # Two replicas add at once: the store's lock serialises them, and both products land.
     with ThreadPoolExecutor(2) as pool:
