@@ -179,19 +179,16 @@ class OutfitBatches:
 
     dom: OutfitDomain
     rng: np.random.Generator
-    batch_size: int
-    margin: float
-    weight: float
-    attention: float
+    opts: TrainOptions  # batch_size, margin, outfit_weight, outfit_attention
     queue: list[np.ndarray] = field(default_factory=list)
 
     def loss(self, model: CTLModel) -> torch.Tensor:
+        o = self.opts
         if not self.queue:
             ot = self.dom.samplers["train"].epoch(self.rng)
-            bs = self.batch_size
-            self.queue = [ot[j : j + bs] for j in range(0, len(ot), bs)][::-1]
-        batch = self.queue.pop()
-        return self.weight * outfit_loss(model, self.dom, batch, self.margin, self.attention)
+            self.queue = [ot[j : j + o.batch_size] for j in range(0, len(ot), o.batch_size)][::-1]
+        oloss = outfit_loss(model, self.dom, self.queue.pop(), o.margin, o.outfit_attention)
+        return o.outfit_weight * oloss
 
 
 def exclusion_mask(batch: np.ndarray, ds: Dataset) -> torch.Tensor:
@@ -340,48 +337,35 @@ def load_outfits(opts: TrainOptions, categories: list[str]) -> tuple[OutfitDomai
     return OutfitDomain.build(cache, categories, opts.seed, backbone.grid), spent
 
 
-@dataclass
-class RunState:
-    """Where a run stands after an epoch: what ``last.pt`` keeps beside the weights."""
-
-    epoch: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=lambda: {"auc": -1.0, "epoch": 0})
-    seconds: float = 0.0
-
-
 def _atomic_save(obj: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 
-def save_last(
-    path: Path, model: CTLModel, opt: torch.optim.Optimizer, streams: Streams, state: RunState
-) -> None:
-    _atomic_save(
-        {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "epoch": state.epoch,
-            **streams.state(),
-            "history": state.history,
-            "best": state.best,
-            "seconds": state.seconds,
-        },
-        path,
-    )
+@dataclass
+class RunState:
+    """Where a run stands after an epoch: what ``last.pt`` keeps beside the weights and the
+    optimizer, the random streams included (a resumed run continues them)."""
 
+    streams: Streams
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"auc": -1.0, "epoch": 0})
+    seconds: float = 0.0
 
-def load_last(
-    path: Path, model: CTLModel, opt: torch.optim.Optimizer, streams: Streams
-) -> RunState:
-    saved = torch.load(path, weights_only=False)
-    model.load_state_dict(saved["model"])
-    opt.load_state_dict(saved["optimizer"])
-    streams.load(saved)
-    state = RunState(saved["epoch"], saved["history"], saved["best"], saved["seconds"])
-    log.info("resuming after epoch %d (best val AUC %.4f)", state.epoch, state.best["auc"])
-    return state
+    def save(self, path: Path, model: CTLModel, opt: torch.optim.Optimizer) -> None:
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": self.epoch}
+        state |= self.streams.state() | {"history": self.history, "best": self.best}
+        _atomic_save(state | {"seconds": self.seconds}, path)
+
+    def resume(self, path: Path, model: CTLModel, opt: torch.optim.Optimizer) -> None:
+        saved = torch.load(path, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        self.streams.load(saved)
+        self.epoch, self.history = saved["epoch"], saved["history"]
+        self.best, self.seconds = saved["best"], saved["seconds"]
+        log.info("resuming after epoch %d (best val AUC %.4f)", self.epoch, self.best["auc"])
 
 
 def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
@@ -508,27 +492,20 @@ def run(opts: TrainOptions) -> dict[str, Any]:
     )
     opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     loss_fn = opts.loss()
-    streams = Streams.seeded(opts.seed, opts.model_seed)
-    state = RunState()
+    state = RunState(Streams.seeded(opts.seed, opts.model_seed))
     if opts.resume and (out / "last.pt").is_file():
-        state = load_last(out / "last.pt", model, opt, streams)
+        state.resume(out / "last.pt", model, opt)
     outfits = None
     if dom is not None and opts.outfit_weight > 0:
-        outfits = OutfitBatches(
-            dom,
-            streams.orng,
-            opts.batch_size,
-            opts.margin,
-            opts.outfit_weight,
-            opts.outfit_attention,
-        )
+        outfits = OutfitBatches(dom, state.streams.orng, opts)
 
     with Progress(log, opts.epochs, "training", "epoch", state.epoch) as progress:
         for epoch in range(state.epoch + 1, opts.epochs + 1):
             t_epoch = time.perf_counter()
             loss = train_one_epoch(
-                model, opt, loss_fn, t, ds, samplers["train"], streams, opts.batch_size, outfits
-            )
+                model, opt, loss_fn, t, ds, samplers["train"], state.streams, opts.batch_size,
+                outfits,
+            )  # fmt: skip
             state.seconds += time.perf_counter() - t_epoch
             record: dict[str, Any] = {"epoch": epoch, "loss": loss}
             if epoch % opts.eval_every == 0 or epoch == opts.epochs:
@@ -546,7 +523,7 @@ def run(opts: TrainOptions) -> dict[str, Any]:
                 log.info("epoch %d loss %.4f", epoch, loss)
             state.epoch = epoch
             state.history.append(record)
-            save_last(out / "last.pt", model, opt, streams, state)
+            state.save(out / "last.pt", model, opt)
             progress.update(1)
     metrics = final_metrics(opts, cache, samplers, state, seconds, model, dom)
     write_json(out / "metrics.json", metrics)
