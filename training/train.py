@@ -122,11 +122,10 @@ class Dataset:
         raw = cache.examples
         split = split_scenes((e["scene"] for e in raw), seed=seed)
         examples: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
+        scene_of_row = [""] * len(cache.meta["crops"])
         for e in raw:
             ex = Example(e["crop"], e["scene"], row[e["product"]], cat_idx[e["category"]])
             examples[split[e["scene"]]].append(ex)
-        scene_of_row = [""] * len(cache.meta["crops"])
-        for e in raw:
             scene_of_row[e["crop"]] = e["scene"]
         return cls(categories, products, product_cat, split, examples, scene_products, scene_of_row)
 
