@@ -24,8 +24,21 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("index", "info"): ("index.cli:info_main", "show index versions"),
     ("serve",): ("service.main:main", "run the HTTP service"),
     ("batch-score",): ("index.batch_score:main", "score an archive of scenes (Ray Data job)"),
-    ("quickstart",): ("training.quickstart:main", "features, train, export, index, then serve"),
+    ("quickstart",): ("cli:quickstart", "features, train, export, index, then serve"),
 }
+
+
+def _serve(argv: list[str]) -> int:
+    from service import main as service_main
+
+    return service_main.main(argv)
+
+
+def quickstart(argv: list[str]) -> int:
+    """``ctl quickstart``: training's pipeline, then the service (which sits above training)."""
+    from training import quickstart as pipeline
+
+    return pipeline.main(argv, serve=_serve)
 
 
 def _usage() -> str:

@@ -25,17 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model.backbones import build_backbone
 from model.ctl import CTLModel
 from model.preprocess import to_batch
-from service.config import Settings
-from training.features import add_arguments, cache_from_args, use_all_cores
+from training.config import TrainingSettings
+from training.features import FeatureOptions, add_arguments, load_cache, use_all_cores
+from training.loss import CTLLoss
 from training.sampling import TripletSampler
 from training.stl import STLData
-from training.train import Dataset, Tensors, build_parser, train_step
+from training.train import Dataset, Tensors, train_step
 
 
 def main() -> None:
-    settings = Settings()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_arguments(p, settings)
+    add_arguments(p, TrainingSettings())
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--cached-steps", type=int, default=20)
     p.add_argument("--e2e-batch-size", type=int, default=32)
@@ -43,22 +43,19 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     threads = use_all_cores()
-    cache, _ = cache_from_args(args)
+    cache, _ = load_cache(FeatureOptions.from_args(args))
     data = STLData.load(args.data)
     ds = Dataset.build(cache, data, seed=0)
     t = Tensors.load(cache, cache.views)
-    train_args = build_parser(settings).parse_args(["--out", "unused"])
+    loss_fn = CTLLoss()  # ctl train's defaults
     model = CTLModel(t.scene_global.shape[-1], t.scene_regions.shape[-1], ds.categories)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     sampler = TripletSampler(ds.examples["train"], ds.product_cat, ds.scene_products)
     triplets = sampler.epoch(np.random.default_rng(0))
-    scene_of_row = [""] * t.scene_global.shape[1]
-    for e in cache.examples:
-        scene_of_row[e["crop"]] = e["scene"]
     gen = torch.Generator().manual_seed(0)
 
     def step(tensors: Tensors, batch: np.ndarray, cache_rows: np.ndarray) -> None:
-        train_step(model, opt, tensors, batch, train_args, gen, ds, scene_of_row, cache_rows)
+        train_step(model, opt, loss_fn, tensors, batch, gen, ds, cache_rows)
 
     model.train()
     step(t, triplets[: args.batch_size], triplets[: args.batch_size])  # warm-up

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from index import catalog
+from index.progress import Progress
 from index.store import (
     CategoryData,
     IndexStore,
@@ -128,7 +129,10 @@ def embed_catalog(
     done = 0
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with (
+        ThreadPoolExecutor(max_workers=2) as pool,
+        Progress(log, len(items), "embedding products", "img") as progress,
+    ):
         for c, start, end in _chunks(len(items), CHUNK):
             chunk = items[start:end]
             chunk_ids = [pid for pid, _ in chunk]
@@ -147,7 +151,8 @@ def embed_catalog(
             done = end
             rate = (done - cached) / max(time.perf_counter() - started, 1e-9)
             eta = (len(items) - done) / rate if rate > 0 else 0.0
-            log.info(
+            progress.update(
+                end - start,
                 "embedded %d/%d products (%d from cache, %d skipped), %.1f img/s, ETA %.0f s",
                 done,
                 len(items),

@@ -1,8 +1,8 @@
 """The settings of the bottom layer: where things live, the model, and where it runs.
 
 Each layer's settings extend the one below (``index.config.IndexSettings``, then
-``service.config.Settings``), all read from the same ``CTL_*`` environment variables, so a
-lower layer's command needs no import from above.
+``service.config.Settings``; ``training.config.TrainingSettings`` beside them), all read from the
+same ``CTL_*`` environment variables, so a lower layer's command needs no import from above.
 """
 
 from __future__ import annotations

@@ -107,15 +107,6 @@ class CTLModel(nn.Module):
         return torch.softmax(-d2, dim=-1)
 
     @staticmethod
-    def distances(
-        f_s: torch.Tensor, f_i: torch.Tensor, att: torch.Tensor, f_p: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(d*, d_global, d_local), each (B,), for scenes (B, ...) against products f_p (B, D)."""
-        d_global = ((f_s - f_p) ** 2).sum(-1)
-        d_local = (att * ((f_i - f_p[:, None, :]) ** 2).sum(-1)).sum(-1)
-        return (d_global + d_local) / 2, d_global, d_local
-
-    @staticmethod
     def query_vector(f_s: torch.Tensor, f_i: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
         """q = f_s + sum_i a_i f_i: (B, D) for att (B, R), (B, C, D) for att (B, C, R)."""
         if att.dim() == 2:

@@ -7,14 +7,12 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from training.crop import (
     CropResult,
     CropStats,
     box_in_crop,
     crop_box,
-    crop_scene,
     drop_reason_for_category,
     validate_bbox,
 )
@@ -89,10 +87,7 @@ def test_whole_image_box_is_dropped_in_both_domains() -> None:
 def test_tiny_image() -> None:
     # 8x8, box rows 4..8: grown top round(0.45*8) = round(3.6) = 4 -> above (0,0,8,4) = 32 px,
     # at least 1/5 of 64 px.
-    assert crop_box((0.25, 0.5, 0.75, 1.0), 8, 8).box == (0, 0, 8, 4)
-    img = Image.new("RGB", (8, 8), (10, 20, 30))
-    crop, result = crop_scene(img, (0.25, 0.5, 0.75, 1.0))
-    assert result.ok and crop is not None and crop.size == (8, 4)
+    assert crop_box((0.25, 0.5, 0.75, 1.0), 8, 8) == CropResult((0, 0, 8, 4), "ok")
 
 
 def test_empty_image() -> None:
@@ -115,8 +110,6 @@ def test_empty_image() -> None:
 def test_invalid_boxes_are_skipped_with_their_reason(bbox: BBox, reason: str) -> None:
     assert validate_bbox(bbox) == reason
     assert crop_box(bbox, 100, 100, "home") == CropResult(None, reason)
-    crop, result = crop_scene(Image.new("RGB", (10, 10)), bbox)
-    assert crop is None and result.reason == reason
 
 
 def test_valid_box_has_no_reason() -> None:
@@ -150,28 +143,6 @@ def test_dresses_and_uncategorized_products_are_dropped() -> None:
     assert drop_reason_for_category("Dresses") == "dress"
     assert drop_reason_for_category(None) == "no_category"
     assert drop_reason_for_category("Shoes") is None
-
-
-def _two_tone(mode: str) -> Image.Image:
-    """20x40: rows 0..19 light, rows 20..39 dark, converted to ``mode``."""
-    img = Image.new("RGB", (20, 40), (200, 180, 160))
-    img.paste((40, 60, 80), (0, 20, 20, 40))
-    return img.convert(mode)
-
-
-@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "CMYK", "1"])
-def test_crop_scene_any_mode_gives_rgb_pixels_of_the_box(mode: str) -> None:
-    img = _two_tone(mode)
-    # Box rows 24..36: grown top round(0.55*40) = 22, bottom 38 -> above (0,0,20,22) = 440 px.
-    crop, result = crop_scene(img, (0.2, 0.6, 0.8, 0.9))
-    assert result.box == (0, 0, 20, 22)
-    assert crop is not None and crop.mode == "RGB" and crop.size == (20, 22)
-    assert crop.tobytes() == img.convert("RGB").crop((0, 0, 20, 22)).tobytes()
-
-
-def test_crop_scene_drop_returns_no_image() -> None:
-    crop, result = crop_scene(_two_tone("L"), (0.0, 0.0, 1.0, 1.0))
-    assert crop is None and result == CropResult(None, "crop_too_small")
 
 
 def test_box_in_crop_maps_and_clips() -> None:

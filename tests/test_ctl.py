@@ -44,14 +44,22 @@ def test_attention_sums_to_one(model: CTLModel) -> None:
     )
 
 
+def paper_d_star(
+    f_s: torch.Tensor, f_i: torch.Tensor, att: torch.Tensor, f_p: torch.Tensor
+) -> torch.Tensor:
+    """The paper's d* = (||f_s - f_p||² + sum_i a_i ||f_i - f_p||²) / 2, each (B,), for scenes
+    (B, ...) against products f_p (B, D): what ``query_vector``'s inner product must equal."""
+    d_global = ((f_s - f_p) ** 2).sum(-1)
+    d_local = (att * ((f_i - f_p[:, None, :]) ** 2).sum(-1)).sum(-1)
+    return (d_global + d_local) / 2
+
+
 def test_d_star_is_an_inner_product(model: CTLModel) -> None:
     f_s, f_i, keys = _scene(model)
     f_p = model.product_embedding(torch.randn(5, 24))
     att = model.attention(keys, torch.tensor([2, 2, 1, 0, 1]))
-    d_star, d_g, d_l = model.distances(f_s, f_i, att, f_p)
     q = model.query_vector(f_s, f_i, att)
-    torch.testing.assert_close(d_star, 2 - (q * f_p).sum(-1))
-    torch.testing.assert_close(d_star, (d_g + d_l) / 2)
+    torch.testing.assert_close(paper_d_star(f_s, f_i, att, f_p), 2 - (q * f_p).sum(-1))
     q_all = model.query_vector(f_s, f_i, model.attention_all(keys))
     torch.testing.assert_close(q_all[torch.arange(5), torch.tensor([2, 2, 1, 0, 1])], q)
 
@@ -80,7 +88,7 @@ def test_concat_ensemble_scores_are_the_weighted_sum() -> None:
         qs.append(m.query_vector(f_s, f_i, att))
         ps.append(f_p)
         d_star.append(
-            torch.stack([m.distances(f_s, f_i, att, f_p[j].expand(4, -1))[0] for j in range(7)], 1)
+            torch.stack([paper_d_star(f_s, f_i, att, f_p[j].expand(4, -1)) for j in range(7)], 1)
         )
     weights = [0.7, 0.3]
     q, p = concat_ensemble(qs, ps, weights)

@@ -11,9 +11,14 @@ import torch
 from PIL import Image
 
 from model.backbones import Backbone, build_backbone
-from model.ctl import CTLModel
+from model.ctl import CTLModel, load_run
 from model.preprocess import PreprocessSpec, to_batch
+from tests.test_ctl import paper_d_star
 from training import evaluate as E
+from training.evaluation import attention as A
+from training.evaluation import pairs as P
+from training.evaluation import run as R
+from training.evaluation import scoring as S
 from training.features import build_cache
 from training.stl import Pair, STLData
 
@@ -115,17 +120,17 @@ def test_evaluate_writes_metrics_pictures_report_and_repeats(
     again = _evaluate(run_dir, data_dir, tmp_path / "b", "--seed", "3")
     first.pop("seconds"), again.pop("seconds")
     assert again == first
-    opts = E.Options(seed=4, n_boot=200)
-    ev = E.run_evaluation(run_dir, data_dir, out / "cache", opts)
+    opts = R.Options(seed=4, n_boot=200)
+    ev = R.run_evaluation(run_dir, data_dir, out / "cache", opts)
     assert "using cached backbone features" in caplog.text
-    other = E.metrics_of(ev, opts)
+    other = R.metrics_of(ev, opts)
     assert other["auc"] != first["auc"] or other["mrr_10"] != first["mrr_10"]
     assert other["mrr"] == first["mrr"]  # the full ranking does not depend on the seed
 
 
 def test_split_test_uses_the_runs_split(run_dir: Path, data_dir: Path) -> None:
     split = json.loads((run_dir / "split.json").read_text())
-    test = E.select_pairs(STLData.load(data_dir), CATEGORIES, "test", split)
+    test = P.select_pairs(STLData.load(data_dir), CATEGORIES, "test", split)
     assert len(test) == 2 * 4 and all(split[p.scene] == "test" for p in test)
 
 
@@ -141,43 +146,41 @@ def test_bad_input_fails_with_a_clear_error(
 
 def test_model_scorer_is_the_models_distance(run_dir: Path, data_dir: Path) -> None:
     """The vectorized ranking equals d* computed pair by pair with CTLModel.distances."""
-    model, _ = E.load_run(run_dir)
+    model, _ = load_run(run_dir)
     backbone = build_backbone("tiny")
     data = STLData.load(data_dir)
-    pairs = E.select_pairs(data, CATEGORIES, "all", {})
-    crops, rows, _ = E.crop_pairs(data, pairs)
+    pairs = P.select_pairs(data, CATEGORIES, "all", {})
+    crops, rows, _ = P.crop_pairs(data, pairs)
     catalog = [s for s in data.available_products() if data.categories[s] in CATEGORIES]
     row_of = {s: i for i, s in enumerate(catalog)}
     eval_pairs = [
-        E.EvalPair(p, r, row_of[p.product], data.categories[p.product])
+        P.EvalPair(p, r, row_of[p.product], data.categories[p.product])
         for p, r in zip(pairs, rows, strict=True)
         if r is not None
     ]
     scenes, products = _embed(backbone, model, data, catalog, crops)
     cats = np.array([data.categories[s] for s in catalog], dtype=object)
-    groups = E.group_by_category(eval_pairs, CATEGORIES, cats, row_of, {})
+    groups = P.group_by_category(eval_pairs, CATEGORIES, cats, row_of, {})
     g = groups["Shoes"]
-    dist = E.scorers(scenes, products, np.zeros(len(catalog)))["model"](g)
+    dist = S.model_scorer(scenes, products)(g)
     crop = crops[int(g.crops[0])]
-    x = torch.from_numpy(to_batch([E.load_crop(data, crop)], backbone.spec))
+    x = torch.from_numpy(to_batch([P.load_crop(data, crop)], backbone.spec))
     with torch.no_grad():
         f_s, f_i, keys = model.scene_embeddings(*backbone(x))
         att = model.attention(keys, torch.tensor([g.cat_idx]))
         f_p = torch.from_numpy(products.emb[g.products])
         n = f_p.shape[0]
-        d_star, _, _ = model.distances(
-            f_s.expand(n, -1), f_i.expand(n, -1, -1), att.expand(n, -1), f_p
-        )
+        d_star = paper_d_star(f_s.expand(n, -1), f_i.expand(n, -1, -1), att.expand(n, -1), f_p)
     assert dist[0] == pytest.approx(d_star.numpy(), abs=1e-4)
 
 
 def _embed(
-    backbone: Backbone, model: CTLModel, data: STLData, catalog: list[str], crops: list[E.Crop]
-) -> tuple[E.Embedded, E.Embedded]:
-    g, r = E.compute(lambda c: E.load_crop(data, c), crops, backbone, 8, True)
-    scenes = E.apply_heads(model, g, r, scenes=True)
-    g, r = E.compute(lambda s: E.rgb(data.product_path(s)), catalog, backbone, 5, False)
-    return scenes, E.apply_heads(model, g, r, scenes=False)
+    backbone: Backbone, model: CTLModel, data: STLData, catalog: list[str], crops: list[P.Crop]
+) -> tuple[S.Embedded, S.Embedded]:
+    g, r = S.compute(lambda c: P.load_crop(data, c), crops, backbone, 8, True)
+    scenes = S.apply_heads(model, g, r, scenes=True)
+    g, r = S.compute(lambda s: P.rgb(data.product_path(s)), catalog, backbone, 5, False)
+    return scenes, S.apply_heads(model, g, r, scenes=False)
 
 
 def test_features_come_from_the_runs_feature_cache(data_dir: Path, tmp_path: Path) -> None:
@@ -185,50 +188,50 @@ def test_features_come_from_the_runs_feature_cache(data_dir: Path, tmp_path: Pat
     backbone = build_backbone("tiny")
     data = STLData.load(data_dir)
     cache, _ = build_cache(data, backbone, tmp_path, views=["orig"])
-    crops, _, _ = E.crop_pairs(data, E.select_pairs(data, CATEGORIES, "all", {}))
-    keys = [E._crop_key(c.scene, c.box) for c in crops]
+    crops, _, _ = P.crop_pairs(data, P.select_pairs(data, CATEGORIES, "all", {}))
+    keys = [S._crop_key(c.scene, c.box) for c in crops]
     config = {"cache": str(cache.path)}
-    found = E.from_training_cache(config, backbone, data, "scenes", keys)
+    found = S.from_training_cache(config, backbone, data, "scenes", keys)
     assert found is not None
-    g, r = E.compute(lambda c: E.load_crop(data, c), crops, backbone, 8, True)
+    g, r = S.compute(lambda c: P.load_crop(data, c), crops, backbone, 8, True)
     assert np.allclose(found[0], g, atol=2e-2) and np.allclose(found[1], r, atol=2e-2)
     products = cache.products
-    found_p = E.from_training_cache(config, backbone, data, "products", products[::-1])
+    found_p = S.from_training_cache(config, backbone, data, "products", products[::-1])
     assert found_p is not None
     assert np.allclose(found_p[0][::-1], np.asarray(cache.array("product_global", "orig")))
-    assert E.from_training_cache(config, backbone, data, "products", ["unknown"]) is None
-    assert E.from_training_cache({}, backbone, data, "products", products) is None
+    assert S.from_training_cache(config, backbone, data, "products", ["unknown"]) is None
+    assert S.from_training_cache({}, backbone, data, "products", products) is None
 
 
 def test_other_boxes_and_input_frame() -> None:
-    crop = E.Crop("s", UPPER, (0, 42, 90, 120), 90, 120)
-    boxes = E.other_boxes(crop, "a", {"s": [("a", UPPER), ("b", LOWER), ("c", UPPER)]})
+    crop = P.Crop("s", UPPER, (0, 42, 90, 120), 90, 120)
+    boxes = A.other_boxes(crop, "a", {"s": [("a", UPPER), ("b", LOWER), ("c", UPPER)]})
     assert len(boxes) == 1  # only LOWER; "c" shares the cropped-out box
     assert boxes[0] == pytest.approx((0.2, (72 - 42) / 78, 0.8, (114 - 42) / 78))
     pad = PreprocessSpec(size=10, resize="pad")
     # A 2:1 wide crop is letterboxed: its full height is the middle half of the square.
-    assert E.to_input_frame((0.0, 0.0, 1.0, 1.0), 20, 10, pad) == (0.0, 0.25, 1.0, 0.75)
-    assert E.to_input_frame((0.1, 0.2, 0.3, 0.4), 20, 10, PreprocessSpec()) == (0.1, 0.2, 0.3, 0.4)
+    assert A.to_input_frame((0.0, 0.0, 1.0, 1.0), 20, 10, pad) == (0.0, 0.25, 1.0, 0.75)
+    assert A.to_input_frame((0.1, 0.2, 0.3, 0.4), 20, 10, PreprocessSpec()) == (0.1, 0.2, 0.3, 0.4)
 
 
 def test_select_pairs_deduplicates_and_rejects_unknown_split(data_dir: Path) -> None:
     data = STLData.load(data_dir)
     data.pairs.append(Pair("s01", data.pairs[2].product, LOWER))
-    assert len(E.select_pairs(data, CATEGORIES, "all", {})) == 2 * N_SCENES
-    with pytest.raises(E.EvaluationError, match="unknown split"):
-        E.select_pairs(data, CATEGORIES, "dev", {})
+    assert len(P.select_pairs(data, CATEGORIES, "all", {})) == 2 * N_SCENES
+    with pytest.raises(P.EvaluationError, match="unknown split"):
+        P.select_pairs(data, CATEGORIES, "dev", {})
 
 
 def test_grouping_excludes_scene_products_and_pairs_without_negatives() -> None:
     cats = np.array(["Shoes", "Pants", "Pants", "Pants"], dtype=object)
     row = {"a": 0, "b": 1, "c": 2, "d": 3}
     pairs = [
-        E.EvalPair(Pair("s", "a", LOWER), 0, 0, "Shoes"),  # its only catalog product
-        E.EvalPair(Pair("s", "b", UPPER), 1, 1, "Pants"),
-        E.EvalPair(Pair("t", "d", LOWER), 2, 3, "Pants"),
+        P.EvalPair(Pair("s", "a", LOWER), 0, 0, "Shoes"),  # its only catalog product
+        P.EvalPair(Pair("s", "b", UPPER), 1, 1, "Pants"),
+        P.EvalPair(Pair("t", "d", LOWER), 2, 3, "Pants"),
     ]
     scene_products = {"s": {"a", "b", "c"}, "t": {"d"}}
-    groups = E.group_by_category(pairs, ["Pants", "Shoes"], cats, row, scene_products)
+    groups = P.group_by_category(pairs, ["Pants", "Shoes"], cats, row, scene_products)
     assert set(groups) == {"Pants"}
     g = groups["Pants"]
     assert g.products.tolist() == [1, 2, 3] and g.pos.tolist() == [0, 2]

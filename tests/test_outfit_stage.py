@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Settings
 from tests.conftest import REPO
 from tests.test_train import small_stl
-from training.train import build_parser, train
+from training.train import parse_options, train
 
 OUTFITS_DIR = REPO.parent / "shared" / "mango-outfits"
 N_OUTFITS = 60
@@ -53,9 +52,8 @@ def test_outfit_stage_on_real_outfits(stl_dir: Path, tmp_path: Path) -> None:
         "--data", str(data_dir), "--cache", str(tmp_path / "cache"), "--backbone", "tiny",
         "--epochs", "2", "--eval-every", "1", "--batch-size", "16", "--outfits", str(outfits),
     ]  # fmt: skip
-    parser = build_parser(Settings())
     joint = train(
-        parser.parse_args(
+        parse_options(
             [
                 *base,
                 "--out",
@@ -80,13 +78,13 @@ def test_outfit_stage_on_real_outfits(stl_dir: Path, tmp_path: Path) -> None:
 
     # The same STL stream without outfit batches (evaluation only) trains differently, and
     # reuses the composition cache.
-    alone = train(parser.parse_args([*base, "--out", str(tmp_path / "alone"), "--outfit-eval"]))
+    alone = train(parse_options([*base, "--out", str(tmp_path / "alone"), "--outfit-eval"]))
     assert alone["seconds"]["outfit_features"] == 0
     assert alone["outfits"]["val"]["n"] == rep["val"]["n"]
     assert [h["loss"] for h in alone["history"]] != [h["loss"] for h in joint["history"]]
 
     # Absent outfits: one log line, STL alone.
-    gone = parser.parse_args(
+    gone = parse_options(
         [
             *base,
             "--out",

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 import cli
-from training.outfits import OUTFITS_ENV, OutfitData, default_outfits_dir
+from training.config import OUTFITS_ENV, TrainingSettings
+from training.outfits import OutfitData
 
 HEADER = "product,stl_category,category,aggregated_family,family,type,colour,fabric,sex,age,line\n"
 
@@ -87,11 +88,11 @@ def test_default_dir_follows_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(OUTFITS_ENV, str(tmp_path))
-    assert default_outfits_dir() == tmp_path
+    assert TrainingSettings().outfits_dir == tmp_path
 
 
 def test_report_shows_held_out_outfits_only_when_measured() -> None:
-    from training.report import _outfit_lines
+    from training.evaluation.report import _outfit_lines
 
     assert _outfit_lines({}) == []
     m = {"n": 12, "fitb": 0.61, "attention_top1_hit": 0.9, "attention_random_top1_hit": 0.7}

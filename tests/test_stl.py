@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from training.stl import Pair, STLData, leaf_category, load_categories, load_pairs, pairs_by_scene
+from training.stl import Pair, STLData, leaf_category, load_categories, load_pairs
 
 
 def write_stl_dir(
@@ -110,7 +110,6 @@ def test_data_dir_paths_and_pairs_with_images(tmp_path: Path) -> None:
     assert [(p.scene, p.product) for p in data.pairs_with_images()] == [("s1", "p1"), ("s1", "p2")]
     assert data.category("p4") is None
     assert data.category_names() == ["Pants", "Shoes"]
-    assert {s: len(ps) for s, ps in pairs_by_scene(data.pairs).items()} == {"s1": 4, "s2": 1}
 
 
 def test_other_domain_and_no_images(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from model.ctl import CTLModel, load_run
-from service.config import Settings
+from training.loss import CTLLoss, triplet_loss
 from training.stl import STLData
-from training.train import Tensors, build_parser, train, triplet_loss, triplet_step
+from training.train import Tensors, embed_triplets, parse_options, train
 
 
 def small_stl(src: Path, dst: Path, n_pairs: int = 48, n_extra: int = 40) -> Path:
@@ -47,9 +48,10 @@ def test_zero_loss_when_positives_closer_by_margin() -> None:
     model = CTLModel(8, 4, ["A", "B"], dim=6, hidden=8).eval()
     f_s, f_i, keys = model.scene_embeddings(torch.randn(5, 8), torch.randn(5, 49, 4))
     att = model.attention(keys, torch.tensor([0, 1, 0, 1, 1]))
-    q = F.normalize(model.query_vector(f_s, f_i, att), dim=-1)
-    d_pos = model.distances(f_s, f_i, att, q)[0]  # the product along the query: closest
-    d_neg = model.distances(f_s, f_i, att, -q)[0]  # the opposite one: farthest
+    q = model.query_vector(f_s, f_i, att)
+    f_p = F.normalize(q, dim=-1)
+    d_pos = 2 - (q * f_p).sum(-1)  # d* of the product along the query: closest
+    d_neg = 2 - (q * -f_p).sum(-1)  # the opposite one: farthest
     assert (d_neg - d_pos >= 0.2).all()
     assert triplet_loss(d_pos, d_neg, margin=0.2).item() == 0.0
     swapped = triplet_loss(d_neg, d_pos, margin=0.2)
@@ -62,7 +64,7 @@ def test_zero_loss_when_positives_closer_by_margin() -> None:
 def test_one_epoch_on_real_pairs(stl_dir: Path, tmp_path: Path) -> None:
     data_dir = small_stl(stl_dir, tmp_path / "data")
     out = tmp_path / "run"
-    args = build_parser(Settings()).parse_args(
+    opts = parse_options(
         [
             "--data",
             str(data_dir),
@@ -80,7 +82,7 @@ def test_one_epoch_on_real_pairs(stl_dir: Path, tmp_path: Path) -> None:
             "16",
         ]
     )
-    metrics = train(args)
+    metrics = train(opts)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["epochs"] == 1 and saved["backbone"] == "tiny" and saved["best_epoch"] == 1
     assert 0.0 <= saved["best_val_auc"] <= 1.0 and saved["best_val_auc"] == metrics["best_val_auc"]
@@ -96,11 +98,27 @@ def test_one_epoch_on_real_pairs(stl_dir: Path, tmp_path: Path) -> None:
     assert config["backbone"] == "tiny" and model.categories == ["Pants", "Shoes"]
     assert (out / "last.pt").is_file() and (out / "config.json").is_file()
     # The same seed gives the same run, initialization included.
-    args.out = tmp_path / "again"
-    assert train(args)["history"] == metrics["history"]
-    again, _ = load_run(args.out)
+    again_opts = dataclasses.replace(opts, out=tmp_path / "again")
+    assert train(again_opts)["history"] == metrics["history"]
+    again, _ = load_run(again_opts.out)
     for name, value in model.state_dict().items():
         assert torch.equal(value, again.state_dict()[name]), name
+
+
+@pytest.mark.timeout(180)
+def test_resume_continues_the_same_run(stl_dir: Path, tmp_path: Path) -> None:
+    """Two epochs, then a third from last.pt: the same as three epochs at once."""
+    data_dir = small_stl(stl_dir, tmp_path / "data")
+    flags = ["--data", str(data_dir), "--cache", str(tmp_path / "cache"), "--backbone", "tiny"]
+    flags += ["--eval-every", "1", "--batch-size", "16", "--negatives", "hard"]
+    whole = train(parse_options([*flags, "--out", str(tmp_path / "whole"), "--epochs", "3"]))
+    part = tmp_path / "part"
+    train(parse_options([*flags, "--out", str(part), "--epochs", "2"]))
+    resumed = train(parse_options([*flags, "--out", str(part), "--epochs", "3", "--resume"]))
+    assert "resuming after epoch 2" in (part / "train.log").read_text()  # not trained afresh
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3]
+    assert resumed["history"] == whole["history"]
+    assert resumed["best_val_auc"] == whole["best_val_auc"]
 
 
 def _toy(n_views: int = 1, scenes: int = 6, products: int = 12) -> tuple[CTLModel, Tensors]:
@@ -121,8 +139,8 @@ def test_mined_negatives(mode: str) -> None:
     cats = torch.zeros(6, dtype=torch.long)  # one category: every batch product is a candidate
     excl = torch.zeros(6, 12, dtype=torch.bool)
     excl[torch.arange(6), torch.arange(6)] = True  # a scene's own product is never its negative
-    args = build_parser(Settings()).parse_args(["--out", "x", "--negatives", mode])
-    loss = triplet_step(model, t, batch, cats, args, torch.Generator(), excl)
+    loss_fn = CTLLoss(margin=0.2, negatives=mode)
+    loss = loss_fn(*embed_triplets(model, t, batch, cats, torch.Generator()), cats, excl)
     with torch.no_grad():
         f_s, f_i, keys = model.scene_embeddings(t.scene_global[0, :6], t.scene_regions[0, :6])
         q = model.query_vector(f_s, f_i, model.attention(keys, cats))
@@ -138,5 +156,5 @@ def test_mined_negatives(mode: str) -> None:
             elif mode == "random":
                 ok = [6 + i]
             expected.append(max(float(sim[i, j]) for j in ok))
-        ref = triplet_loss(2 - sim_pos, 2 - torch.tensor(expected), args.margin)
+        ref = triplet_loss(2 - sim_pos, 2 - torch.tensor(expected), 0.2)
     assert loss.item() == pytest.approx(ref.item(), abs=1e-5)

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from PIL import Image
-
 from training.stl import DROPPED_CATEGORIES, BBox
 
 GROW = 0.05
@@ -78,18 +76,6 @@ def crop_box(
     if area(best) == 0 or area(best) < min_area_fraction * width * height:
         return CropResult(None, "crop_too_small")
     return CropResult(best, "ok")
-
-
-def crop_scene(
-    image: Image.Image, bbox: BBox, domain: str = "fashion"
-) -> tuple[Image.Image | None, CropResult]:
-    """The cropped scene as RGB (any input mode), or ``None`` with the reason."""
-    result = crop_box(bbox, image.width, image.height, domain)
-    if result.box is None:
-        return None, result
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return image.crop(result.box), result
 
 
 def box_in_crop(bbox: BBox, crop: PixelBox, width: int, height: int) -> BBox | None:

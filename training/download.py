@@ -22,7 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
+from index.progress import Progress
 from training.atomic import write_bytes
 from training.stl import load_pairs
 
@@ -164,21 +173,26 @@ class Fetcher:
         dest = image_path(self.out, job)
         if dest.is_file() and is_valid_image(dest):
             return Outcome(job, "skipped")
-        url = image_url(self.base_url, job.sig)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                data = fetch_once(url, self.timeout)
-                check_image(data)
-                write_bytes(dest, data)
-                return Outcome(job, "ok", attempts=attempt)
-            except FetchError as exc:
-                if not exc.retry or attempt > self.retries:
-                    return Outcome(job, "failed", exc.reason, exc.detail, attempt)
-                delay = self.backoff * 2 ** (attempt - 1)
-                log.debug("%s: %s, retry %d in %.2fs", url, exc, attempt, delay)
-                time.sleep(delay)
+        # Exponential backoff from ``backoff`` s, plus up to ``backoff`` s of jitter so that the
+        # workers that failed together do not all ask again at the same moment.
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_exponential(multiplier=self.backoff) + wait_random(0, self.backoff),
+            retry=retry_if_exception(lambda e: isinstance(e, FetchError) and e.retry),
+            before_sleep=before_sleep_log(log, logging.DEBUG),
+            reraise=True,
+        )
+        try:
+            retrying(self._fetch, image_url(self.base_url, job.sig), dest)
+        except FetchError as exc:
+            attempts = retrying.statistics["attempt_number"]
+            return Outcome(job, "failed", exc.reason, exc.detail, attempts)
+        return Outcome(job, "ok", attempts=retrying.statistics["attempt_number"])
+
+    def _fetch(self, url: str, dest: Path) -> None:
+        data = fetch_once(url, self.timeout)
+        check_image(data)
+        write_bytes(dest, data)
 
 
 def jobs_for(pairs_file: Path, limit: int | None = None) -> list[Job]:
@@ -196,7 +210,10 @@ def download(
     summary = Summary()
     failures: list[Outcome] = []
     started = last_log = time.monotonic()
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with (
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        Progress(log, len(jobs), "download", "file") as progress,
+    ):
         futures = [pool.submit(fetcher.run, job) for job in jobs]
         try:
             for future in as_completed(futures):
@@ -205,17 +222,20 @@ def download(
                 if outcome.status == "failed":
                     failures.append(outcome)
                 now = time.monotonic()
-                if now - last_log >= log_every_s or summary.done == len(jobs):
-                    last_log = now
-                    log.info(
-                        "%d/%d files (ok %d, skipped %d, failed %d), %.1f files/s",
-                        summary.done,
-                        len(jobs),
-                        summary.ok,
-                        summary.skipped,
-                        sum(summary.failed.values()),
-                        summary.done / max(now - started, 1e-9),
-                    )
+                if now - last_log < log_every_s and summary.done < len(jobs):
+                    progress.update(1)
+                    continue
+                last_log = now
+                progress.update(
+                    1,
+                    "%d/%d files (ok %d, skipped %d, failed %d), %.1f files/s",
+                    summary.done,
+                    len(jobs),
+                    summary.ok,
+                    summary.skipped,
+                    sum(summary.failed.values()),
+                    summary.done / max(now - started, 1e-9),
+                )
         except BaseException:  # Ctrl-C: stop now, a rerun resumes
             pool.shutdown(wait=True, cancel_futures=True)
             raise
@@ -271,7 +291,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--workers", type=_positive_int, default=16)
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     parser.add_argument("--retries", type=int, default=3, help="retries after the first try")
-    parser.add_argument("--backoff", type=float, default=1.0, help="first retry delay, doubling")
+    parser.add_argument(
+        "--backoff", type=float, default=1.0, help="first retry delay, doubling, plus jitter"
+    )
     parser.add_argument("--limit", type=_positive_int, help="only the first N pairs")
     parser.add_argument("--log-every", type=float, default=10.0, help="progress every S seconds")
     args = parser.parse_args(list(argv))

@@ -25,19 +25,20 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
 from PIL import Image
 
+from index.progress import Progress
 from model.backbones import BACKBONES, Backbone, build_backbone
 from model.preprocess import to_batch
-from service.config import Settings
 from training import crop
 from training.atomic import atomic_path, write_json
+from training.config import TrainingSettings
 from training.stl import STLData
 
 log = logging.getLogger(__name__)
@@ -274,7 +275,10 @@ class ChunkBuilder:
         def images(c: int) -> list[Image.Image]:
             return [aug.apply(load(i)) for i in range(c * CHUNK, min(n, (c + 1) * CHUNK))]
 
-        with ThreadPoolExecutor(1) as pool:  # decode the next chunk while this one runs
+        with (
+            ThreadPoolExecutor(1) as pool,  # decode the next chunk while this one runs
+            Progress(log, n_chunks, f"{kind}/{view}", "chunk", n_chunks - len(todo)) as progress,
+        ):
             nxt = pool.submit(images, todo[0]) if todo else None
             for k, c in enumerate(todo):
                 assert nxt is not None
@@ -291,7 +295,8 @@ class ChunkBuilder:
                 rate = (k + 1) * CHUNK / secs
                 self.progress[f"{kind}-{view}"] = {"chunks_done": done, "chunks": n_chunks}
                 write_json(self.progress_file, self.progress, indent=1)
-                log.info(
+                progress.update(
+                    1,
                     "%s/%s: chunk %d/%d (%.1f img/s, ~%.0f s left)",
                     kind,
                     view,
@@ -383,11 +388,11 @@ def build_cache(
     return FeatureCache(path, meta), spent
 
 
-def add_arguments(parser: argparse.ArgumentParser, settings: Settings) -> None:
+def add_arguments(parser: argparse.ArgumentParser, settings: TrainingSettings) -> None:
     """The options shared by ``ctl features`` and ``ctl train``."""
     parser.add_argument("--data", type=Path, default=settings.data_dir, help="STL data directory")
     parser.add_argument(
-        "--cache", type=Path, default=settings.work_dir / "features", help="feature cache root"
+        "--cache", type=Path, default=settings.features_dir, help="feature cache root"
     )
     parser.add_argument("--backbone", default=settings.backbone, choices=BACKBONES)
     parser.add_argument(
@@ -401,19 +406,40 @@ def add_arguments(parser: argparse.ArgumentParser, settings: Settings) -> None:
     parser.add_argument("--engine", default="auto", choices=ENGINES)
 
 
-def cache_from_args(args: argparse.Namespace) -> tuple[FeatureCache, float]:
-    data = STLData.load(args.data)
-    backbone = build_backbone(args.backbone, args.backbone_weights)
-    views = [v for v in args.views.split(",") if v]
-    return build_cache(data, backbone, args.cache, views, args.batch_size_features, args.engine)
+@dataclass(frozen=True, kw_only=True)
+class FeatureOptions:
+    """``ctl features``'s flags, typed (``add_arguments`` holds their defaults and help)."""
+
+    data: Path
+    cache: Path
+    backbone: str
+    backbone_weights: Path | None
+    views: tuple[str, ...]
+    batch_size_features: int
+    engine: str
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Self:
+        """The options of parsed flags (``--views a,b`` becomes a tuple)."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        values["views"] = tuple(v for v in args.views.split(",") if v)
+        return cls(**values)
+
+
+def load_cache(opts: FeatureOptions) -> tuple[FeatureCache, float]:
+    """The feature cache the options name, built where it is missing (see ``build_cache``)."""
+    data = STLData.load(opts.data)
+    backbone = build_backbone(opts.backbone, opts.backbone_weights)
+    return build_cache(
+        data, backbone, opts.cache, opts.views, opts.batch_size_features, opts.engine
+    )
 
 
 def main(argv: list[str]) -> int:
     """``ctl features``: build (or finish) the feature cache and print where it is."""
     parser = argparse.ArgumentParser(prog="ctl features", description=__doc__.split("\n")[0])
-    add_arguments(parser, Settings())
-    args = parser.parse_args(argv)
-    cache, spent = cache_from_args(args)
+    add_arguments(parser, TrainingSettings())
+    cache, spent = load_cache(FeatureOptions.from_args(parser.parse_args(argv)))
     print(
         json.dumps(
             {

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,8 +24,6 @@ from training.split import split_scenes
 
 log = logging.getLogger(__name__)
 
-OUTFITS_ENV = "CTL_OUTFITS_DIR"
-"""Environment variable naming the outfits directory (training's own setting)."""
 ATTRIBUTES = (
     "category",
     "aggregated_family",
@@ -38,19 +35,6 @@ ATTRIBUTES = (
     "age",
     "line",
 )
-
-
-def default_outfits_dir() -> Path:
-    """``$CTL_OUTFITS_DIR``, else ``../shared/mango-outfits`` beside the checkout or the cwd
-    (the first that exists; the checkout's one when none does, so messages name a path)."""
-    env = os.environ.get(OUTFITS_ENV)
-    if env:
-        return Path(env)
-    candidates = [
-        base.parent / "shared" / "mango-outfits"
-        for base in (Path(__file__).resolve().parent.parent, Path.cwd())
-    ]
-    return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
 def outfits_available(root: Path | None) -> bool:

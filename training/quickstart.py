@@ -2,7 +2,8 @@
 
 Each step runs through the same ``main(argv)`` as its own ``ctl`` command and is skipped when
 its output is current: a stamp file records a digest of the step's inputs, and a step whose
-stamp matches and whose output exists is not run again.
+stamp matches and whose output exists is not run again. Serving sits above training, so the
+serving step comes in as a callable (``cli.py`` passes ``service.main.main``).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from model.runtime import sha256_file
-from service.config import Settings
 from training.atomic import write_json
-from training.outfits import default_outfits_dir, outfits_available
+from training.config import TrainingSettings
+from training.outfits import outfits_available
 
 log = logging.getLogger(__name__)
 
+Serve = Callable[[list[str]], int]
+"""The serving step: ``ctl serve``'s ``main(argv)``."""
 RELEASE_BASE = "https://raw.githubusercontent.com/kang205/STL-Dataset/master"
 
 
@@ -68,7 +71,7 @@ def _run_step(
     stamps.record(name, digest)
 
 
-def ensure_data(data: Path | None, settings: Settings) -> Path:
+def ensure_data(data: Path | None, settings: TrainingSettings) -> Path:
     """The data directory to use: the given one, the configured one, or a fresh download."""
     if data is not None:
         if not (data / "fashion.json").is_file():
@@ -100,9 +103,9 @@ def ensure_data(data: Path | None, settings: Settings) -> Path:
     return target
 
 
-def main(argv: list[str]) -> int:
-    """Build everything that is not current, then serve (unless ``--no-serve``)."""
-    settings = Settings()
+def main(argv: list[str], serve: Serve | None = None) -> int:
+    """Build everything that is not current, then ``serve`` (unless ``--no-serve`` or none)."""
+    settings = TrainingSettings()
     parser = argparse.ArgumentParser(prog="ctl quickstart", description=__doc__)
     parser.add_argument("--data", type=Path, default=None, help="STL data dir (default: shared)")
     parser.add_argument("--work", type=Path, default=settings.work_dir)
@@ -110,12 +113,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--backbone", default=settings.backbone)
     parser.add_argument("--epochs", type=int, default=None, help="default: the trainer's")
     parser.add_argument("--seed", type=int, default=settings.seed)
-    parser.add_argument("--host", default=settings.host)
-    parser.add_argument("--port", type=int, default=settings.port)
+    parser.add_argument("--host", default=None, help="default: the service's (CTL_HOST)")
+    parser.add_argument("--port", type=int, default=None, help="default: the service's (CTL_PORT)")
     parser.add_argument(
         "--outfits",
         type=Path,
-        default=None,
+        default=settings.outfits_dir,
         help="stylist outfits directory (default: $CTL_OUTFITS_DIR or ../shared/mango-outfits)",
     )
     parser.add_argument("--no-serve", action="store_true", help="stop after building the index")
@@ -156,7 +159,7 @@ def main(argv: list[str]) -> int:
     ]
     if args.epochs is not None:
         train_argv += ["--epochs", str(args.epochs)]
-    outfits = (args.outfits or default_outfits_dir()).resolve()
+    outfits = args.outfits.resolve()
     train_argv += ["--outfits", str(outfits)]
     _run_step(
         stamps,
@@ -187,12 +190,11 @@ def main(argv: list[str]) -> int:
         ["--artifacts", str(artifacts), "--data", str(data), "--work-dir", str(work)],
     )
 
-    if args.no_serve:
+    if args.no_serve or serve is None:
         log.info("quickstart: artifacts and index ready in %s", artifacts)
         return 0
-    from service import main as service_main
-
     os.environ.setdefault("CTL_SAMPLES_DIR", str(data / "images" / "scenes"))
-    return service_main.main(
-        ["--artifacts", str(artifacts), "--host", args.host, "--port", str(args.port)]
-    )
+    serve_argv = ["--artifacts", str(artifacts)]
+    serve_argv += ["--host", args.host] if args.host is not None else []
+    serve_argv += ["--port", str(args.port)] if args.port is not None else []
+    return serve(serve_argv)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from training.config import TrainingSettings
 from training.crop import CropStats, crop_box, drop_reason_for_category
 from training.stl import Pair, STLData
 
@@ -151,8 +152,6 @@ def render(stats: DataStats) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    from service.config import get_settings
-
     parser = argparse.ArgumentParser(
         prog="ctl data stats", description="Counts of pairs, images, crops and drops."
     )
@@ -168,7 +167,7 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     if args.outfits is not None:
         return _outfit_stats(args.outfits, args.json)
-    root = args.data if args.data is not None else get_settings().data_dir
+    root = args.data if args.data is not None else TrainingSettings().data_dir
     try:
         data = STLData.load(root, args.domain)
     except (FileNotFoundError, ValueError) as exc:

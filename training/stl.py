@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,11 +126,3 @@ class STLData:
     def category_names(self) -> list[str]:
         """Leaf categories kept for training (dresses dropped), sorted."""
         return sorted(set(self.categories.values()) - DROPPED_CATEGORIES)
-
-
-def pairs_by_scene(pairs: Iterable[Pair]) -> dict[str, list[Pair]]:
-    """Group pairs by scene signature (a scene can hold several labelled products)."""
-    out: dict[str, list[Pair]] = {}
-    for p in pairs:
-        out.setdefault(p.scene, []).append(p)
-    return out

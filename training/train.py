@@ -1,10 +1,11 @@
 """``ctl train``: the CTL heads on cached frozen-backbone features.
 
 Adam, triplet loss with margin 0.2 on d*, same-category negatives drawn afresh every epoch
-(optionally the hardest valid one in the batch), an optional in-batch softmax contrastive term,
-and the scene-level val split evaluated every N epochs by AUC (= binary-choice accuracy, computed
-exactly against every valid same-category catalog product). Keeps the best checkpoint, resumes
-from ``last.pt``. Everything later steps need lands in the run directory.
+(optionally the hardest valid one in the batch), an optional in-batch softmax contrastive term
+(``training.loss.CTLLoss``), and the scene-level val split evaluated every N epochs by AUC
+(= binary-choice accuracy, computed exactly against every valid same-category catalog product).
+Keeps the best checkpoint, resumes from ``last.pt``. Everything later steps need lands in the
+run directory. ``run`` orchestrates ``train_one_epoch`` and ``evaluate``.
 """
 
 from __future__ import annotations
@@ -14,26 +15,67 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from index.progress import Progress
 from model.ctl import CTLModel
-from service.config import Settings
 from training.atomic import atomic_path, write_json
-from training.features import FeatureCache, add_arguments, cache_from_args
+from training.config import OUTFITS_ENV, TrainingSettings
+from training.features import FeatureCache, FeatureOptions, add_arguments, load_cache
 from training.joint import OutfitDomain, outfit_loss, outfit_metrics
+from training.loss import NEGATIVES, CTLLoss
 from training.outfit_features import build_outfit_cache
-from training.outfits import OUTFITS_ENV, OutfitData, default_outfits_dir, outfits_available
+from training.outfits import OutfitData, outfits_available
 from training.sampling import Example, TripletSampler
 from training.split import split_scenes
 from training.stl import STLData
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOptions(FeatureOptions):
+    """``ctl train``'s flags, typed (``build_parser`` holds their defaults and help)."""
+
+    out: Path
+    epochs: int
+    seed: int
+    resume: bool
+    init_seed: int | None
+    batch_size: int
+    lr: float
+    weight_decay: float
+    margin: float
+    dim: int
+    hidden: int
+    dropout: float
+    input_dropout: float
+    negatives: str
+    contrastive: float
+    temperature: float
+    eval_every: int
+    outfits: Path
+    no_outfits: bool
+    outfit_weight: float
+    outfit_attention: float
+    domain_norm: bool
+    outfit_eval: bool
+    compositions: int
+    standardize: bool
+
+    @property
+    def model_seed(self) -> int:
+        """The seed of initialization and dropout (the split and sampling stay on ``seed``)."""
+        return self.seed if self.init_seed is None else self.init_seed
+
+    def loss(self) -> CTLLoss:
+        return CTLLoss(self.margin, self.negatives, self.contrastive, self.temperature)
 
 
 @dataclass
@@ -64,6 +106,7 @@ class Dataset:
     split: dict[str, str]
     examples: dict[str, list[Example]]  # split -> examples
     scene_products: dict[str, set[int]]
+    scene_of_row: list[str]  # the scene of each crop row of the cache
 
     @classmethod
     def build(cls, cache: FeatureCache, data: STLData, seed: int) -> Dataset:
@@ -79,21 +122,156 @@ class Dataset:
         raw = cache.examples
         split = split_scenes((e["scene"] for e in raw), seed=seed)
         examples: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
+        scene_of_row = [""] * len(cache.meta["crops"])
         for e in raw:
             ex = Example(e["crop"], e["scene"], row[e["product"]], cat_idx[e["category"]])
             examples[split[e["scene"]]].append(ex)
-        return cls(categories, products, product_cat, split, examples, scene_products)
+            scene_of_row[e["crop"]] = e["scene"]
+        return cls(categories, products, product_cat, split, examples, scene_products, scene_of_row)
 
     def popularity(self) -> dict[str, int]:
         counts = Counter(self.products[e.product] for e in self.examples["train"])
         return dict(counts.most_common())
 
+    def train_rows(self) -> torch.Tensor:
+        """The cache rows of the training split's scene crops (for feature statistics)."""
+        return torch.tensor(sorted({e.row for e in self.examples["train"]}))
+
+
+@dataclass
+class Streams:
+    """The run's random streams, saved in ``last.pt`` so that a resumed run continues them:
+    STL triplets (``rng``), views (``gen``), composed-outfit batches (``orng``) and torch's
+    global stream (dropout)."""
+
+    rng: np.random.Generator
+    gen: torch.Generator
+    orng: np.random.Generator
+
+    @classmethod
+    def seeded(cls, seed: int, model_seed: int) -> Streams:
+        torch.manual_seed(model_seed)  # the dropout stream, independent of the model's size
+        gen = torch.Generator().manual_seed(seed)
+        # The outfit stream is its own, so that the STL stream stays as it is without outfits.
+        return cls(np.random.default_rng(seed), gen, np.random.default_rng([seed, 16]))
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "rng": self.rng.bit_generator.state,
+            "gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "orng": self.orng.bit_generator.state,
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        if "orng" in state:
+            self.orng.bit_generator.state = state["orng"]
+
+
+@dataclass
+class OutfitBatches:
+    """Composed-outfit triplets: one weighted batch joins every STL step (interleaved), a fresh
+    epoch of them drawn whenever they run out."""
+
+    dom: OutfitDomain
+    rng: np.random.Generator
+    opts: TrainOptions  # batch_size, margin, outfit_weight, outfit_attention
+    queue: list[np.ndarray] = field(default_factory=list)
+
+    def loss(self, model: CTLModel) -> torch.Tensor:
+        o = self.opts
+        if not self.queue:
+            ot = self.dom.samplers["train"].epoch(self.rng)
+            self.queue = [ot[j : j + o.batch_size] for j in range(0, len(ot), o.batch_size)][::-1]
+        oloss = outfit_loss(model, self.dom, self.queue.pop(), o.margin, o.outfit_attention)
+        return o.outfit_weight * oloss
+
+
+def exclusion_mask(batch: np.ndarray, ds: Dataset) -> torch.Tensor:
+    """(B, 2B): candidate product j (positives then negatives) is paired with scene i."""
+    cand = np.concatenate([batch[:, 1], batch[:, 2]])
+    mask = np.zeros((len(batch), len(cand)), bool)
+    for i, row in enumerate(batch[:, 0]):
+        paired = ds.scene_products.get(ds.scene_of_row[row], set())
+        mask[i] = [c in paired for c in cand]
+    return torch.from_numpy(mask)
+
+
+def embed_triplets(
+    model: CTLModel, t: Tensors, batch: np.ndarray, cats: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q (d*(s, x) = 2 - <q, f_x>), f_pos and f_neg of ``[scene_row, positive, negative]`` rows,
+    each image in an independently drawn view."""
+    n_views = t.scene_global.shape[0]
+    v = torch.randint(n_views, (3, len(batch)), generator=gen)
+    s, p, n = (torch.from_numpy(batch[:, k]) for k in range(3))
+    f_s, f_i, keys = model.scene_embeddings(t.scene_global[v[0], s], t.scene_regions[v[0], s])
+    q = model.query_vector(f_s, f_i, model.attention(keys, cats))
+    f_pos = model.product_embedding(t.product_global[v[1], p])
+    f_neg = model.product_embedding(t.product_global[v[2], n])
+    return q, f_pos, f_neg
+
+
+def train_step(
+    model: CTLModel,
+    opt: torch.optim.Optimizer,
+    loss_fn: CTLLoss,
+    t: Tensors,
+    batch: np.ndarray,
+    gen: torch.Generator,
+    ds: Dataset,
+    cache_rows: np.ndarray | None = None,
+    extra: Callable[[CTLModel], torch.Tensor] | None = None,
+) -> float:
+    """One optimizer step on ``batch``; ``cache_rows``: the same triplets as rows of the feature
+    cache when ``t`` holds freshly computed features instead (the end-to-end benchmark);
+    ``extra``: a further loss term of this step (composed outfits)."""
+    rows = batch if cache_rows is None else cache_rows
+    cats = torch.from_numpy(ds.product_cat[rows[:, 1]])
+    excl = exclusion_mask(rows, ds)
+    loss = loss_fn(*embed_triplets(model, t, batch, cats, gen), cats, excl)
+    if extra is not None:
+        loss = loss + extra(model)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss.item())
+
+
+def train_one_epoch(
+    model: CTLModel,
+    opt: torch.optim.Optimizer,
+    loss_fn: CTLLoss,
+    t: Tensors,
+    ds: Dataset,
+    sampler: TripletSampler,
+    streams: Streams,
+    batch_size: int,
+    outfits: OutfitBatches | None = None,
+) -> float:
+    """One pass over a fresh draw of training triplets; returns the mean loss."""
+    model.train()
+    triplets = sampler.epoch(streams.rng)
+    extra = outfits.loss if outfits is not None else None
+    losses = []
+    for i in range(0, len(triplets), batch_size):
+        batch = triplets[i : i + batch_size]
+        if len(batch) < 2:
+            continue
+        losses.append(train_step(model, opt, loss_fn, t, batch, streams.gen, ds, extra=extra))
+    return float(np.mean(losses)) if losses else 0.0
+
 
 @torch.no_grad()
-def evaluate_auc(
-    model: CTLModel, t: Tensors, sampler: TripletSampler, examples: list[Example]
-) -> float:
-    """Mean over pairs of P(d*(s, neg) > d*(s, pos)) over every valid negative (ties count 1/2)."""
+def evaluate(model: CTLModel, t: Tensors, sampler: TripletSampler) -> float:
+    """Mean over the sampler's pairs of P(d*(s, neg) > d*(s, pos)) over every valid negative
+    (ties count 1/2); 0.5 without pairs."""
+    examples = sampler.examples
+    if not examples:
+        return 0.5
     model.eval()
     f_p = model.product_embedding(t.product_global[0])
     rows = torch.tensor([e.row for e in examples])
@@ -109,122 +287,53 @@ def evaluate_auc(
     return float(np.mean(aucs))
 
 
-def train_step(
-    model: CTLModel,
-    opt: torch.optim.Optimizer,
-    t: Tensors,
-    batch: np.ndarray,
-    args: argparse.Namespace,
-    gen: torch.Generator,
-    ds: Dataset,
-    scene_of_row: list[str],
-    cache_rows: np.ndarray | None = None,
-    outfits: tuple[OutfitDomain, np.ndarray] | None = None,
-) -> float:
-    """One optimizer step on ``batch``; ``cache_rows``: the same triplets as rows of the feature
-    cache when ``t`` holds freshly computed features instead (the end-to-end benchmark);
-    ``outfits``: a batch of composed-outfit triplets whose weighted loss joins this step."""
-    rows = batch if cache_rows is None else cache_rows
-    cats = torch.from_numpy(ds.product_cat[rows[:, 1]])
-    excl = exclusion_mask(rows, scene_of_row, ds)
-    loss = triplet_step(model, t, batch, cats, args, gen, excl)
-    if outfits is not None:
-        dom, obatch = outfits
-        oloss = outfit_loss(model, dom, obatch, args.margin, args.outfit_attention)
-        loss = loss + args.outfit_weight * oloss
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return float(loss.item())
+def build_model(opts: TrainOptions, t: Tensors, ds: Dataset) -> CTLModel:
+    """The heads, initialized from ``opts.model_seed``, standardizing with training statistics."""
+    torch.manual_seed(opts.model_seed)  # before the model exists: its initialization is seeded
+    model = CTLModel(
+        t.scene_global.shape[-1],
+        t.scene_regions.shape[-1],
+        ds.categories,
+        opts.dim,
+        opts.hidden,
+        opts.dropout,
+        opts.input_dropout,
+    )
+    if opts.standardize:
+        rows = ds.train_rows()
+        model.set_input_stats(
+            torch.cat([t.scene_global[:, rows].flatten(0, 1), t.product_global.flatten(0, 1)]),
+            t.scene_regions[:, rows].flatten(0, 2),
+        )
+    return model
 
 
-def triplet_loss(d_pos: torch.Tensor, d_neg: torch.Tensor, margin: float) -> torch.Tensor:
-    """mean(max(0, d*(s, p) - d*(s, n) + margin)): zero once every positive wins by the margin."""
-    return F.relu(d_pos - d_neg + margin).mean()
-
-
-def triplet_step(
-    model: CTLModel,
-    t: Tensors,
-    batch: np.ndarray,
-    cats: torch.Tensor,
-    args: argparse.Namespace,
-    gen: torch.Generator,
-    excl: torch.Tensor,
-) -> torch.Tensor:
-    """The loss of one batch of ``[scene_row, positive, negative]`` rows."""
-    b = len(batch)
-    n_views = t.scene_global.shape[0]
-    v = torch.randint(n_views, (3, b), generator=gen)  # an independent random view per image
-    s, p, n = (torch.from_numpy(batch[:, k]) for k in range(3))
-    f_s, f_i, keys = model.scene_embeddings(t.scene_global[v[0], s], t.scene_regions[v[0], s])
-    att = model.attention(keys, cats)
-    q = model.query_vector(f_s, f_i, att)  # d*(s, x) = 2 - <q, f_x>
-    f_pos = model.product_embedding(t.product_global[v[1], p])
-    f_neg = model.product_embedding(t.product_global[v[2], n])
-    sim_pos = (q * f_pos).sum(-1)
-    sim_neg = (q * f_neg).sum(-1)
-    if args.negatives in ("hard", "semihard"):
-        # Every product in the batch is a candidate negative for every scene: same category,
-        # not paired with the scene. "hard" takes the most similar one; "semihard" the most
-        # similar one that is still farther than the positive (else the drawn negative).
-        cand = torch.cat([f_pos, f_neg])  # (2B, D)
-        cand_cat = torch.cat([cats, cats])
-        sim = q @ cand.T  # (B, 2B)
-        valid = (cand_cat[None, :] == cats[:, None]) & ~excl
-        if args.negatives == "semihard":
-            valid &= sim < sim_pos.detach()[:, None]
-        mined = sim.masked_fill(~valid, -1e4).max(1).values
-        sim_neg = torch.where(valid.any(1), mined, sim_neg)
-    loss = triplet_loss(2 - sim_pos, 2 - sim_neg, args.margin)
-    if args.contrastive > 0:
-        cand = torch.cat([f_pos, f_neg])
-        logits = (q @ cand.T) / args.temperature
-        mask = excl.clone()
-        mask[torch.arange(b), torch.arange(b)] = False  # the positive stays
-        logits = logits.masked_fill(mask, -1e4)
-        loss = loss + args.contrastive * F.cross_entropy(logits, torch.arange(b))
-    return loss
-
-
-def exclusion_mask(batch: np.ndarray, scene_of_row: list[str], ds: Dataset) -> torch.Tensor:
-    """(B, 2B): candidate product j (positives then negatives) is paired with scene i."""
-    cand = np.concatenate([batch[:, 1], batch[:, 2]])
-    mask = np.zeros((len(batch), len(cand)), bool)
-    for i, row in enumerate(batch[:, 0]):
-        paired = ds.scene_products.get(scene_of_row[row], set())
-        mask[i] = [c in paired for c in cand]
-    return torch.from_numpy(mask)
-
-
-def load_outfits(
-    args: argparse.Namespace, categories: list[str], backbone_name: str
-) -> tuple[OutfitDomain | None, float]:
+def load_outfits(opts: TrainOptions, categories: list[str]) -> tuple[OutfitDomain | None, float]:
     """The outfit domain when wanted and present (``None`` otherwise, said in one log line),
     and the seconds spent computing its features."""
-    if args.no_outfits or (args.outfit_weight <= 0 and not args.outfit_eval):
+    if opts.no_outfits or (opts.outfit_weight <= 0 and not opts.outfit_eval):
         return None, 0.0
-    if not outfits_available(args.outfits):
+    if not outfits_available(opts.outfits):
         log.info(
             "no outfits at %s (set --outfits or $%s): training on STL alone",
-            args.outfits,
+            opts.outfits,
             OUTFITS_ENV,
         )
         return None, 0.0
     from model.backbones import build_backbone
 
-    backbone = build_backbone(backbone_name, args.backbone_weights)
+    backbone = build_backbone(opts.backbone, opts.backbone_weights)
     cache, spent = build_outfit_cache(
-        OutfitData.load(args.outfits),
+        OutfitData.load(opts.outfits),
         backbone,
-        args.cache,
+        opts.cache,
         categories,
-        args.compositions,
+        opts.compositions,
         0,
-        args.batch_size_features,
-        args.engine,
+        opts.batch_size_features,
+        opts.engine,
     )
-    return OutfitDomain.build(cache, categories, args.seed, backbone.grid), spent
+    return OutfitDomain.build(cache, categories, opts.seed, backbone.grid), spent
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -232,7 +341,34 @@ def _atomic_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def build_parser(settings: Settings) -> argparse.ArgumentParser:
+@dataclass
+class RunState:
+    """Where a run stands after an epoch: what ``last.pt`` keeps beside the weights and the
+    optimizer, the random streams included (a resumed run continues them)."""
+
+    streams: Streams
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"auc": -1.0, "epoch": 0})
+    seconds: float = 0.0
+
+    def save(self, path: Path, model: CTLModel, opt: torch.optim.Optimizer) -> None:
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": self.epoch}
+        state |= self.streams.state() | {"history": self.history, "best": self.best}
+        _atomic_save(state | {"seconds": self.seconds}, path)
+
+    def resume(self, path: Path, model: CTLModel, opt: torch.optim.Optimizer) -> None:
+        saved = torch.load(path, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        self.streams.load(saved)
+        self.epoch, self.history = saved["epoch"], saved["history"]
+        self.best, self.seconds = saved["best"], saved["seconds"]
+        log.info("resuming after epoch %d (best val AUC %.4f)", self.epoch, self.best["auc"])
+
+
+def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
+    """``ctl train``'s flags: the feature cache's, then training's."""
     p = argparse.ArgumentParser(prog="ctl train", description=__doc__.split("\n")[0])
     add_arguments(p, settings)
     p.add_argument("--out", type=Path, required=True, help="run directory")
@@ -254,14 +390,14 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--input-dropout", type=float, default=0.0)
-    p.add_argument("--negatives", choices=("random", "hard", "semihard"), default="random")
+    p.add_argument("--negatives", choices=NEGATIVES, default="random")
     p.add_argument("--contrastive", type=float, default=0.0, help="weight of in-batch softmax loss")
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument(
         "--outfits",
         type=Path,
-        default=default_outfits_dir(),
+        default=settings.outfits_dir,
         help=f"stylist outfits directory (${OUTFITS_ENV}); used when present and "
         "--outfit-weight > 0 or --outfit-eval",
     )
@@ -296,207 +432,166 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     return p
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Run (or resume) training into ``args.out``; returns the metrics written there."""
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "train.log")
+def parse_options(argv: list[str], settings: TrainingSettings | None = None) -> TrainOptions:
+    """``ctl train``'s flags as options; out-of-range values exit with a message."""
+    args = build_parser(settings or TrainingSettings()).parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 2 or args.eval_every < 1:
+        raise SystemExit("ctl train: --epochs and --eval-every must be >= 1, --batch-size >= 2")
+    return TrainOptions.from_args(args)
+
+
+def train(opts: TrainOptions) -> dict[str, Any]:
+    """Run (or resume) training into ``opts.out``, logging into its ``train.log`` too; returns
+    the metrics written there."""
+    opts.out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(opts.out / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("training")  # this step's and the feature cache's progress
     level = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     try:
-        return _train(args, out)
+        return run(opts)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
         handler.close()
 
 
-def _train(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def run(opts: TrainOptions) -> dict[str, Any]:
+    """Features, data and model; then epochs of ``train_one_epoch``, ``evaluate`` every
+    ``eval_every`` (the best checkpoint kept), ``last.pt`` after each; then ``metrics.json``."""
+    out = opts.out
     t0 = time.perf_counter()
-    cache, feature_seconds = cache_from_args(args)
-    feature_wall = time.perf_counter() - t0
-    data = STLData.load(args.data)
-    ds = Dataset.build(cache, data, args.seed)
-    t = Tensors.load(cache, [v for v in args.views.split(",") if v])
-    init_seed = args.seed if args.init_seed is None else args.init_seed
-    torch.manual_seed(init_seed)  # before the model exists: its initialization is seeded too
-    model = CTLModel(
-        t.scene_global.shape[-1],
-        t.scene_regions.shape[-1],
-        ds.categories,
-        args.dim,
-        args.hidden,
-        args.dropout,
-        args.input_dropout,
-    )
-    if args.standardize:
-        train_rows = torch.tensor(sorted({e.row for e in ds.examples["train"]}))
-        model.set_input_stats(
-            torch.cat(
-                [t.scene_global[:, train_rows].flatten(0, 1), t.product_global.flatten(0, 1)]
-            ),
-            t.scene_regions[:, train_rows].flatten(0, 2),
-        )
-    t_out = time.perf_counter()
-    dom, outfit_feature_seconds = load_outfits(args, ds.categories, args.backbone)
-    outfit_feature_wall = time.perf_counter() - t_out
-    if dom is not None and args.domain_norm:
-        train_rows = torch.tensor(sorted({e.row for e in ds.examples["train"]}))
+    cache, feature_seconds = load_cache(opts)
+    seconds = {"features": feature_seconds, "features_wall": time.perf_counter() - t0}
+    ds = Dataset.build(cache, STLData.load(opts.data), opts.seed)
+    t = Tensors.load(cache, list(opts.views))
+    model = build_model(opts, t, ds)
+    t0 = time.perf_counter()
+    dom, seconds["outfit_features"] = load_outfits(opts, ds.categories)
+    seconds["outfit_features_wall"] = time.perf_counter() - t0
+    if dom is not None and opts.domain_norm:
+        rows = ds.train_rows()
         dom.match_moments(
-            t.scene_global[:, train_rows].flatten(0, 1),
-            t.scene_regions[:, train_rows].flatten(0, 2),
+            t.scene_global[:, rows].flatten(0, 1),
+            t.scene_regions[:, rows].flatten(0, 2),
             t.product_global.flatten(0, 1),
         )
-    use_outfits = dom is not None and args.outfit_weight > 0
-    config = {
-        "model": model.config(),
-        "backbone": args.backbone,
-        "backbone_weights": str(args.backbone_weights) if args.backbone_weights else None,
-        "backbone_info": cache.meta["backbone"],
-        "data": str(Path(args.data).resolve()),
-        "cache": str(cache.path.resolve()),
-        "train": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-    }
-    write_json(out / "config.json", config)
-    write_json(out / "split.json", ds.split)
-    write_json(out / "categories.json", ds.categories)
-    write_json(out / "popularity.json", ds.popularity())
+    config = write_run_files(opts, cache, ds, model)
     samplers = {
         k: TripletSampler(v, ds.product_cat, ds.scene_products) for k, v in ds.examples.items()
     }
-    train_s, val_s = samplers["train"], samplers["val"]
     log.info(
         "pairs: train %d, val %d, test %d; %d products, %d categories; model %s",
-        len(train_s.examples),
-        len(val_s.examples),
-        len(samplers["test"].examples),
+        *(len(samplers[k].examples) for k in ("train", "val", "test")),
         len(ds.products),
         len(ds.categories),
         model.config() | {"categories": len(ds.categories)},
     )
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    rng = np.random.default_rng(args.seed)
-    torch.manual_seed(init_seed)  # the dropout stream, independent of the model's size
-    gen = torch.Generator().manual_seed(args.seed)
-    orng = np.random.default_rng([args.seed, 16])  # outfit batches: the STL stream stays as is
-    outfit_queue: list[np.ndarray] = []
-    history: list[dict[str, Any]] = []
-    best = {"auc": -1.0, "epoch": 0}
-    start_epoch, train_seconds = 1, 0.0
-    if args.resume and (out / "last.pt").is_file():
-        state = torch.load(out / "last.pt", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
-        if "orng" in state:
-            orng.bit_generator.state = state["orng"]
-        history, best = state["history"], state["best"]
-        start_epoch, train_seconds = state["epoch"] + 1, state["seconds"]
-        log.info("resuming after epoch %d (best val AUC %.4f)", state["epoch"], best["auc"])
-    scene_of_row = [""] * t.scene_global.shape[1]
-    for e in cache.examples:
-        scene_of_row[e["crop"]] = e["scene"]
+    opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    loss_fn = opts.loss()
+    state = RunState(Streams.seeded(opts.seed, opts.model_seed))
+    if opts.resume and (out / "last.pt").is_file():
+        state.resume(out / "last.pt", model, opt)
+    outfits = None
+    if dom is not None and opts.outfit_weight > 0:
+        outfits = OutfitBatches(dom, state.streams.orng, opts)
 
-    for epoch in range(start_epoch, args.epochs + 1):
-        t_epoch = time.perf_counter()
-        model.train()
-        triplets = train_s.epoch(rng)
-        losses = []
-        for i in range(0, len(triplets), args.batch_size):
-            batch = triplets[i : i + args.batch_size]
-            if len(batch) < 2:
-                continue
-            outfits = None
-            if use_outfits:
-                assert dom is not None
-                if not outfit_queue:  # a fresh epoch of composed-outfit triplets
-                    ot = dom.samplers["train"].epoch(orng)
-                    outfit_queue = [
-                        ot[j : j + args.batch_size] for j in range(0, len(ot), args.batch_size)
-                    ]
-                    outfit_queue.reverse()
-                outfits = (dom, outfit_queue.pop())
-            losses.append(
-                train_step(model, opt, t, batch, args, gen, ds, scene_of_row, outfits=outfits)
-            )
-        train_seconds += time.perf_counter() - t_epoch
-        record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else 0.0}
-        if epoch % args.eval_every == 0 or epoch == args.epochs:
-            auc = evaluate_auc(model, t, val_s, val_s.examples) if val_s.examples else 0.5
-            record["val_auc"] = auc
-            if auc > best["auc"]:
-                best = {"auc": auc, "epoch": epoch}
-                _atomic_save({"model": model.state_dict(), "config": config}, out / "checkpoint.pt")
-            log.info(
-                "epoch %d loss %.4f val AUC %.4f (best %.4f @ %d)",
-                epoch,
-                record["loss"],
-                auc,
-                best["auc"],
-                best["epoch"],
-            )
-        else:
-            log.info("epoch %d loss %.4f", epoch, record["loss"])
-        history.append(record)
-        _atomic_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "epoch": epoch,
-                "rng": rng.bit_generator.state,
-                "gen": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "orng": orng.bit_generator.state,
-                "history": history,
-                "best": best,
-                "seconds": train_seconds,
-            },
-            out / "last.pt",
-        )
-    outfit_report: dict[str, Any] = {}
-    if dom is not None:
-        best_model = CTLModel.from_config(model.config())
-        best_model.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=False)["model"])
-        outfit_report = {
-            split: outfit_metrics(best_model, dom, split, args.seed) for split in ("val", "test")
-        }
-        log.info("outfits (best checkpoint): %s", outfit_report)
-    metrics = {
-        "best_val_auc": best["auc"],
-        "best_epoch": best["epoch"],
-        "epochs": args.epochs,
-        "backbone": args.backbone,
-        "train_pairs": len(train_s.examples),
-        "val_pairs": len(val_s.examples),
-        "test_pairs": len(samplers["test"].examples),
-        "seconds": {
-            "features": round(feature_seconds, 2),
-            "features_wall": round(feature_wall, 2),
-            "features_total_cached": round(float(cache.meta["seconds"]), 2),
-            "train": round(train_seconds, 2),
-            "outfit_features": round(outfit_feature_seconds, 2),
-            "outfit_features_wall": round(outfit_feature_wall, 2),
-        },
-        "outfits": outfit_report,
-        "history": history,
-    }
+    with Progress(log, opts.epochs, "training", "epoch", state.epoch) as progress:
+        for epoch in range(state.epoch + 1, opts.epochs + 1):
+            t_epoch = time.perf_counter()
+            loss = train_one_epoch(
+                model, opt, loss_fn, t, ds, samplers["train"], state.streams, opts.batch_size,
+                outfits,
+            )  # fmt: skip
+            state.seconds += time.perf_counter() - t_epoch
+            record: dict[str, Any] = {"epoch": epoch, "loss": loss}
+            if epoch % opts.eval_every == 0 or epoch == opts.epochs:
+                record["val_auc"] = auc = evaluate(model, t, samplers["val"])
+                if auc > state.best["auc"]:
+                    state.best = {"auc": auc, "epoch": epoch}
+                    _atomic_save(
+                        {"model": model.state_dict(), "config": config}, out / "checkpoint.pt"
+                    )
+                log.info(
+                    "epoch %d loss %.4f val AUC %.4f (best %.4f @ %d)",
+                    epoch, loss, auc, state.best["auc"], state.best["epoch"],
+                )  # fmt: skip
+            else:
+                log.info("epoch %d loss %.4f", epoch, loss)
+            state.epoch = epoch
+            state.history.append(record)
+            state.save(out / "last.pt", model, opt)
+            progress.update(1)
+    metrics = final_metrics(opts, cache, samplers, state, seconds, model, dom)
     write_json(out / "metrics.json", metrics)
     log.info(
-        "best val AUC %.4f at epoch %d; train %.1f s", best["auc"], best["epoch"], train_seconds
-    )
+        "best val AUC %.4f at epoch %d; train %.1f s",
+        state.best["auc"], state.best["epoch"], state.seconds,
+    )  # fmt: skip
     return metrics
+
+
+def write_run_files(
+    opts: TrainOptions, cache: FeatureCache, ds: Dataset, model: CTLModel
+) -> dict[str, Any]:
+    """``config.json`` (returned: the checkpoints carry it), the split, categories and
+    popularity."""
+    config = {
+        "model": model.config(),
+        "backbone": opts.backbone,
+        "backbone_weights": str(opts.backbone_weights) if opts.backbone_weights else None,
+        "backbone_info": cache.meta["backbone"],
+        "data": str(Path(opts.data).resolve()),
+        "cache": str(cache.path.resolve()),
+        "train": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+    }
+    write_json(opts.out / "config.json", config)
+    write_json(opts.out / "split.json", ds.split)
+    write_json(opts.out / "categories.json", ds.categories)
+    write_json(opts.out / "popularity.json", ds.popularity())
+    return config
+
+
+def final_metrics(
+    opts: TrainOptions,
+    cache: FeatureCache,
+    samplers: dict[str, TripletSampler],
+    state: RunState,
+    seconds: dict[str, float],
+    model: CTLModel,
+    dom: OutfitDomain | None,
+) -> dict[str, Any]:
+    """``metrics.json``: the best val AUC, counts, timings and, with outfits, the best
+    checkpoint's FITB and composed-scene attention."""
+    outfit_report: dict[str, Any] = {}
+    if dom is not None:
+        best = CTLModel.from_config(model.config())
+        best.load_state_dict(torch.load(opts.out / "checkpoint.pt", weights_only=False)["model"])
+        outfit_report = {s: outfit_metrics(best, dom, s, opts.seed) for s in ("val", "test")}
+        log.info("outfits (best checkpoint): %s", outfit_report)
+    return {
+        "best_val_auc": state.best["auc"],
+        "best_epoch": state.best["epoch"],
+        "epochs": opts.epochs,
+        "backbone": opts.backbone,
+        **{f"{k}_pairs": len(samplers[k].examples) for k in ("train", "val", "test")},
+        "seconds": {
+            "features": round(seconds["features"], 2),
+            "features_wall": round(seconds["features_wall"], 2),
+            "features_total_cached": round(float(cache.meta["seconds"]), 2),
+            "train": round(state.seconds, 2),
+            "outfit_features": round(seconds["outfit_features"], 2),
+            "outfit_features_wall": round(seconds["outfit_features_wall"], 2),
+        },
+        "outfits": outfit_report,
+        "history": state.history,
+    }
 
 
 def main(argv: list[str]) -> int:
     """``ctl train``: print the run's metrics (without the per-epoch history) as JSON."""
-    args = build_parser(Settings()).parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 2 or args.eval_every < 1:
-        raise SystemExit("ctl train: --epochs and --eval-every must be >= 1, --batch-size >= 2")
-    metrics = train(args)
+    metrics = train(parse_options(argv))
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
     return 0

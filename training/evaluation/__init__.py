@@ -1,0 +1,1 @@
+"""The pieces of ``ctl evaluate`` (``training/evaluate.py``), one concern each."""

@@ -1,0 +1,189 @@
+"""Scoring for ``ctl evaluate``: scene crops and products through the backbone (cached) and
+the heads, the model's distances, and every pair ranked against its category."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from index.progress import Progress
+from model.backbones import Backbone
+from model.ctl import CTLModel
+from training import metrics as M
+from training.atomic import atomic_path
+from training.evaluation.pairs import CategoryPairs, Crop, load_crop, rgb
+from training.features import FeatureCache, cache_key, compute_features
+from training.stl import STLData
+
+log = logging.getLogger(__name__)
+
+EMBED_CHUNK = 256
+Scorer = Callable[[CategoryPairs], np.ndarray]
+"""Distances (n pairs, m products of the category; lower = better) of a category's pairs."""
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Backbone and head outputs for a list of images."""
+
+    raw: np.ndarray  # (N, G) backbone global vectors
+    emb: np.ndarray  # (N, D) f_s for scenes, f_p for products
+    queries: np.ndarray  # (N, C, D) q per category for scenes; empty for products
+    attention: np.ndarray  # (N, C, R) for scenes; empty for products
+
+
+def compute(
+    load: Callable[[Any], Image.Image],
+    items: Sequence[Any],
+    backbone: Backbone,
+    batch_size: int,
+    regions: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone global vectors (N, G) and, if asked, region grids (N, R, L) of ``items``."""
+    gs, rs = [], []
+    t0 = time.monotonic()
+    with Progress(log, len(items), "backbone", "img") as progress:
+        for start in range(0, len(items), EMBED_CHUNK):
+            images = [load(i) for i in items[start : start + EMBED_CHUNK]]
+            g, r = compute_features(backbone, images, batch_size)
+            gs.append(g)
+            if regions:
+                rs.append(r)
+            done = start + len(images)
+            rate = done / max(1e-9, time.monotonic() - t0)
+            msg = "backbone: %d/%d images (%.0f images/s)"
+            progress.update(len(images), msg, done, len(items), rate)
+    empty = np.zeros((0,), np.float32)
+    return np.concatenate(gs) if gs else empty, np.concatenate(rs) if rs else empty
+
+
+def from_training_cache(
+    config: dict[str, Any], backbone: Backbone, data: STLData, kind: str, keys: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The run's own feature cache ('orig' view), when it was built for this backbone and data
+    and holds every item; ``None`` otherwise."""
+    path = Path(config.get("cache") or "")
+    if path.name != cache_key(backbone, data) or not (path / "meta.json").is_file():
+        return None
+    cache = FeatureCache(path, json.loads((path / "meta.json").read_text()))
+    if "orig" not in cache.views:
+        return None
+    if kind == "products":
+        row = {s: i for i, s in enumerate(cache.products)}
+    else:
+        row = {_crop_key(s, tuple(b)): i for i, (s, b) in enumerate(cache.meta["crops"])}
+    if any(k not in row for k in keys):
+        return None
+    rows = np.array([row[k] for k in keys], np.int64)
+    log.info("taking %d %s features from the run's feature cache %s", len(keys), kind, path)
+    if kind == "products":
+        return np.asarray(cache.array("product_global", "orig")[rows], np.float32), np.zeros(0)
+    g = np.asarray(cache.array("scene_global", "orig")[rows], np.float32)
+    return g, np.asarray(cache.array("scene_regions", "orig")[rows], np.float32)
+
+
+def _crop_key(scene: str, box: Sequence[int]) -> str:
+    return f"{scene}:{','.join(str(int(v)) for v in box)}"
+
+
+def _digest(*parts: object) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def cached_features(
+    path: Path, produce: Callable[[], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone features from ``path`` (.npz) if present, else produced and stored atomically."""
+    if path.is_file():
+        log.info("using cached backbone features %s", path)
+        with np.load(path) as z:
+            return z["g"].astype(np.float32), z["regions"].astype(np.float32)
+    g, r = produce()
+    with atomic_path(path) as tmp:
+        np.savez(tmp, g=g.astype(np.float16), regions=r.astype(np.float16))
+    return g, r
+
+
+def apply_heads(model: CTLModel, g: np.ndarray, regions: np.ndarray, scenes: bool) -> Embedded:
+    """Head embeddings of backbone features, in batches (attention_all is (B, C, R, D) inside)."""
+    parts: dict[str, list[np.ndarray]] = {"emb": [], "queries": [], "attention": []}
+    with torch.no_grad():
+        for start in range(0, len(g), EMBED_CHUNK):
+            gb = torch.from_numpy(np.ascontiguousarray(g[start : start + EMBED_CHUNK]))
+            if not scenes:
+                parts["emb"].append(model.product_embedding(gb).numpy())
+                continue
+            rb = torch.from_numpy(np.ascontiguousarray(regions[start : start + EMBED_CHUNK]))
+            f_s, f_i, keys = model.scene_embeddings(gb, rb)
+            att = model.attention_all(keys)
+            parts["emb"].append(f_s.numpy())
+            parts["queries"].append(model.query_vector(f_s, f_i, att).numpy())
+            parts["attention"].append(att.numpy())
+    out = {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in parts.items()}
+    return Embedded(g, out["emb"], out["queries"], out["attention"])
+
+
+def embed_all(
+    config: dict[str, Any],
+    backbone: Backbone,
+    model: CTLModel,
+    data: STLData,
+    catalog: list[str],
+    crops: list[Crop],
+    cache: Path,
+    bs: int,
+) -> tuple[Embedded, Embedded]:
+    """Products and scene crops through the backbone (cached, ``bs`` images a batch) and the
+    heads."""
+    root = str(data.root.resolve())
+
+    def features(
+        kind: str, keys: list[str], produce: Callable[[], tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        path = cache / f"{kind}-{_digest(backbone.key(), root, keys)}.npz"
+        return cached_features(
+            path, lambda: from_training_cache(config, backbone, data, kind, keys) or produce()
+        )
+
+    product_features = features(
+        "products",
+        catalog,
+        lambda: compute(lambda s: rgb(data.product_path(s)), catalog, backbone, bs, False),
+    )
+    scene_features = features(
+        "scenes",
+        [_crop_key(c.scene, c.box) for c in crops],
+        lambda: compute(lambda c: load_crop(data, c), crops, backbone, bs, True),
+    )
+    return (
+        apply_heads(model, *product_features, scenes=False),
+        apply_heads(model, *scene_features, scenes=True),
+    )
+
+
+def model_scorer(scenes: Embedded, products: Embedded) -> Scorer:
+    """The trained model: d* = 2 - <q(s, c), f_p>."""
+
+    def model(g: CategoryPairs) -> np.ndarray:
+        q = scenes.queries[g.crops, g.cat_idx].astype(np.float64)
+        return 2.0 - q @ products.emb[g.products].T.astype(np.float64)
+
+    return model
+
+
+def rank_all(
+    groups: dict[str, CategoryPairs], scorer: Scorer, seed: int, draws: int
+) -> M.PairScores:
+    blocks = {c: M.RankingBlock.build(scorer(g), g.pos, g.exclude) for c, g in groups.items()}
+    return M.score_blocks(blocks, seed, draws)
