@@ -123,7 +123,7 @@ class AdminGate:
 
 class HoldServing:
     """Holds the current serving unit from a request's first byte to its last, so a reload
-    cannot retire it under the request; routes find it in the scope (``service.deps``).
+    cannot retire it under the request; routes find it in ``scope["serving"]`` (``service.deps``).
 
     Here rather than in a ``yield`` dependency, whose exit stack FastAPI pays for on every
     request (docs/performance.md).
