@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import multiprocess
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -118,6 +119,27 @@ class AdminGate:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class HoldServing:
+    """Holds the current serving unit from a request's first byte to its last, so a reload
+    cannot retire it under the request; routes find it in ``scope["serving"]`` (``service.deps``).
+
+    Here rather than in a ``yield`` dependency, whose exit stack FastAPI pays for on every
+    request (docs/performance.md).
+    """
+
+    def __init__(self, app: ASGIApp, state: State) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        manager: ServingManager | None = getattr(self.state, "manager", None)
+        if scope["type"] != "http" or manager is None:
+            await self.app(scope, receive, send)
+            return
+        with manager.hold() as serving:
+            scope["serving"] = serving
+            await self.app(scope, receive, send)
 
 
 class RequestMetrics:
@@ -259,6 +281,7 @@ def create_app(
     def limit_for(path: str) -> int:
         return batch_limit if path.startswith("/batch/") else single_limit
 
+    app.add_middleware(HoldServing, state=app.state)
     app.add_middleware(BodyLimit, limit_for=limit_for)
     app.add_middleware(AdminGate, settings=settings)
     app.add_middleware(RequestMetrics, metrics=metrics)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager, nullcontext
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
@@ -14,7 +12,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 from service.config import Settings
 from service.metrics import ServiceMetrics
 from service.recommender import Pipeline
-from service.serving import Serving, ServingManager, UnknownCategory
+from service.serving import Serving, UnknownCategory
 
 DEFAULT_K = 10
 """Products per category when a request does not say (the OpenAPI default, so a constant)."""
@@ -30,22 +28,13 @@ async def get_metrics(request: Request) -> ServiceMetrics:
     return metrics
 
 
-@contextmanager
-def _held(request: Request) -> Iterator[Serving]:
-    """The current serving unit, held until the block ends; 503 before the first load."""
-    manager: ServingManager | None = getattr(request.app.state, "manager", None)
-    with manager.hold() if manager is not None else nullcontext() as serving:
-        if serving is None:
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE, "model and index are not loaded"
-            )
-        yield serving
-
-
-async def get_serving(request: Request) -> AsyncIterator[Serving]:
-    """The current serving unit, held for the whole request so a reload cannot pull it away."""
-    with _held(request) as serving:
-        yield serving
+async def get_serving(request: Request) -> Serving:
+    """The serving unit this request holds to its end (``service.app.HoldServing``), so a
+    reload cannot pull it away; 503 before the first load."""
+    serving: Serving | None = request.scope.get("serving")
+    if serving is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "model and index are not loaded")
+    return serving
 
 
 _bearer = HTTPBearer(auto_error=False, description="the admin token (CTL_ADMIN_TOKEN)")
@@ -108,13 +97,13 @@ def check_categories(serving: Serving, categories: list[str]) -> dict[str, int]:
     return {category: check_category(serving, category) for category in categories}
 
 
-async def get_pipeline(request: Request) -> AsyncIterator[Pipeline]:
-    """The request's pipeline, its serving unit held to the end of the request. One dependency
-    reading ``app.state``, not one per part: FastAPI's solving costs per dependency, and was
-    most of the time of a cached answer."""
+async def get_pipeline(request: Request) -> Pipeline:
+    """The request's pipeline. One dependency reading ``app.state``, not one per part, and no
+    ``yield``: FastAPI's solving costs per dependency, and more for one with an exit step
+    (docs/performance.md)."""
     state = request.app.state
-    with _held(request) as serving:
-        yield Pipeline(serving, state.cache, state.metrics, state.settings, state.upload_budget)
+    serving = await get_serving(request)
+    return Pipeline(serving, state.cache, state.metrics, state.settings, state.upload_budget)
 
 
 def single_fields(*names: str) -> Any:

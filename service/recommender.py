@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from fastapi import HTTPException, UploadFile, status
+from pydantic_core import from_json, to_json
 
 from index.search import recommend
 from model.runtime import SceneEmbedding
@@ -127,7 +127,7 @@ class Pipeline:
             }
             for r in ranked
         ]
-        await self.cache.set(self._result_key(sha256, category, k), json.dumps(result).encode())
+        await self.cache.set(self._result_key(sha256, category, k), to_json(result))
         return result
 
     async def recommend(
@@ -155,7 +155,7 @@ class Pipeline:
                 missing.append(category)
             else:
                 self.metrics.cache_hits.labels("result").inc()
-                results[category] = json.loads(data)
+                results[category] = from_json(data)
         emb = None
         if missing or need_embedding or upload is None:
             emb, _ = await self._embedding(sha256, upload, embedding)

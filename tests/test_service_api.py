@@ -27,7 +27,7 @@ from service_support import (
 
 from index.store import IndexStore
 from model.runtime import OnnxEncoder
-from service.app import STATIC_DIR
+from service.app import STATIC_DIR, create_app
 from service.images import Upload, decode_image
 from service.schemas import CompleteTheLook, CompleteTheLookAll, Recommended
 
@@ -399,6 +399,18 @@ def test_no_server_errors_so_far(client: TestClient) -> None:
     """Every bad input above was answered without a 5xx (runs last in this module)."""
     text = client.get("/metrics").text
     assert re.search(r'ctl_http_requests_total\{[^}]*status="5\d\d"\}', text) is None
+
+
+def test_before_the_first_load_routes_that_need_the_model_are_503(
+    artifacts: Path, stl_dir: Path
+) -> None:
+    """Without the lifespan (nothing loaded, no serving unit held), a clean 503, not a 500."""
+    client = TestClient(create_app(settings_for(artifacts, stl_dir)))  # no `with`: no lifespan
+    scene_id = "0" * 64
+    for path in ("/categories", "/readyz", f"/scenes/{scene_id}/complete-the-look?category=x"):
+        r = client.get(path)
+        assert r.status_code == 503, (path, r.text)
+        assert r.json()["detail"] == "model and index are not loaded"
 
 
 def test_startup_freezes_the_loaded_objects_out_of_gc(artifacts: Path, stl_dir: Path) -> None:

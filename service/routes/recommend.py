@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
-from fastapi.responses import JSONResponse
 
 from service.deps import DEFAULT_K, PipelineDep, check_categories, check_k, single_fields, unique
 from service.errors import UPLOAD, responses
@@ -46,7 +45,7 @@ async def complete_the_look(
     category: Annotated[str, Form(description="a category name", examples=["Shoes"])],
     k: KField = DEFAULT_K,
     explain: Annotated[bool, Form(description=EXPLAIN)] = False,
-) -> JSONResponse:
+) -> dict:
     """Products of ``category`` that complete the look of the uploaded scene, best first.
 
     For several questions about one photo, upload it once (``POST /scenes``) and ask with GET.
@@ -66,37 +65,32 @@ def one_category(
     k: int,
     found: Recommendations,
     explain: bool,
-) -> JSONResponse:
-    """A ``CompleteTheLook`` answer (plain types, sent without re-validation: the schema
-    tests check it against the model)."""
+) -> dict:
+    """A ``CompleteTheLook`` answer."""
     attention = None
     if explain:
         assert found.embedding is not None  # asked for with need_embedding
         attention = attention_grid(found.embedding, row)
-    return JSONResponse(
-        {
-            **pipe.serving.versions(),
-            "category": category,
-            "k": k,
-            "scene_sha256": sha256,
-            "cached": found.cached,
-            "products": with_ranks(found.results[category]),
-            "attention": attention,
-        }
-    )
+    return {
+        **pipe.serving.versions(),
+        "category": category,
+        "k": k,
+        "scene_sha256": sha256,
+        "cached": found.cached,
+        "products": with_ranks(found.results[category]),
+        "attention": attention,
+    }
 
 
-def all_categories(pipe: Pipeline, sha256: str, k: int, found: Recommendations) -> JSONResponse:
+def all_categories(pipe: Pipeline, sha256: str, k: int, found: Recommendations) -> dict:
     """A ``CompleteTheLookAll`` answer."""
-    return JSONResponse(
-        {
-            **pipe.serving.versions(),
-            "k": k,
-            "scene_sha256": sha256,
-            "cached": found.cached,
-            "results": {c: with_ranks(items) for c, items in found.results.items()},
-        }
-    )
+    return {
+        **pipe.serving.versions(),
+        "k": k,
+        "scene_sha256": sha256,
+        "cached": found.cached,
+        "results": {c: with_ranks(items) for c, items in found.results.items()},
+    }
 
 
 @router.post(
@@ -113,7 +107,7 @@ async def complete_the_look_all(
         Form(description=CATEGORIES, examples=[["Shoes", "Handbags, Wallets & Cases"]]),
     ] = None,
     k: KField = DEFAULT_K,
-) -> JSONResponse:
+) -> dict:
     """Recommendations for every category (or the listed ones) from one encoder pass."""
     check_k(k, pipe.settings)
     wanted = check_categories(pipe.serving, unique(categories) or list(pipe.serving.categories))

@@ -84,7 +84,7 @@ async def scene_complete_the_look(
     category: Annotated[str, Query(description="a category name", examples=["Shoes"])],
     k: KQuery = DEFAULT_K,
     explain: Annotated[bool, Query(description=EXPLAIN)] = False,
-) -> Response:
+) -> dict:
     """``POST /complete-the-look`` for a stored scene."""
     check_k(k, pipe.settings)
     wanted = check_categories(pipe.serving, [category])
@@ -100,7 +100,7 @@ async def scene_complete_the_look_all(
     scene_id: SceneId,
     categories: Annotated[list[str] | None, Query(description=CATEGORIES)] = None,
     k: KQuery = DEFAULT_K,
-) -> Response:
+) -> dict:
     """``POST /complete-the-look/all`` for a stored scene."""
     check_k(k, pipe.settings)
     wanted = check_categories(pipe.serving, unique(categories) or list(pipe.serving.categories))
