@@ -21,13 +21,13 @@ import numpy as np
 from PIL import Image
 
 from index import catalog
+from index.atomic import write_bytes
 from index.progress import Progress
 from index.store import (
     CategoryData,
     IndexStore,
     InvalidProductIdError,
     UnknownProductError,
-    atomic_write_bytes,
     check_product_id,
 )
 from model.runtime import Encoder
@@ -224,7 +224,7 @@ def _write_chunk(
         emb=emb.astype(np.float32),
         skipped=np.array(json.dumps(skipped)),
     )
-    atomic_write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
 
 
 def catalog_items(

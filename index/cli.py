@@ -45,6 +45,12 @@ def _encoder_options(p: argparse.ArgumentParser, settings: IndexSettings) -> Non
     p.add_argument("--threads", type=int, default=settings.inference_threads)
 
 
+def _open(args: argparse.Namespace) -> tuple[IndexStore, OnnxEncoder]:
+    """The index store and the encoders of ``--artifacts`` (on ``--device``, ``--threads``)."""
+    encoder = OnnxEncoder.from_artifacts(args.artifacts, args.device, args.threads)
+    return IndexStore.for_artifacts(args.artifacts), encoder
+
+
 def _run(func: Callable[[], dict[str, object]], prog: str) -> int:
     try:
         result = func()
@@ -71,15 +77,8 @@ def build_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     def run() -> dict[str, object]:
-        encoder = OnnxEncoder.from_artifacts(args.artifacts, args.device, args.threads)
-        report = build_index(
-            IndexStore.for_artifacts(args.artifacts),
-            encoder,
-            args.data,
-            cache_dir=args.work_dir / "index-embeddings",
-            batch_size=args.batch_size,
-            ann_threshold=args.ann_threshold,
-        )
+        cache = args.work_dir / "index-embeddings"
+        report = build_index(*_open(args), args.data, cache, args.batch_size, args.ann_threshold)
         return report.to_dict()
 
     return _run(run, p.prog)
@@ -126,11 +125,7 @@ def add_main(argv: list[str]) -> int:
             if not files:
                 raise BuildError(f"no images found in {args.images}")
             products = [NewProduct(f.stem, args.category, f) for f in files]
-        encoder = OnnxEncoder.from_artifacts(args.artifacts, args.device, args.threads)
-        report = add_products(
-            IndexStore.for_artifacts(args.artifacts), encoder, products, args.ann_threshold
-        )
-        return report.to_dict()
+        return add_products(*_open(args), products, args.ann_threshold).to_dict()
 
     return _run(run, p.prog)
 
@@ -144,11 +139,7 @@ def remove_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     def run() -> dict[str, object]:
-        encoder = OnnxEncoder.from_artifacts(args.artifacts, args.device, args.threads)
-        report = remove_products(
-            IndexStore.for_artifacts(args.artifacts), encoder, args.ids, args.ann_threshold
-        )
-        return report.to_dict()
+        return remove_products(*_open(args), args.ids, args.ann_threshold).to_dict()
 
     return _run(run, p.prog)
 

@@ -31,8 +31,8 @@ from tenacity import (
     wait_random,
 )
 
+from index.atomic import write_bytes
 from index.progress import Progress
-from training.atomic import write_bytes
 from training.stl import load_pairs
 
 log = logging.getLogger(__name__)

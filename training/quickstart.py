@@ -9,6 +9,7 @@ serving step comes in as a callable (``cli.py`` passes ``service.main.main``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,8 +18,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from index.atomic import write_json
 from model.runtime import sha256_file
-from training.atomic import write_json
 from training.config import TrainingSettings
 from training.outfits import outfits_available
 
@@ -33,42 +34,26 @@ def _digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-class Stamps:
-    """Per-step digests of inputs, kept in the work dir, written atomically."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-
-    def current(self, step: str, digest: str, output: Path) -> bool:
-        path = self.root / f"{step}.json"
-        if not output.exists() or not path.is_file():
-            return False
-        try:
-            return bool(json.loads(path.read_text()).get("digest") == digest)
-        except (OSError, ValueError):
-            return False
-
-    def record(self, step: str, digest: str) -> None:
-        write_json(self.root / f"{step}.json", {"digest": digest})
-
-
 def _run_step(
-    stamps: Stamps,
+    stamps: Path,
     name: str,
     digest: str,
     output: Path,
     func: Callable[[list[str]], int],
     argv: list[str],
 ) -> None:
-    if stamps.current(name, digest, output):
-        log.info("quickstart: %s is current (%s), skipped", name, output)
-        return
+    """Run ``ctl NAME ARGV`` unless ``output`` exists and the step's stamp (a digest of its
+    inputs, kept in ``stamps``) matches; record the stamp after a success."""
+    stamp = stamps / f"{name}.json"
+    with contextlib.suppress(OSError, ValueError):
+        if output.exists() and json.loads(stamp.read_text()).get("digest") == digest:
+            log.info("quickstart: %s is current (%s), skipped", name, output)
+            return
     log.info("quickstart: %s: ctl %s %s", name, name, " ".join(argv))
     rc = func(argv)
     if rc:
         raise SystemExit(f"quickstart: step {name!r} failed with exit code {rc}")
-    stamps.record(name, digest)
+    write_json(stamp, {"digest": digest})
 
 
 def ensure_data(data: Path | None, settings: TrainingSettings) -> Path:
@@ -133,7 +118,7 @@ def main(argv: list[str], serve: Serve | None = None) -> int:
     cache = work / "features"
     run_dir = work / "runs" / "quickstart"
     artifacts: Path = args.artifacts
-    stamps = Stamps(work / "quickstart")
+    stamps = work / "quickstart"
 
     feat_digest = _digest("features", str(data), args.backbone)
     _run_step(

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from index.atomic import atomic_path, write_json
 from index.progress import Progress
 from model.ctl import CTLModel
-from training.atomic import atomic_path, write_json
 from training.config import OUTFITS_ENV, TrainingSettings
 from training.features import FeatureCache, FeatureOptions, add_arguments, load_cache
 from training.joint import OutfitDomain, outfit_loss, outfit_metrics

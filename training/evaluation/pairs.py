@@ -6,13 +6,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from training.crop import CropResult, CropStats, PixelBox, crop_box
-from training.stl import BBox, Pair, STLData
+from training.stl import BBox, Pair, STLData, rgb
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +104,6 @@ def crop_pairs(
         stats.add(result.reason)
         rows.append(row)
     return crops, rows, stats
-
-
-def rgb(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 def load_crop(data: STLData, crop: Crop) -> Image.Image:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.atomic import write_text
+from index.atomic import write_text
 
 PAPER_NOTE = (
     "For comparison: the paper reports AUC 0.753 on Fashion-2 (its Table 2) with about 20x more "

@@ -16,14 +16,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from index.atomic import atomic_path
 from index.progress import Progress
 from model.backbones import Backbone
 from model.ctl import CTLModel
 from training import metrics as M
-from training.atomic import atomic_path
-from training.evaluation.pairs import CategoryPairs, Crop, load_crop, rgb
+from training.evaluation.pairs import CategoryPairs, Crop, load_crop
 from training.features import FeatureCache, cache_key, compute_features
-from training.stl import STLData
+from training.stl import STLData, rgb
 
 log = logging.getLogger(__name__)
 
