@@ -51,11 +51,17 @@ def _open(args: argparse.Namespace) -> tuple[IndexStore, OnnxEncoder]:
     return IndexStore.for_artifacts(args.artifacts), encoder
 
 
-def _run(func: Callable[[], dict[str, object]], prog: str) -> int:
+def _run(
+    p: argparse.ArgumentParser,
+    argv: list[str],
+    action: Callable[[argparse.Namespace], dict[str, object]],
+) -> int:
+    """Parse ``argv``, run ``action`` on the options and print its JSON report, or the error."""
+    args = p.parse_args(argv)
     try:
-        result = func()
+        result = action(args)
     except (ArtifactError, BuildError, IndexStoreError, FileNotFoundError) as exc:
-        sys.stderr.write(f"{prog}: error: {exc}\n")
+        sys.stderr.write(f"{p.prog}: error: {exc}\n")
         return 1
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
     return 0
@@ -74,14 +80,12 @@ def build_main(argv: list[str]) -> int:
         help="where embedding chunks are cached so that a killed build resumes",
     )
     _encoder_options(p, settings)
-    args = p.parse_args(argv)
 
-    def run() -> dict[str, object]:
-        cache = args.work_dir / "index-embeddings"
-        report = build_index(*_open(args), args.data, cache, args.batch_size, args.ann_threshold)
-        return report.to_dict()
+    def run(a: argparse.Namespace) -> dict[str, object]:
+        cache = a.work_dir / "index-embeddings"
+        return build_index(*_open(a), a.data, cache, a.batch_size, a.ann_threshold).to_dict()
 
-    return _run(run, p.prog)
+    return _run(p, argv, run)
 
 
 def _image_files(paths: list[Path]) -> list[Path]:
@@ -113,11 +117,10 @@ def add_main(argv: list[str]) -> int:
     src.add_argument("--json", type=Path, help="a JSON list of {id, category, image}")
     p.add_argument("--category", help="category of every --images product")
     _encoder_options(p, settings)
-    args = p.parse_args(argv)
-    if args.images and not args.category:
-        p.error("--images needs --category")
 
-    def run() -> dict[str, object]:
+    def run(args: argparse.Namespace) -> dict[str, object]:
+        if args.images and not args.category:
+            p.error("--images needs --category")
         if args.json:
             products = _products_from_json(args.json)
         else:
@@ -127,7 +130,7 @@ def add_main(argv: list[str]) -> int:
             products = [NewProduct(f.stem, args.category, f) for f in files]
         return add_products(*_open(args), products, args.ann_threshold).to_dict()
 
-    return _run(run, p.prog)
+    return _run(p, argv, run)
 
 
 def remove_main(argv: list[str]) -> int:
@@ -136,21 +139,15 @@ def remove_main(argv: list[str]) -> int:
     p = _parser("ctl index remove", remove_main.__doc__ or "", settings)
     p.add_argument("ids", nargs="+", help="product ids")
     _encoder_options(p, settings)
-    args = p.parse_args(argv)
-
-    def run() -> dict[str, object]:
-        return remove_products(*_open(args), args.ids, args.ann_threshold).to_dict()
-
-    return _run(run, p.prog)
+    return _run(p, argv, lambda a: remove_products(*_open(a), a.ids, a.ann_threshold).to_dict())
 
 
 def info_main(argv: list[str]) -> int:
     """Show the current index version and the others kept on disk."""
     settings = IndexSettings()
     p = _parser("ctl index info", info_main.__doc__ or "", settings)
-    args = p.parse_args(argv)
 
-    def run() -> dict[str, object]:
+    def run(args: argparse.Namespace) -> dict[str, object]:
         store = IndexStore.for_artifacts(args.artifacts)
         versions = []
         for v in store.versions():
@@ -169,4 +166,4 @@ def info_main(argv: list[str]) -> int:
             )
         return {"root": str(store.root), "current": store.current(), "versions": versions}
 
-    return _run(run, p.prog)
+    return _run(p, argv, run)

@@ -22,12 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from index.atomic import write_json
+from index.atomic import write_json, write_text
 from model.backbones import BackboneError
 from training.config import TrainingSettings
 from training.evaluation.pairs import SPLITS, EvaluationError
 from training.evaluation.pictures import draw_pictures
-from training.evaluation.report import write_report
+from training.evaluation.report import render
 from training.evaluation.run import SCORER_NOTES, Options, metrics_of, read_json, run_evaluation
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def evaluate(run_dir: Path, data_dir: Path, out_dir: Path, opts: Options) -> dic
     # Held-out outfits (FITB, composed-scene attention) are measured by training on its split.
     metrics["outfits"] = run_metrics.get("outfits") or {}
     write_json(out_dir / "metrics.json", metrics)
-    write_report(out_dir / "report.md", metrics, run_metrics, SCORER_NOTES, pictures)
+    write_text(out_dir / "report.md", render(metrics, run_metrics, SCORER_NOTES, pictures))
     return metrics
 
 

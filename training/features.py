@@ -201,11 +201,6 @@ def cache_key(backbone: Backbone, data: STLData) -> str:
     return f"{backbone.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
-def _atomic_npy(path: Path, arr: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        np.save(tmp, arr)
-
-
 @dataclass
 class FeatureCache:
     """A complete cache directory; arrays are memory-mapped fp16, ``(N, ...)`` per view."""
@@ -342,11 +337,10 @@ class ChunkBuilder:
     def _assemble(self, kind: str, view: str, n_chunks: int, regions: bool) -> None:
         parts = [np.load(self._chunk(kind, view, c)) for c in range(n_chunks)]
         if regions:
-            _atomic_npy(
-                self.path / f"scene_regions-{view}.npy",
-                np.concatenate([p["regions"] for p in parts]),
-            )
-        _atomic_npy(self.path / f"{kind}-{view}.npy", np.concatenate([p["global"] for p in parts]))
+            with atomic_path(self.path / f"scene_regions-{view}.npy") as tmp:
+                np.save(tmp, np.concatenate([p["regions"] for p in parts]))
+        with atomic_path(self.path / f"{kind}-{view}.npy") as tmp:
+            np.save(tmp, np.concatenate([p["global"] for p in parts]))
         for c in range(n_chunks):
             self._chunk(kind, view, c).unlink()
 
