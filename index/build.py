@@ -12,7 +12,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,11 +103,6 @@ def load_image(source: Path | bytes) -> _Loaded | str:
     return _Loaded(image, raw if is_jpeg else None)
 
 
-def _chunks(n: int, size: int) -> Iterator[tuple[int, int, int]]:
-    for c, start in enumerate(range(0, n, size)):
-        yield c, start, min(n, start + size)
-
-
 def embed_catalog(
     encoder: Encoder,
     items: Sequence[tuple[str, Path | bytes]],
@@ -133,7 +128,8 @@ def embed_catalog(
         ThreadPoolExecutor(max_workers=2) as pool,
         Progress(log, len(items), "embedding products", "img") as progress,
     ):
-        for c, start, end in _chunks(len(items), CHUNK):
+        for c, start in enumerate(range(0, len(items), CHUNK)):
+            end = min(len(items), start + CHUNK)
             chunk = items[start:end]
             chunk_ids = [pid for pid, _ in chunk]
             path = cache_dir / f"chunk-{c:05d}.npz" if cache_dir is not None else None

@@ -4,9 +4,9 @@ The scenes are cropped here (the CTL rules) and every product of the data direct
 embedded once, so ranking all pairs against their whole category is a few matrix products:
 with unit vectors, d*(s, p) = 2 - <q(s, c), f_p> where q = f_s + sum_i a_i(c) f_i.
 Backbone features come from the run's own feature cache when it covers the data (same backbone,
-data and crop rules), else they are computed; either way they are kept under ``OUT_DIR/cache``
-(keyed by backbone and inputs), so a repeated evaluation, of this run or of a later run on the
-same backbone, only applies the heads.
+data and crop rules), else they are computed into a cache of the same kind under
+``OUT_DIR/cache`` (keyed by backbone and inputs), so a repeated evaluation, of this run or of a
+later run on the same backbone, only applies the heads.
 
 The pieces live in ``training/evaluation/``: ``pairs`` (selecting pairs), ``scoring``
 (embeddings, the model's distances, ranking), ``baselines``, ``attention`` (analysis),
