@@ -284,7 +284,7 @@ class ChunkBuilder:
         final = self.path / f"{kind}-{view}.npy"
         if final.is_file():
             return 0.0
-        self.chunk_dir.mkdir(exist_ok=True)
+        self.chunk_dir.mkdir(parents=True, exist_ok=True)
         n_chunks = (n + CHUNK - 1) // CHUNK
         todo = [c for c in range(n_chunks) if not self._chunk(kind, view, c).is_file()]
         if len(todo) < n_chunks:
