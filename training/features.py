@@ -156,20 +156,11 @@ class CropItem:
 
 def ctl_examples(data: STLData) -> tuple[list[CropItem], list[dict[str, Any]], dict[str, int]]:
     """The scene crops, the CTL examples (pair -> crop row) and the crop rules' drop counts."""
-    stats = crop.CropStats()
+    stats, pair_crops = crop.CropStats(), crop.PairCrops(data)
     crops: dict[tuple[str, crop.PixelBox], int] = {}
     examples: list[dict[str, Any]] = []
-    sizes: dict[str, tuple[int, int]] = {}
     for pair in data.pairs_with_images():
-        category = data.category(pair.product)
-        reason = crop.drop_reason_for_category(category)
-        if reason is not None:
-            stats.add(reason)
-            continue
-        if pair.scene not in sizes:
-            with Image.open(data.scene_path(pair.scene)) as im:
-                sizes[pair.scene] = im.size
-        result = crop.crop_box(pair.bbox, *sizes[pair.scene], data.domain)
+        result = pair_crops(pair)
         stats.add(result.reason)
         if result.box is None:
             continue
@@ -179,7 +170,7 @@ def ctl_examples(data: STLData) -> tuple[list[CropItem], list[dict[str, Any]], d
                 "scene": pair.scene,
                 "product": pair.product,
                 "bbox": list(pair.bbox),
-                "category": category,
+                "category": data.category(pair.product),
                 "crop": row,
             }
         )
