@@ -8,33 +8,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
-import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.backbones import BACKBONES, Backbone, build_backbone
 from model.preprocess import to_batch
-from service.config import Settings
-from training.stl import STLData
+from training.config import TrainingSettings
+from training.features import run_backbone, use_all_cores
+from training.stl import STLData, rgb
 
 
 def real_batch(data_dir: Path, backbone: Backbone, n: int) -> np.ndarray:
     """``n`` real product images, preprocessed as the cache does."""
     data = STLData.load(data_dir)
-    images = []
-    for sig in data.available_products()[:n]:
-        with Image.open(data.product_path(sig)) as im:
-            images.append(im.convert("RGB"))
+    images = [rgb(data.product_path(sig)) for sig in data.available_products()[:n]]
     if not images:
         raise SystemExit(f"no product images under {data.product_dir}")
     return to_batch(images, backbone.spec)
@@ -53,7 +46,7 @@ def rate(fn: Callable[[np.ndarray], object], x: np.ndarray, batch_size: int, rep
 
 
 def main() -> None:
-    settings = Settings()
+    settings = TrainingSettings()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=settings.data_dir)
     p.add_argument("--backbone", default=settings.backbone, choices=BACKBONES)
@@ -62,33 +55,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    threads = os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    threads = use_all_cores()
     backbone = build_backbone(args.backbone)
     x = real_batch(args.data, backbone, args.images)
 
-    def eager(b: np.ndarray) -> None:
-        with torch.no_grad():
-            backbone(torch.from_numpy(b))
+    def engine_rate(engine: str) -> float:
+        """The calls 'ctl features' makes (its ONNX session is exported in the warm-up)."""
+        return rate(lambda b: run_backbone(backbone, b, engine), x, args.batch_size, args.repeats)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "backbone.onnx"
-        torch.onnx.export(
-            backbone,
-            (torch.from_numpy(x[:1]),),
-            str(path),
-            input_names=["image"],
-            output_names=["global", "regions"],
-            dynamic_axes={"image": {0: "batch"}},
-            dynamo=False,
-        )
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        eager_rate = rate(eager, x, args.batch_size, args.repeats)
-        onnx_rate = rate(
-            lambda b: session.run(None, {"image": b}), x, args.batch_size, args.repeats
-        )
+    eager_rate, onnx_rate = engine_rate("torch"), engine_rate("onnx")
     print(
         json.dumps(
             {

@@ -29,7 +29,7 @@ from training.config import TrainingSettings
 from training.features import FeatureOptions, add_arguments, load_cache, use_all_cores
 from training.loss import CTLLoss
 from training.sampling import TripletSampler
-from training.stl import STLData
+from training.stl import STLData, rgb
 from training.train import Dataset, Tensors, train_step
 
 
@@ -71,13 +71,7 @@ def main() -> None:
     crops = cache.meta["crops"]
 
     def scene_image(row: int) -> Image.Image:
-        scene, box = crops[row]
-        with Image.open(data.scene_path(scene)) as im:
-            return im.convert("RGB").crop(tuple(box))
-
-    def product_image(j: int) -> Image.Image:
-        with Image.open(data.product_path(ds.products[j])) as im:
-            return im.convert("RGB")
+        return rgb(data.scene_path(crops[row][0])).crop(tuple(crops[row][1]))
 
     start = time.perf_counter()
     done = 0
@@ -85,9 +79,8 @@ def main() -> None:
     for k in range(args.e2e_steps):
         batch = triplets[k * bsz : (k + 1) * bsz]
         scenes = to_batch([scene_image(r) for r in batch[:, 0]], backbone.spec)
-        prods = to_batch(
-            [product_image(j) for j in np.concatenate([batch[:, 1], batch[:, 2]])], backbone.spec
-        )
+        products = [ds.products[j] for j in np.concatenate([batch[:, 1], batch[:, 2]])]
+        prods = to_batch([rgb(data.product_path(p)) for p in products], backbone.spec)
         with torch.no_grad():
             sg, sr = backbone(torch.from_numpy(scenes))
             pg, _ = backbone(torch.from_numpy(prods))

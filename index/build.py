@@ -12,7 +12,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +21,13 @@ import numpy as np
 from PIL import Image
 
 from index import catalog
+from index.atomic import write_bytes
 from index.progress import Progress
 from index.store import (
     CategoryData,
     IndexStore,
     InvalidProductIdError,
     UnknownProductError,
-    atomic_write_bytes,
     check_product_id,
 )
 from model.runtime import Encoder
@@ -103,11 +103,6 @@ def load_image(source: Path | bytes) -> _Loaded | str:
     return _Loaded(image, raw if is_jpeg else None)
 
 
-def _chunks(n: int, size: int) -> Iterator[tuple[int, int, int]]:
-    for c, start in enumerate(range(0, n, size)):
-        yield c, start, min(n, start + size)
-
-
 def embed_catalog(
     encoder: Encoder,
     items: Sequence[tuple[str, Path | bytes]],
@@ -133,7 +128,8 @@ def embed_catalog(
         ThreadPoolExecutor(max_workers=2) as pool,
         Progress(log, len(items), "embedding products", "img") as progress,
     ):
-        for c, start, end in _chunks(len(items), CHUNK):
+        for c, start in enumerate(range(0, len(items), CHUNK)):
+            end = min(len(items), start + CHUNK)
             chunk = items[start:end]
             chunk_ids = [pid for pid, _ in chunk]
             path = cache_dir / f"chunk-{c:05d}.npz" if cache_dir is not None else None
@@ -224,7 +220,7 @@ def _write_chunk(
         emb=emb.astype(np.float32),
         skipped=np.array(json.dumps(skipped)),
     )
-    atomic_write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
 
 
 def catalog_items(
@@ -329,18 +325,18 @@ def _reload(data_dir: Path, pid: str) -> _Loaded:
     return loaded
 
 
-def _current_groups(store: IndexStore, encoder: Encoder) -> tuple[dict[str, CategoryData], str]:
+def _current_groups(store: IndexStore, encoder: Encoder) -> dict[str, CategoryData]:
+    """The current version's categories, refused when another model built it."""
     catalog = store.load(device="cpu")
     if catalog.model_version != encoder.version:
         raise BuildError(
             f"index {catalog.version} was built with model {catalog.model_version}, the encoder "
             f"is {encoder.version}: rebuild with 'ctl index build'"
         )
-    groups = {
+    return {
         c: CategoryData(list(catalog.category(c).ids), catalog.category(c).emb)
         for c in catalog.categories
     }
-    return groups, catalog.version
 
 
 def add_products(
@@ -363,7 +359,7 @@ def add_products(
     if len(set(new_ids)) != len(new_ids):
         raise BuildError("duplicate product ids in the input")
     with store.lock():
-        groups, _ = _current_groups(store, encoder)
+        groups = _current_groups(store, encoder)
         existing = [pid for pid in new_ids if any(pid in g.ids for g in groups.values())]
         if existing:
             raise BuildError(f"products already in the index (remove them first): {existing}")
@@ -396,7 +392,7 @@ def remove_products(
     started = time.perf_counter()
     drop = set(ids)
     with store.lock():
-        groups, _ = _current_groups(store, encoder)
+        groups = _current_groups(store, encoder)
         present = {pid for g in groups.values() for pid in g.ids}
         missing = sorted(drop - present)
         if missing:

@@ -45,11 +45,23 @@ def _encoder_options(p: argparse.ArgumentParser, settings: IndexSettings) -> Non
     p.add_argument("--threads", type=int, default=settings.inference_threads)
 
 
-def _run(func: Callable[[], dict[str, object]], prog: str) -> int:
+def _open(args: argparse.Namespace) -> tuple[IndexStore, OnnxEncoder]:
+    """The index store and the encoders of ``--artifacts`` (on ``--device``, ``--threads``)."""
+    encoder = OnnxEncoder.from_artifacts(args.artifacts, args.device, args.threads)
+    return IndexStore.for_artifacts(args.artifacts), encoder
+
+
+def _run(
+    p: argparse.ArgumentParser,
+    argv: list[str],
+    action: Callable[[argparse.Namespace], dict[str, object]],
+) -> int:
+    """Parse ``argv``, run ``action`` on the options and print its JSON report, or the error."""
+    args = p.parse_args(argv)
     try:
-        result = func()
+        result = action(args)
     except (ArtifactError, BuildError, IndexStoreError, FileNotFoundError) as exc:
-        sys.stderr.write(f"{prog}: error: {exc}\n")
+        sys.stderr.write(f"{p.prog}: error: {exc}\n")
         return 1
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
     return 0
@@ -68,21 +80,12 @@ def build_main(argv: list[str]) -> int:
         help="where embedding chunks are cached so that a killed build resumes",
     )
     _encoder_options(p, settings)
-    args = p.parse_args(argv)
 
-    def run() -> dict[str, object]:
-        encoder = OnnxEncoder.from_artifacts(args.artifacts, args.device, args.threads)
-        report = build_index(
-            IndexStore.for_artifacts(args.artifacts),
-            encoder,
-            args.data,
-            cache_dir=args.work_dir / "index-embeddings",
-            batch_size=args.batch_size,
-            ann_threshold=args.ann_threshold,
-        )
-        return report.to_dict()
+    def run(a: argparse.Namespace) -> dict[str, object]:
+        cache = a.work_dir / "index-embeddings"
+        return build_index(*_open(a), a.data, cache, a.batch_size, a.ann_threshold).to_dict()
 
-    return _run(run, p.prog)
+    return _run(p, argv, run)
 
 
 def _image_files(paths: list[Path]) -> list[Path]:
@@ -114,11 +117,10 @@ def add_main(argv: list[str]) -> int:
     src.add_argument("--json", type=Path, help="a JSON list of {id, category, image}")
     p.add_argument("--category", help="category of every --images product")
     _encoder_options(p, settings)
-    args = p.parse_args(argv)
-    if args.images and not args.category:
-        p.error("--images needs --category")
 
-    def run() -> dict[str, object]:
+    def run(args: argparse.Namespace) -> dict[str, object]:
+        if args.images and not args.category:
+            p.error("--images needs --category")
         if args.json:
             products = _products_from_json(args.json)
         else:
@@ -126,13 +128,9 @@ def add_main(argv: list[str]) -> int:
             if not files:
                 raise BuildError(f"no images found in {args.images}")
             products = [NewProduct(f.stem, args.category, f) for f in files]
-        encoder = OnnxEncoder.from_artifacts(args.artifacts, args.device, args.threads)
-        report = add_products(
-            IndexStore.for_artifacts(args.artifacts), encoder, products, args.ann_threshold
-        )
-        return report.to_dict()
+        return add_products(*_open(args), products, args.ann_threshold).to_dict()
 
-    return _run(run, p.prog)
+    return _run(p, argv, run)
 
 
 def remove_main(argv: list[str]) -> int:
@@ -141,25 +139,15 @@ def remove_main(argv: list[str]) -> int:
     p = _parser("ctl index remove", remove_main.__doc__ or "", settings)
     p.add_argument("ids", nargs="+", help="product ids")
     _encoder_options(p, settings)
-    args = p.parse_args(argv)
-
-    def run() -> dict[str, object]:
-        encoder = OnnxEncoder.from_artifacts(args.artifacts, args.device, args.threads)
-        report = remove_products(
-            IndexStore.for_artifacts(args.artifacts), encoder, args.ids, args.ann_threshold
-        )
-        return report.to_dict()
-
-    return _run(run, p.prog)
+    return _run(p, argv, lambda a: remove_products(*_open(a), a.ids, a.ann_threshold).to_dict())
 
 
 def info_main(argv: list[str]) -> int:
     """Show the current index version and the others kept on disk."""
     settings = IndexSettings()
     p = _parser("ctl index info", info_main.__doc__ or "", settings)
-    args = p.parse_args(argv)
 
-    def run() -> dict[str, object]:
+    def run(args: argparse.Namespace) -> dict[str, object]:
         store = IndexStore.for_artifacts(args.artifacts)
         versions = []
         for v in store.versions():
@@ -178,4 +166,4 @@ def info_main(argv: list[str]) -> int:
             )
         return {"root": str(store.root), "current": store.current(), "versions": versions}
 
-    return _run(run, p.prog)
+    return _run(p, argv, run)

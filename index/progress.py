@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from contextlib import AbstractContextManager, ExitStack
-from types import TracebackType
+from contextlib import ExitStack
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -22,18 +21,19 @@ def on_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-class Progress(AbstractContextManager["Progress"]):
-    """``with Progress(log, total, "features") as p: p.update(n, "chunk %d", c)``."""
+class Progress(ExitStack):
+    """``with Progress(log, total, "features") as p: p.update(n, "chunk %d", c)``; the bar and
+    the log redirection it needs are closed with the block."""
 
     def __init__(
         self, logger: logging.Logger, total: int, desc: str, unit: str = "it", initial: int = 0
     ) -> None:
+        super().__init__()
         self.logger = logger
-        self._stack = ExitStack()
         self.bar: tqdm | None = None
         if on_terminal():
-            self._stack.enter_context(logging_redirect_tqdm())
-            self.bar = self._stack.enter_context(
+            self.enter_context(logging_redirect_tqdm())
+            self.bar = self.enter_context(
                 tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True)
             )
 
@@ -43,11 +43,3 @@ class Progress(AbstractContextManager["Progress"]):
             self.bar.update(n)
         elif msg is not None:
             self.logger.info(msg, *args)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stack.close()

@@ -26,6 +26,7 @@ import faiss
 import numpy as np
 from PIL import Image
 
+from index.atomic import write_bytes, write_text
 from index.search import (
     FLAT,
     CatalogIndex,
@@ -107,23 +108,6 @@ class CategoryData:
 
     ids: list[str]
     emb: np.ndarray
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, then ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def slugify(category: str) -> str:
@@ -292,7 +276,7 @@ class IndexStore:
             raw = buf.getvalue()
         if path.is_file() and path.read_bytes() == raw:
             return
-        atomic_write_bytes(path, raw)
+        write_bytes(path, raw)
 
     def publish(
         self,
@@ -319,7 +303,7 @@ class IndexStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        atomic_write_text(self.root / CURRENT_FILE, version + "\n")
+        write_text(self.root / CURRENT_FILE, version + "\n")
         log.info("index version %s is now current", version)
         self.prune(keep)
         return version
@@ -378,7 +362,7 @@ class IndexStore:
         for f in vdir.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        atomic_write_text(vdir / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+        write_text(vdir / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
 
     def _verify(self, vdir: Path, expected: dict[str, CategoryData]) -> None:
         """Load the staged version back: counts match and every product finds itself first."""

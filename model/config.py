@@ -12,14 +12,13 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+CHECKOUT = Path(__file__).resolve().parent.parent
 
-def _default_data_dir() -> Path:
-    """The shared STL-Fashion subset beside the checkout (or the working dir), else ./data."""
-    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        shared = base.parent / "shared" / "stl-fashion"
-        if shared.is_dir():
-            return shared
-    return Path("data")
+
+def shared_dir(name: str) -> Path | None:
+    """``../shared/NAME`` beside the checkout or the working dir, the first that exists."""
+    found = (b.parent / "shared" / name for b in (CHECKOUT, Path.cwd()))
+    return next((d for d in found if d.is_dir()), None)
 
 
 class ModelSettings(BaseSettings):
@@ -28,7 +27,7 @@ class ModelSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CTL_", env_file=None, extra="ignore")
 
     # Where things live.
-    data_dir: Path = Field(default_factory=_default_data_dir)
+    data_dir: Path = Field(default_factory=lambda: shared_dir("stl-fashion") or Path("data"))
     work_dir: Path = Path("work")
     artifacts_dir: Path = Path("artifacts")
     log_level: str = "INFO"

@@ -50,8 +50,8 @@ OPSET = 17
 PARITY_TOL = 1e-4
 
 
-class SceneEncoder(nn.Module):
-    """image -> (f_s, f_i, attention over the regions for every category)."""
+class _Fused(nn.Module):
+    """The frozen backbone and the heads in one module: one ONNX graph."""
 
     def __init__(self, backbone: Backbone, model: CTLModel) -> None:
         super().__init__()
@@ -59,20 +59,18 @@ class SceneEncoder(nn.Module):
         self.model = model
         self.eval()  # the exporter restores the wrapper's mode, and with it the heads'
 
+
+class SceneEncoder(_Fused):
+    """image -> (f_s, f_i, attention over the regions for every category)."""
+
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         g, regions = self.backbone(image)
         f_s, f_i, keys = self.model.scene_embeddings(g, regions)
         return f_s, f_i, self.model.attention_all(keys)
 
 
-class ProductEncoder(nn.Module):
+class ProductEncoder(_Fused):
     """image -> f_p."""
-
-    def __init__(self, backbone: Backbone, model: CTLModel) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.model = model
-        self.eval()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         g, _ = self.backbone(image)

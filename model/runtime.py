@@ -126,6 +126,8 @@ def read_manifest(artifacts_dir: Path) -> dict[str, Any]:
 
 def select_providers(device: str = "auto") -> list[str]:
     """ONNX Runtime execution providers for ``device`` (auto | cpu | cuda), best first."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ArtifactError(f"unknown device {device!r}: use auto, cpu or cuda")
     available = ort.get_available_providers()
     has_cuda = "CUDAExecutionProvider" in available
     if has_cuda and device != "cpu" and hasattr(ort, "preload_dlls"):
@@ -135,22 +137,13 @@ def select_providers(device: str = "auto") -> list[str]:
             ort.preload_dlls()
         except Exception as exc:  # a missing library shows again as the CPU fallback warned of
             log.warning("onnxruntime.preload_dlls() failed: %s", exc)
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if device == "cuda":
-        if not has_cuda:
-            raise ArtifactError(
-                f"device 'cuda' requested but onnxruntime offers only {available} "
-                "(install onnxruntime-gpu on a machine with an NVIDIA GPU)"
-            )
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "auto":
-        return (
-            ["CUDAExecutionProvider", "CPUExecutionProvider"]
-            if has_cuda
-            else ["CPUExecutionProvider"]
+    if device == "cuda" and not has_cuda:
+        raise ArtifactError(
+            f"device 'cuda' requested but onnxruntime offers only {available} "
+            "(install onnxruntime-gpu on a machine with an NVIDIA GPU)"
         )
-    raise ArtifactError(f"unknown device {device!r}: use auto, cpu or cuda")
+    cuda = ["CUDAExecutionProvider"] if has_cuda and device != "cpu" else []
+    return [*cuda, "CPUExecutionProvider"]
 
 
 def gpu_fallback_warning(providers_in_use: Sequence[str]) -> str | None:

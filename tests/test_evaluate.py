@@ -19,7 +19,7 @@ from training.evaluation import attention as A
 from training.evaluation import pairs as P
 from training.evaluation import run as R
 from training.evaluation import scoring as S
-from training.features import build_cache
+from training.features import build_cache, compute_features
 from training.stl import Pair, STLData
 
 CATEGORIES = ["Pants", "Shirts & Tops", "Shoes"]
@@ -177,9 +177,9 @@ def test_model_scorer_is_the_models_distance(run_dir: Path, data_dir: Path) -> N
 def _embed(
     backbone: Backbone, model: CTLModel, data: STLData, catalog: list[str], crops: list[P.Crop]
 ) -> tuple[S.Embedded, S.Embedded]:
-    g, r = S.compute(lambda c: P.load_crop(data, c), crops, backbone, 8, True)
+    g, r = compute_features(backbone, [P.load_crop(data, c) for c in crops], 8)
     scenes = S.apply_heads(model, g, r, scenes=True)
-    g, r = S.compute(lambda s: P.rgb(data.product_path(s)), catalog, backbone, 5, False)
+    g, r = compute_features(backbone, [P.rgb(data.product_path(s)) for s in catalog], 5)
     return scenes, S.apply_heads(model, g, r, scenes=False)
 
 
@@ -193,7 +193,7 @@ def test_features_come_from_the_runs_feature_cache(data_dir: Path, tmp_path: Pat
     config = {"cache": str(cache.path)}
     found = S.from_training_cache(config, backbone, data, "scenes", keys)
     assert found is not None
-    g, r = S.compute(lambda c: P.load_crop(data, c), crops, backbone, 8, True)
+    g, r = compute_features(backbone, [P.load_crop(data, c) for c in crops], 8)
     assert np.allclose(found[0], g, atol=2e-2) and np.allclose(found[1], r, atol=2e-2)
     products = cache.products
     found_p = S.from_training_cache(config, backbone, data, "products", products[::-1])

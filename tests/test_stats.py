@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from test_stl import pair_line, write_stl_dir
 
-from training.stats import compute_stats, image_size, main, render
+from training.crop import image_size
+from training.stats import compute_stats, main, render
 from training.stl import STLData
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from training.stl import Pair, STLData, leaf_category, load_categories, load_pairs
+from index.catalog import read_categories
+from training.stl import Pair, STLData, load_pairs
 
 
 def write_stl_dir(
@@ -37,10 +38,10 @@ def pair_line(scene: str, product: str, bbox: Sequence[float]) -> str:
     return json.dumps({"product": product, "scene": scene, "bbox": list(bbox)})
 
 
-def test_leaf_category() -> None:
-    assert leaf_category("Apparel & Accessories|Clothing|Pants") == "Pants"
-    assert leaf_category("Apparel & Accessories|Shoes ") == "Shoes"
-    assert leaf_category("Shoes") == "Shoes"
+def test_leaf_category(tmp_path: Path) -> None:
+    paths = {"a": "Apparel & Accessories|Clothing|Pants", "b": "Apparel|Shoes ", "c": "Shoes"}
+    (tmp_path / "fashion-cat.json").write_text(json.dumps(paths), encoding="utf-8")
+    assert read_categories(tmp_path) == {"a": "Pants", "b": "Shoes", "c": "Shoes"}
 
 
 def test_load_pairs_skips_malformed_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -68,16 +69,15 @@ def test_load_pairs_skips_malformed_lines(tmp_path: Path, caplog: pytest.LogCapt
 
 
 def test_load_categories_keeps_the_leaf(tmp_path: Path) -> None:
-    path = tmp_path / "cat.json"
+    path = tmp_path / "home-cat.json"
     path.write_text(json.dumps({"p1": "A|B|Pants", "p2": "A|Shoes"}), encoding="utf-8")
-    assert load_categories(path) == {"p1": "Pants", "p2": "Shoes"}
+    assert read_categories(tmp_path, "home") == {"p1": "Pants", "p2": "Shoes"}
 
 
 def test_load_categories_rejects_a_list(tmp_path: Path) -> None:
-    path = tmp_path / "cat.json"
-    path.write_text("[1, 2]", encoding="utf-8")
+    (tmp_path / "fashion-cat.json").write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(ValueError, match="expected a JSON object"):
-        load_categories(path)
+        read_categories(tmp_path)
 
 
 def test_load_names_the_missing_file(tmp_path: Path) -> None:

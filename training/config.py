@@ -10,26 +10,21 @@ from pathlib import Path
 
 from pydantic import Field
 
-from model.config import ModelSettings
+from model.config import CHECKOUT, ModelSettings, shared_dir
 
+OUTFITS = "mango-outfits"
 OUTFITS_ENV = "CTL_OUTFITS_DIR"
 """The environment variable of ``TrainingSettings.outfits_dir`` (named in messages)."""
 
 
-def _default_outfits_dir() -> Path:
-    """``../shared/mango-outfits`` beside the checkout or the cwd (the first that exists; the
-    checkout's one when none does, so messages name a path)."""
-    candidates = [
-        base.parent / "shared" / "mango-outfits"
-        for base in (Path(__file__).resolve().parent.parent, Path.cwd())
-    ]
-    return next((c for c in candidates if c.is_dir()), candidates[0])
-
-
 class TrainingSettings(ModelSettings):
-    """``ModelSettings`` plus where the optional stylist outfits live (``CTL_OUTFITS_DIR``)."""
+    """``ModelSettings`` plus where the optional stylist outfits live (``CTL_OUTFITS_DIR``;
+    by default ``../shared/mango-outfits``, the checkout's when none exists, so messages name
+    a path)."""
 
-    outfits_dir: Path = Field(default_factory=_default_outfits_dir)
+    outfits_dir: Path = Field(
+        default_factory=lambda: shared_dir(OUTFITS) or CHECKOUT.parent / "shared" / OUTFITS
+    )
 
     @property
     def features_dir(self) -> Path:

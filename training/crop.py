@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from training.stl import DROPPED_CATEGORIES, BBox
+from PIL import Image
+
+from training.stl import DROPPED_CATEGORIES, BBox, Pair, STLData
 
 GROW = 0.05
 MIN_AREA_FRACTION = 0.2
@@ -101,6 +104,38 @@ def drop_reason_for_category(category: str | None) -> str | None:
     if category in DROPPED_CATEGORIES:
         return "dress"
     return None
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """Width and height read from the header; ``None`` when the file is not an image."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+class PairCrops:
+    """The crop of each pair of a data directory: the category rule, then ``crop_box`` on the
+    scene's size (read once per scene, from the file header only)."""
+
+    def __init__(self, data: STLData) -> None:
+        self.data = data
+        self.sizes: dict[str, tuple[int, int] | None] = {}
+
+    def size(self, scene: str) -> tuple[int, int] | None:
+        if scene not in self.sizes:
+            self.sizes[scene] = image_size(self.data.scene_path(scene))
+        return self.sizes[scene]
+
+    def __call__(self, pair: Pair) -> CropResult:
+        reason = drop_reason_for_category(self.data.category(pair.product))
+        if reason is not None:
+            return CropResult(None, reason)
+        size = self.size(pair.scene)
+        if size is None:
+            return CropResult(None, "unreadable_scene")
+        return crop_box(pair.bbox, *size, self.data.domain)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -31,8 +31,8 @@ from tenacity import (
     wait_random,
 )
 
+from index.atomic import write_bytes
 from index.progress import Progress
-from training.atomic import write_bytes
 from training.stl import load_pairs
 
 log = logging.getLogger(__name__)
@@ -71,35 +71,6 @@ class Outcome:
     reason: str = ""
     detail: str = ""
     attempts: int = 0
-
-
-@dataclass
-class Summary:
-    """Counts of one run, printed at the end."""
-
-    ok: int = 0
-    skipped: int = 0
-    failed: Counter[str] = field(default_factory=Counter)
-
-    def add(self, outcome: Outcome) -> None:
-        if outcome.status == "ok":
-            self.ok += 1
-        elif outcome.status == "skipped":
-            self.skipped += 1
-        else:
-            self.failed[outcome.reason] += 1
-
-    @property
-    def done(self) -> int:
-        return self.ok + self.skipped + sum(self.failed.values())
-
-    def render(self) -> str:
-        lines = [
-            f"download: {self.done} files: ok {self.ok}, skipped {self.skipped} (already present),"
-            f" failed {sum(self.failed.values())}"
-        ]
-        lines += [f"  failed {reason}: {n}" for reason, n in sorted(self.failed.items())]
-        return "\n".join(lines)
 
 
 def image_url(base_url: str, sig: str) -> str:
@@ -205,9 +176,10 @@ def jobs_for(pairs_file: Path, limit: int | None = None) -> list[Job]:
 
 def download(
     jobs: Sequence[Job], fetcher: Fetcher, workers: int = 16, log_every_s: float = 10.0
-) -> tuple[Summary, list[Outcome]]:
-    """Run ``jobs`` concurrently; return the counts and the failed outcomes, sorted."""
-    summary = Summary()
+) -> tuple[Counter[str], list[Outcome]]:
+    """Run ``jobs`` concurrently; return the count of each status and the failed outcomes,
+    sorted."""
+    counts: Counter[str] = Counter()
     failures: list[Outcome] = []
     started = last_log = time.monotonic()
     with (
@@ -218,29 +190,40 @@ def download(
         try:
             for future in as_completed(futures):
                 outcome = future.result()
-                summary.add(outcome)
+                counts[outcome.status] += 1
                 if outcome.status == "failed":
                     failures.append(outcome)
-                now = time.monotonic()
-                if now - last_log < log_every_s and summary.done < len(jobs):
+                now, done = time.monotonic(), counts.total()
+                if now - last_log < log_every_s and done < len(jobs):
                     progress.update(1)
                     continue
                 last_log = now
                 progress.update(
                     1,
                     "%d/%d files (ok %d, skipped %d, failed %d), %.1f files/s",
-                    summary.done,
+                    done,
                     len(jobs),
-                    summary.ok,
-                    summary.skipped,
-                    sum(summary.failed.values()),
-                    summary.done / max(now - started, 1e-9),
+                    counts["ok"],
+                    counts["skipped"],
+                    counts["failed"],
+                    done / max(now - started, 1e-9),
                 )
         except BaseException:  # Ctrl-C: stop now, a rerun resumes
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     failures.sort(key=lambda o: (o.job.kind, o.job.sig))
-    return summary, failures
+    return counts, failures
+
+
+def render_summary(counts: Counter[str], failures: Iterable[Outcome]) -> str:
+    """The counts of one run, printed at the end."""
+    lines = [
+        f"download: {counts.total()} files: ok {counts['ok']}, skipped {counts['skipped']} "
+        f"(already present), failed {counts['failed']}"
+    ]
+    reasons = Counter(o.reason for o in failures)
+    lines += [f"  failed {reason}: {n}" for reason, n in sorted(reasons.items())]
+    return "\n".join(lines)
 
 
 def write_failures(path: Path, failures: Iterable[Outcome], base_url: str) -> None:
@@ -317,10 +300,10 @@ def main(argv: Sequence[str]) -> int:
     jobs = jobs_for(args.pairs, args.limit)
     log.info("%d images to check or fetch into %s (domain %s)", len(jobs), out, domain)
     fetcher = Fetcher(out, args.base_url, args.timeout, args.retries, args.backoff)
-    summary, failures = download(jobs, fetcher, args.workers, args.log_every)
+    counts, failures = download(jobs, fetcher, args.workers, args.log_every)
     failures_path = out / FAILURES_FILE
     write_failures(failures_path, failures, args.base_url)
-    print(summary.render())
+    print(render_summary(counts, failures))
     if failures:
         print(f"failures listed in {failures_path}")
     return 0

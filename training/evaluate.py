@@ -4,9 +4,9 @@ The scenes are cropped here (the CTL rules) and every product of the data direct
 embedded once, so ranking all pairs against their whole category is a few matrix products:
 with unit vectors, d*(s, p) = 2 - <q(s, c), f_p> where q = f_s + sum_i a_i(c) f_i.
 Backbone features come from the run's own feature cache when it covers the data (same backbone,
-data and crop rules), else they are computed; either way they are kept under ``OUT_DIR/cache``
-(keyed by backbone and inputs), so a repeated evaluation, of this run or of a later run on the
-same backbone, only applies the heads.
+data and crop rules), else they are computed into a cache of the same kind under
+``OUT_DIR/cache`` (keyed by backbone and inputs), so a repeated evaluation, of this run or of a
+later run on the same backbone, only applies the heads.
 
 The pieces live in ``training/evaluation/``: ``pairs`` (selecting pairs), ``scoring``
 (embeddings, the model's distances, ranking), ``baselines``, ``attention`` (analysis),
@@ -22,12 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from index.atomic import write_json, write_text
 from model.backbones import BackboneError
-from training.atomic import write_json
 from training.config import TrainingSettings
 from training.evaluation.pairs import SPLITS, EvaluationError
 from training.evaluation.pictures import draw_pictures
-from training.evaluation.report import write_report
+from training.evaluation.report import render
 from training.evaluation.run import SCORER_NOTES, Options, metrics_of, read_json, run_evaluation
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def evaluate(run_dir: Path, data_dir: Path, out_dir: Path, opts: Options) -> dic
     # Held-out outfits (FITB, composed-scene attention) are measured by training on its split.
     metrics["outfits"] = run_metrics.get("outfits") or {}
     write_json(out_dir / "metrics.json", metrics)
-    write_report(out_dir / "report.md", metrics, run_metrics, SCORER_NOTES, pictures)
+    write_text(out_dir / "report.md", render(metrics, run_metrics, SCORER_NOTES, pictures))
     return metrics
 
 

@@ -33,13 +33,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from index.atomic import atomic_path, write_json
 from index.progress import Progress
 from model.backbones import BACKBONES, Backbone, build_backbone
 from model.preprocess import to_batch
 from training import crop
-from training.atomic import atomic_path, write_json
 from training.config import TrainingSettings
-from training.stl import STLData
+from training.stl import STLData, rgb
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,10 @@ def _onnx_session(backbone: Backbone) -> Any:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _run(backbone: Backbone, batch: np.ndarray, engine: str) -> tuple[np.ndarray, np.ndarray]:
+def run_backbone(
+    backbone: Backbone, batch: np.ndarray, engine: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Global and region features of a preprocessed batch (N, 3, S, S), on ``engine``."""
     if engine in ("auto", "onnx"):
         try:
             g, r = _onnx_session(backbone).run(None, {"image": batch})
@@ -127,7 +130,9 @@ def compute_features(
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
     gs, rs = [], []
     for i in range(0, len(images), batch_size):
-        g, r = _run(backbone, to_batch(images[i : i + batch_size], backbone.spec, flip), engine)
+        g, r = run_backbone(
+            backbone, to_batch(images[i : i + batch_size], backbone.spec, flip), engine
+        )
         gs.append(g)
         rs.append(r)
     if not gs:
@@ -151,20 +156,11 @@ class CropItem:
 
 def ctl_examples(data: STLData) -> tuple[list[CropItem], list[dict[str, Any]], dict[str, int]]:
     """The scene crops, the CTL examples (pair -> crop row) and the crop rules' drop counts."""
-    stats = crop.CropStats()
+    stats, pair_crops = crop.CropStats(), crop.PairCrops(data)
     crops: dict[tuple[str, crop.PixelBox], int] = {}
     examples: list[dict[str, Any]] = []
-    sizes: dict[str, tuple[int, int]] = {}
     for pair in data.pairs_with_images():
-        category = data.category(pair.product)
-        reason = crop.drop_reason_for_category(category)
-        if reason is not None:
-            stats.add(reason)
-            continue
-        if pair.scene not in sizes:
-            with Image.open(data.scene_path(pair.scene)) as im:
-                sizes[pair.scene] = im.size
-        result = crop.crop_box(pair.bbox, *sizes[pair.scene], data.domain)
+        result = pair_crops(pair)
         stats.add(result.reason)
         if result.box is None:
             continue
@@ -174,7 +170,7 @@ def ctl_examples(data: STLData) -> tuple[list[CropItem], list[dict[str, Any]], d
                 "scene": pair.scene,
                 "product": pair.product,
                 "bbox": list(pair.bbox),
-                "category": category,
+                "category": data.category(pair.product),
                 "crop": row,
             }
         )
@@ -194,11 +190,6 @@ def cache_key(backbone: Backbone, data: STLData) -> str:
         sort_keys=True,
     )
     return f"{backbone.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
-
-
-def _atomic_npy(path: Path, arr: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        np.save(tmp, arr)
 
 
 @dataclass
@@ -233,20 +224,21 @@ class FeatureCache:
 # --- building it ---------------------------------------------------------------------------
 
 
-def _load_crop(data: STLData, item: CropItem) -> Image.Image:
-    with Image.open(data.scene_path(item.scene)) as im:
-        return im.convert("RGB").crop(item.box)
-
-
-def _load_product(data: STLData, sig: str) -> Image.Image:
-    with Image.open(data.product_path(sig)) as im:
-        return im.convert("RGB")
+def cache_meta(path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``path/meta.json``, made by ``make`` (and written) first when the directory is new."""
+    path.mkdir(parents=True, exist_ok=True)
+    if (path / "meta.json").is_file():
+        return dict(json.loads((path / "meta.json").read_text()))
+    meta = make() | {"views": [], "seconds": 0.0}
+    write_json(path / "meta.json", meta, indent=1)
+    return meta
 
 
 class ChunkBuilder:
     """Fills one cache directory chunk by chunk, resumably."""
 
     def __init__(self, path: Path, backbone: Backbone, batch_size: int, engine: str) -> None:
+        use_all_cores()
         self.path, self.backbone = path, backbone
         self.batch_size, self.engine = batch_size, engine
         self.chunk_dir = path / "chunks"
@@ -255,14 +247,35 @@ class ChunkBuilder:
             json.loads(self.progress_file.read_text()) if self.progress_file.is_file() else {}
         )
 
-    def fill(
-        self, kind: str, view: str, n: int, load: Callable[[int], Image.Image], regions: bool
-    ) -> float:
-        """Compute ``kind-view`` arrays for ``n`` images; returns the seconds spent computing."""
+    def fill_views(
+        self,
+        meta: dict[str, Any],
+        views: Sequence[str],
+        scenes: tuple[int, Callable[[int], Image.Image]],
+        products: tuple[int, Callable[[int], Image.Image]],
+    ) -> tuple[FeatureCache, float]:
+        """Every view's arrays of ``scenes`` and ``products`` (count, loader), then
+        ``meta.json``: the complete cache and the seconds spent computing."""
+        spent = 0.0
+        for view in views:
+            spent += self.fill("scene_global", view, *scenes)
+            spent += self.fill("product_global", view, *products)
+            if view not in meta["views"]:
+                meta["views"].append(view)
+        meta["seconds"] = float(meta["seconds"]) + spent
+        write_json(self.path / "meta.json", meta, indent=1)
+        if self.chunk_dir.is_dir() and not any(self.chunk_dir.iterdir()):
+            shutil.rmtree(self.chunk_dir)
+        return FeatureCache(self.path, meta), spent
+
+    def fill(self, kind: str, view: str, n: int, load: Callable[[int], Image.Image]) -> float:
+        """Compute ``kind-view`` arrays for ``n`` images (scenes with their regions); returns
+        the seconds spent computing."""
+        regions = kind == "scene_global"
         final = self.path / f"{kind}-{view}.npy"
         if final.is_file():
             return 0.0
-        self.chunk_dir.mkdir(exist_ok=True)
+        self.chunk_dir.mkdir(parents=True, exist_ok=True)
         n_chunks = (n + CHUNK - 1) // CHUNK
         todo = [c for c in range(n_chunks) if not self._chunk(kind, view, c).is_file()]
         if len(todo) < n_chunks:
@@ -315,11 +328,10 @@ class ChunkBuilder:
     def _assemble(self, kind: str, view: str, n_chunks: int, regions: bool) -> None:
         parts = [np.load(self._chunk(kind, view, c)) for c in range(n_chunks)]
         if regions:
-            _atomic_npy(
-                self.path / f"scene_regions-{view}.npy",
-                np.concatenate([p["regions"] for p in parts]),
-            )
-        _atomic_npy(self.path / f"{kind}-{view}.npy", np.concatenate([p["global"] for p in parts]))
+            with atomic_path(self.path / f"scene_regions-{view}.npy") as tmp:
+                np.save(tmp, np.concatenate([p["regions"] for p in parts]))
+        with atomic_path(self.path / f"{kind}-{view}.npy") as tmp:
+            np.save(tmp, np.concatenate([p["global"] for p in parts]))
         for c in range(n_chunks):
             self._chunk(kind, view, c).unlink()
 
@@ -337,16 +349,12 @@ def build_cache(
     unknown = set(views) - set(VIEWS)
     if unknown:
         raise ValueError(f"unknown views {sorted(unknown)}; choose from {list(VIEWS)}")
-    path = Path(cache_root) / cache_key(backbone, data)
-    path.mkdir(parents=True, exist_ok=True)
-    meta_file = path / "meta.json"
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-    else:
+
+    def make() -> dict[str, Any]:
         crops, examples, dropped = ctl_examples(data)
         kept = set(data.category_names())
         products = [p for p in data.available_products() if data.categories[p] in kept]
-        meta = {
+        return {
             "backbone": backbone.describe(),
             "data": str(data.root.resolve()),
             "crop_rules": {"grow": crop.GROW, "min_area_fraction": crop.MIN_AREA_FRACTION},
@@ -355,10 +363,10 @@ def build_cache(
             "crop_stats": dropped,
             "products": products,
             "product_categories": [data.categories[p] for p in products],
-            "views": [],
-            "seconds": 0.0,
         }
-        write_json(meta_file, meta, indent=1)
+
+    path = Path(cache_root) / cache_key(backbone, data)
+    meta = cache_meta(path, make)
     crops_list = [CropItem(s, tuple(b)) for s, b in meta["crops"]]
     products = meta["products"]
     log.info(
@@ -369,23 +377,16 @@ def build_cache(
         len(products),
         list(views),
     )
-    use_all_cores()
+
+    def load_crop(i: int) -> Image.Image:
+        return rgb(data.scene_path(crops_list[i].scene)).crop(crops_list[i].box)
+
+    def load_product(i: int) -> Image.Image:
+        return rgb(data.product_path(products[i]))
+
     builder = ChunkBuilder(path, backbone, batch_size, engine)
-    spent = 0.0
-    for view in views:
-        spent += builder.fill(
-            "scene_global", view, len(crops_list), lambda i: _load_crop(data, crops_list[i]), True
-        )
-        spent += builder.fill(
-            "product_global", view, len(products), lambda i: _load_product(data, products[i]), False
-        )
-        if view not in meta["views"]:
-            meta["views"].append(view)
-    meta["seconds"] = float(meta["seconds"]) + spent
-    write_json(meta_file, meta, indent=1)
-    if builder.chunk_dir.is_dir() and not any(builder.chunk_dir.iterdir()):
-        shutil.rmtree(builder.chunk_dir)
-    return FeatureCache(path, meta), spent
+    scenes, prods = (len(crops_list), load_crop), (len(products), load_product)
+    return builder.fill_views(meta, views, scenes, prods)
 
 
 def add_arguments(parser: argparse.ArgumentParser, settings: TrainingSettings) -> None:

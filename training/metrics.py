@@ -14,7 +14,7 @@ import itertools
 import math
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -166,28 +166,27 @@ class PairScores:
 
 def score_blocks(blocks: Mapping[str, RankingBlock], seed: int = 0, draws: int = 10) -> PairScores:
     """Every per-pair metric of one scorer on blocks keyed by category."""
-    cats, aucs, rrs, rr10s, lesses, tiess, negs = [], [], [], [], [], [], []
+    parts = []
     for category, block in blocks.items():
         less, ties = positive_counts(block)
-        cats.append(np.full(len(block.pos), category, dtype=object))
-        aucs.append(binary_choice(block, category_rng(seed, category), draws))
-        rr10s.append(sampled_reciprocal_ranks(block, category_rng(seed + 1, category), draws))
-        rrs.append(reciprocal_ranks(less, ties))
-        lesses.append(less)
-        tiess.append(ties)
-        negs.append(block.valid.sum(1))
-
-    def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
-
+        parts.append(
+            PairScores(
+                np.full(len(block.pos), category, dtype=object),
+                binary_choice(block, category_rng(seed, category), draws),
+                reciprocal_ranks(less, ties),
+                sampled_reciprocal_ranks(block, category_rng(seed + 1, category), draws),
+                less,
+                ties,
+                block.valid.sum(1),
+            )
+        )
+    dtypes = (object, float, float, float, int, int, int)  # the fields' order
+    columns = [[getattr(p, f.name) for p in parts] for f in fields(PairScores)]
     return PairScores(
-        cat(cats, object),
-        cat(aucs, float),
-        cat(rrs, float),
-        cat(rr10s, float),
-        cat(lesses, int),
-        cat(tiess, int),
-        cat(negs, int),
+        *(
+            np.concatenate(c).astype(t) if c else np.zeros(0, t)
+            for c, t in zip(columns, dtypes, strict=True)
+        )
     )
 
 

@@ -17,7 +17,6 @@ import functools
 import hashlib
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from index.atomic import write_json
 from model.backbones import Backbone
-from training.atomic import write_json
 from training.composer import COMPOSER_VERSION, Composition, Cutout, compose_cutouts, cutout
-from training.features import ChunkBuilder, FeatureCache, use_all_cores
+from training.features import ChunkBuilder, FeatureCache, cache_meta
 from training.outfits import OutfitData
+from training.stl import rgb
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,6 @@ def plan_compositions(
     return plans
 
 
-def _rgb(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
-
-
 def build_outfit_cache(
     data: OutfitData,
     backbone: Backbone,
@@ -101,12 +96,8 @@ def build_outfit_cache(
     engine: str = "auto",
 ) -> tuple[FeatureCache, float]:
     """The complete outfit cache (computing what is missing) and the seconds spent computing."""
-    path = Path(cache_root) / outfit_cache_key(backbone, data, categories, per_outfit, seed)
-    path.mkdir(parents=True, exist_ok=True)
-    meta_file = path / "meta.json"
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-    else:
+
+    def make() -> dict[str, Any]:
         plans = plan_compositions(data, categories, per_outfit, seed)
         products = sorted(data.products)
         row = {p: i for i, p in enumerate(products)}
@@ -122,7 +113,7 @@ def build_outfit_cache(
             }
             for i, plan in enumerate(plans)
         ]
-        meta = {
+        return {
             "backbone": backbone.describe(),
             "data": str(data.root.resolve()),
             "composer_version": COMPOSER_VERSION,
@@ -132,16 +123,16 @@ def build_outfit_cache(
             "products": products,
             "product_categories": [data.products[p].stl_category for p in products],
             "problems": dict(data.problems),
-            "views": [],
-            "seconds": 0.0,
         }
-        write_json(meta_file, meta, indent=1)
+
+    path = Path(cache_root) / outfit_cache_key(backbone, data, categories, per_outfit, seed)
+    meta = cache_meta(path, make)
     examples, products = meta["examples"], meta["products"]
     log.info("outfit cache %s: %d compositions, %d products", path, len(examples), len(products))
 
     @functools.lru_cache(maxsize=4096)  # a product is in ~5 outfits: cut it out once
     def item(p: int) -> Cutout:
-        return cutout(_rgb(data.image_path(products[p])))
+        return cutout(rgb(data.image_path(products[p])))
 
     def composition(i: int) -> Composition:
         ex = examples[i]
@@ -152,25 +143,12 @@ def build_outfit_cache(
         examples[i]["boxes"] = [[round(v, 5) for v in b] for b in c.normalized_boxes()]
         return c.image
 
-    use_all_cores()
     builder = ChunkBuilder(path, backbone, batch_size, engine)
-    spent = 0.0
-    for view in OUTFIT_VIEWS:
-        spent += builder.fill("scene_global", view, len(examples), scene, True)
-        spent += builder.fill(
-            "product_global",
-            view,
-            len(products),
-            lambda i: _rgb(data.image_path(products[i])),
-            False,
-        )
-        if view not in meta["views"]:
-            meta["views"].append(view)
-    for i, ex in enumerate(examples):  # compositions of chunks computed by an earlier run
-        if "boxes" not in ex:
-            scene(i)
-    meta["seconds"] = float(meta["seconds"]) + spent
-    write_json(meta_file, meta, indent=1)
-    if builder.chunk_dir.is_dir() and not any(builder.chunk_dir.iterdir()):
-        shutil.rmtree(builder.chunk_dir)
-    return FeatureCache(path, meta), spent
+    products_in = (len(products), lambda i: rgb(data.image_path(products[i])))
+    cache, spent = builder.fill_views(meta, OUTFIT_VIEWS, (len(examples), scene), products_in)
+    missing = [i for i, ex in enumerate(examples) if "boxes" not in ex]
+    for i in missing:  # compositions of chunks computed by an earlier run
+        scene(i)
+    if missing:
+        write_json(path / "meta.json", meta, indent=1)
+    return cache, spent

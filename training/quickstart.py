@@ -9,6 +9,7 @@ serving step comes in as a callable (``cli.py`` passes ``service.main.main``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,8 +18,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from model.runtime import sha256_file
-from training.atomic import write_json
+from index.atomic import write_json
+from model.runtime import MANIFEST_FILE, sha256_file
 from training.config import TrainingSettings
 from training.outfits import outfits_available
 
@@ -33,42 +34,32 @@ def _digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-class Stamps:
-    """Per-step digests of inputs, kept in the work dir, written atomically."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-
-    def current(self, step: str, digest: str, output: Path) -> bool:
-        path = self.root / f"{step}.json"
-        if not output.exists() or not path.is_file():
-            return False
-        try:
-            return bool(json.loads(path.read_text()).get("digest") == digest)
-        except (OSError, ValueError):
-            return False
-
-    def record(self, step: str, digest: str) -> None:
-        write_json(self.root / f"{step}.json", {"digest": digest})
+def _argv(**flags: object) -> list[str]:
+    """A step's ``--flag value`` words, ``None`` values left out (``work_dir``: ``--work-dir``)."""
+    pairs = ((f"--{k.replace('_', '-')}", str(v)) for k, v in flags.items() if v is not None)
+    return [word for pair in pairs for word in pair]
 
 
 def _run_step(
-    stamps: Stamps,
+    stamps: Path,
     name: str,
     digest: str,
     output: Path,
     func: Callable[[list[str]], int],
     argv: list[str],
 ) -> None:
-    if stamps.current(name, digest, output):
-        log.info("quickstart: %s is current (%s), skipped", name, output)
-        return
+    """Run ``ctl NAME ARGV`` unless ``output`` exists and the step's stamp (a digest of its
+    inputs, kept in ``stamps``) matches; record the stamp after a success."""
+    stamp = stamps / f"{name}.json"
+    with contextlib.suppress(OSError, ValueError):
+        if output.exists() and json.loads(stamp.read_text()).get("digest") == digest:
+            log.info("quickstart: %s is current (%s), skipped", name, output)
+            return
     log.info("quickstart: %s: ctl %s %s", name, name, " ".join(argv))
     rc = func(argv)
     if rc:
         raise SystemExit(f"quickstart: step {name!r} failed with exit code {rc}")
-    stamps.record(name, digest)
+    write_json(stamp, {"digest": digest})
 
 
 def ensure_data(data: Path | None, settings: TrainingSettings) -> Path:
@@ -88,17 +79,8 @@ def ensure_data(data: Path | None, settings: TrainingSettings) -> Path:
             urllib.request.urlretrieve(f"{RELEASE_BASE}/{name}", release / name)
     from training import download
 
-    rc = download.main(
-        [
-            "--pairs",
-            str(release / "fashion.json"),
-            "--categories",
-            str(release / "fashion-cat.json"),
-            "--out",
-            str(target),
-        ]
-    )
-    if rc:
+    pairs, categories = release / "fashion.json", release / "fashion-cat.json"
+    if download.main(_argv(pairs=pairs, categories=categories, out=target)):
         raise SystemExit("quickstart: download failed")
     return target
 
@@ -133,68 +115,36 @@ def main(argv: list[str], serve: Serve | None = None) -> int:
     cache = work / "features"
     run_dir = work / "runs" / "quickstart"
     artifacts: Path = args.artifacts
-    stamps = Stamps(work / "quickstart")
+    stamps = work / "quickstart"
 
     feat_digest = _digest("features", str(data), args.backbone)
-    _run_step(
-        stamps,
-        "features",
-        feat_digest,
-        cache,
-        features.main,
-        ["--data", str(data), "--cache", str(cache), "--backbone", args.backbone],
-    )
+    feat_argv = _argv(data=data, cache=cache, backbone=args.backbone)
+    _run_step(stamps, "features", feat_digest, cache, features.main, feat_argv)
 
-    train_argv = [
-        "--data",
-        str(data),
-        "--out",
-        str(run_dir),
-        "--cache",
-        str(cache),
-        "--backbone",
-        args.backbone,
-        "--seed",
-        str(args.seed),
-    ]
-    if args.epochs is not None:
-        train_argv += ["--epochs", str(args.epochs)]
     outfits = args.outfits.resolve()
-    train_argv += ["--outfits", str(outfits)]
-    _run_step(
-        stamps,
-        "train",
-        _digest(feat_digest, train_argv, outfits_available(outfits)),
-        run_dir / "metrics.json",
-        train.main,
-        train_argv,
+    train_argv = _argv(
+        data=data,
+        out=run_dir,
+        cache=cache,
+        backbone=args.backbone,
+        seed=args.seed,
+        epochs=args.epochs,
+        outfits=outfits,
     )
+    train_digest = _digest(feat_digest, train_argv, outfits_available(outfits))
+    _run_step(stamps, "train", train_digest, run_dir / "metrics.json", train.main, train_argv)
 
-    checkpoint = sha256_file(run_dir / "checkpoint.pt")
-    _run_step(
-        stamps,
-        "export",
-        _digest("export", checkpoint),
-        artifacts / "manifest.json",
-        export.main,
-        ["--run", str(run_dir), "--out", str(artifacts)],
-    )
+    export_digest = _digest("export", sha256_file(run_dir / "checkpoint.pt"))
+    export_argv = _argv(run=run_dir, out=artifacts)
+    _run_step(stamps, "export", export_digest, artifacts / MANIFEST_FILE, export.main, export_argv)
 
-    manifest = sha256_file(artifacts / "manifest.json")
-    _run_step(
-        stamps,
-        "index",
-        _digest("index", manifest, str(data)),
-        artifacts / "index" / "CURRENT",
-        index_cli.build_main,
-        ["--artifacts", str(artifacts), "--data", str(data), "--work-dir", str(work)],
-    )
+    index_digest = _digest("index", sha256_file(artifacts / MANIFEST_FILE), str(data))
+    index_argv = _argv(artifacts=artifacts, data=data, work_dir=work)
+    current = artifacts / "index" / "CURRENT"
+    _run_step(stamps, "index", index_digest, current, index_cli.build_main, index_argv)
 
     if args.no_serve or serve is None:
         log.info("quickstart: artifacts and index ready in %s", artifacts)
         return 0
     os.environ.setdefault("CTL_SAMPLES_DIR", str(data / "images" / "scenes"))
-    serve_argv = ["--artifacts", str(artifacts)]
-    serve_argv += ["--host", args.host] if args.host is not None else []
-    serve_argv += ["--port", str(args.port)] if args.port is not None else []
-    return serve(serve_argv)
+    return serve(_argv(artifacts=artifacts, host=args.host, port=args.port))

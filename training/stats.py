@@ -12,11 +12,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from training.config import TrainingSettings
-from training.crop import CropStats, crop_box, drop_reason_for_category
-from training.stl import Pair, STLData
+from training.crop import CropStats, PairCrops
+from training.stl import STLData
 
 log = logging.getLogger(__name__)
 
@@ -54,34 +52,6 @@ class DataStats:
         return out
 
 
-def image_size(path: Path) -> tuple[int, int] | None:
-    """Width and height read from the header; ``None`` when the file is not an image."""
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
-
-
-def crop_reasons(data: STLData, pairs: Sequence[Pair]) -> list[str]:
-    """Why each pair is dropped before training, or ``"ok"`` when its crop is kept."""
-    sizes: dict[str, tuple[int, int] | None] = {}
-    reasons = []
-    for pair in pairs:
-        reason = drop_reason_for_category(data.category(pair.product))
-        if reason is None:
-            if pair.scene not in sizes:
-                sizes[pair.scene] = image_size(data.scene_path(pair.scene))
-            size = sizes[pair.scene]
-            reason = (
-                "unreadable_scene"
-                if size is None
-                else crop_box(pair.bbox, *size, data.domain).reason
-            )
-        reasons.append(reason)
-    return reasons
-
-
 def compute_stats(data: STLData) -> DataStats:
     """Counts over pairs, images and categories, and the crop outcome of pairs with images."""
     scenes_on_disk = data.available_scenes()
@@ -99,8 +69,9 @@ def compute_stats(data: STLData) -> DataStats:
         cat(pair.product).pairs += 1
     for product in products_on_disk:
         cat(product).catalog_with_images += 1
-    crop = CropStats()
-    for pair, reason in zip(with_images, crop_reasons(data, with_images), strict=True):
+    crop, crops = CropStats(), PairCrops(data)
+    for pair in with_images:
+        reason = crops(pair).reason
         crop.add(reason)
         cat(pair.product).pairs_with_images += 1
         cat(pair.product).crop_kept += reason == "ok"

@@ -12,6 +12,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
+from index import catalog
+
 log = logging.getLogger(__name__)
 
 BBox = tuple[float, float, float, float]
@@ -28,9 +32,10 @@ class Pair:
     bbox: BBox
 
 
-def leaf_category(path: str) -> str:
-    """``"Apparel & Accessories|Shoes"`` -> ``"Shoes"``."""
-    return path.rsplit("|", 1)[-1].strip()
+def rgb(path: Path) -> Image.Image:
+    """The image file at ``path`` decoded to RGB (and closed again)."""
+    with Image.open(path) as im:
+        return im.convert("RGB")
 
 
 def load_pairs(path: Path) -> list[Pair]:
@@ -59,15 +64,6 @@ def load_pairs(path: Path) -> list[Pair]:
     return pairs
 
 
-def load_categories(path: Path) -> dict[str, str]:
-    """Read a categories file (one JSON object product -> category path) as product -> leaf."""
-    with open(path, encoding="utf-8") as f:
-        raw = json.load(f)
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object of product -> category path")
-    return {str(k): leaf_category(str(v)) for k, v in raw.items()}
-
-
 @dataclass
 class STLData:
     """A data directory: its pairs, product categories and image paths."""
@@ -79,14 +75,13 @@ class STLData:
 
     @classmethod
     def load(cls, root: Path, domain: str = "fashion") -> STLData:
-        """Load ``{domain}.json`` and ``{domain}-cat.json`` from ``root``."""
+        """Load ``{domain}.json`` and ``{domain}-cat.json`` (the index's reader) from ``root``."""
         root = Path(root)
         pairs_file = root / f"{domain}.json"
-        cats_file = root / f"{domain}-cat.json"
-        for p in (pairs_file, cats_file):
-            if not p.is_file():
-                raise FileNotFoundError(f"{p} not found: is {root} an STL data directory?")
-        return cls(root, domain, load_pairs(pairs_file), load_categories(cats_file))
+        if not pairs_file.is_file():
+            raise FileNotFoundError(f"{pairs_file} not found: is {root} an STL data directory?")
+        categories = catalog.read_categories(root, domain)
+        return cls(root, domain, load_pairs(pairs_file), categories)
 
     @property
     def scene_dir(self) -> Path:
@@ -94,13 +89,13 @@ class STLData:
 
     @property
     def product_dir(self) -> Path:
-        return self.root / "images" / "products"
+        return catalog.product_dir(self.root)
 
     def scene_path(self, sig: str) -> Path:
         return self.scene_dir / f"{sig}.jpg"
 
     def product_path(self, sig: str) -> Path:
-        return self.product_dir / f"{sig}.jpg"
+        return catalog.product_path(self.root, sig)
 
     def available_products(self) -> list[str]:
         """Signatures of the product images on disk that have a category, sorted."""

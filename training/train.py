@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from index.atomic import atomic_path, write_json
 from index.progress import Progress
 from model.ctl import CTLModel
-from training.atomic import atomic_path, write_json
 from training.config import OUTFITS_ENV, TrainingSettings
 from training.features import FeatureCache, FeatureOptions, add_arguments, load_cache
 from training.joint import OutfitDomain, outfit_loss, outfit_metrics
@@ -336,11 +336,6 @@ def load_outfits(opts: TrainOptions, categories: list[str]) -> tuple[OutfitDomai
     return OutfitDomain.build(cache, categories, opts.seed, backbone.grid), spent
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 @dataclass
 class RunState:
     """Where a run stands after an epoch: what ``last.pt`` keeps beside the weights and the
@@ -355,7 +350,8 @@ class RunState:
     def save(self, path: Path, model: CTLModel, opt: torch.optim.Optimizer) -> None:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": self.epoch}
         state |= self.streams.state() | {"history": self.history, "best": self.best}
-        _atomic_save(state | {"seconds": self.seconds}, path)
+        with atomic_path(path) as tmp:
+            torch.save(state | {"seconds": self.seconds}, tmp)
 
     def resume(self, path: Path, model: CTLModel, opt: torch.optim.Optimizer) -> None:
         saved = torch.load(path, weights_only=False)
@@ -511,9 +507,8 @@ def run(opts: TrainOptions) -> dict[str, Any]:
                 record["val_auc"] = auc = evaluate(model, t, samplers["val"])
                 if auc > state.best["auc"]:
                     state.best = {"auc": auc, "epoch": epoch}
-                    _atomic_save(
-                        {"model": model.state_dict(), "config": config}, out / "checkpoint.pt"
-                    )
+                    with atomic_path(out / "checkpoint.pt") as tmp:
+                        torch.save({"model": model.state_dict(), "config": config}, tmp)
                 log.info(
                     "epoch %d loss %.4f val AUC %.4f (best %.4f @ %d)",
                     epoch, loss, auc, state.best["auc"], state.best["epoch"],

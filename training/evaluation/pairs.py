@@ -6,13 +6,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from training.crop import CropResult, CropStats, PixelBox, crop_box
-from training.stl import BBox, Pair, STLData
+from training.crop import CropResult, CropStats, PairCrops, PixelBox
+from training.stl import BBox, Pair, STLData, rgb
 
 log = logging.getLogger(__name__)
 
@@ -86,30 +85,22 @@ def crop_pairs(
     data: STLData, pairs: Sequence[Pair]
 ) -> tuple[list[Crop], list[int | None], CropStats]:
     """The CTL crop of each pair: unique crops, each pair's crop row (``None``: dropped), stats."""
-    stats = CropStats()
+    stats, pair_crops = CropStats(), PairCrops(data)
     crops: list[Crop] = []
     results: dict[tuple[str, BBox], tuple[CropResult, int | None]] = {}
     rows: list[int | None] = []
     for p in pairs:
         key = (p.scene, p.bbox)
         if key not in results:
-            with Image.open(data.scene_path(p.scene)) as im:
-                w, h = im.size
-            result = crop_box(p.bbox, w, h, data.domain)
-            row = None
-            if result.box is not None:
+            result, row, size = pair_crops(p), None, pair_crops.size(p.scene)
+            if result.box is not None and size is not None:
                 row = len(crops)
-                crops.append(Crop(p.scene, p.bbox, result.box, w, h))
+                crops.append(Crop(p.scene, p.bbox, result.box, *size))
             results[key] = (result, row)
         result, row = results[key]
         stats.add(result.reason)
         rows.append(row)
     return crops, rows, stats
-
-
-def rgb(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 def load_crop(data: STLData, crop: Crop) -> Image.Image:

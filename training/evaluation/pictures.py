@@ -9,9 +9,10 @@ import numpy as np
 
 from training import plots
 from training.evaluation.baselines import BASELINES
-from training.evaluation.pairs import load_crop, rgb
+from training.evaluation.pairs import load_crop
 from training.evaluation.report import Picture
 from training.evaluation.run import Evaluation, Options
+from training.stl import rgb
 
 CURVE_KS = tuple(range(1, 101))
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-from training.atomic import write_text
 
 PAPER_NOTE = (
     "For comparison: the paper reports AUC 0.753 on Fashion-2 (its Table 2) with about 20x more "
@@ -184,16 +181,3 @@ def _outfit_lines(outfits: Mapping[str, Any]) -> list[str]:
     ]
     header = ["split", "outfits", "FITB", "top-1 hit", "random", "top-3 hit", "random"]
     return [*lines, *_table(header, rows)]
-
-
-def write_report(
-    path: Path,
-    metrics: Mapping[str, Any],
-    run_metrics: Mapping[str, Any],
-    notes: Mapping[str, str],
-    pictures: Sequence[Picture],
-) -> Path:
-    """Write ``report.md`` atomically."""
-    text = render(metrics, run_metrics, notes, pictures)
-    write_text(path, text)
-    return path

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +15,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from index.progress import Progress
 from model.backbones import Backbone
 from model.ctl import CTLModel
 from training import metrics as M
-from training.atomic import atomic_path
-from training.evaluation.pairs import CategoryPairs, Crop, load_crop, rgb
-from training.features import FeatureCache, cache_key, compute_features
-from training.stl import STLData
+from training.evaluation.pairs import CategoryPairs, Crop, load_crop
+from training.features import ChunkBuilder, FeatureCache, cache_key
+from training.stl import STLData, rgb
 
 log = logging.getLogger(__name__)
 
@@ -40,31 +37,6 @@ class Embedded:
     emb: np.ndarray  # (N, D) f_s for scenes, f_p for products
     queries: np.ndarray  # (N, C, D) q per category for scenes; empty for products
     attention: np.ndarray  # (N, C, R) for scenes; empty for products
-
-
-def compute(
-    load: Callable[[Any], Image.Image],
-    items: Sequence[Any],
-    backbone: Backbone,
-    batch_size: int,
-    regions: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Backbone global vectors (N, G) and, if asked, region grids (N, R, L) of ``items``."""
-    gs, rs = [], []
-    t0 = time.monotonic()
-    with Progress(log, len(items), "backbone", "img") as progress:
-        for start in range(0, len(items), EMBED_CHUNK):
-            images = [load(i) for i in items[start : start + EMBED_CHUNK]]
-            g, r = compute_features(backbone, images, batch_size)
-            gs.append(g)
-            if regions:
-                rs.append(r)
-            done = start + len(images)
-            rate = done / max(1e-9, time.monotonic() - t0)
-            msg = "backbone: %d/%d images (%.0f images/s)"
-            progress.update(len(images), msg, done, len(items), rate)
-    empty = np.zeros((0,), np.float32)
-    return np.concatenate(gs) if gs else empty, np.concatenate(rs) if rs else empty
 
 
 def from_training_cache(
@@ -101,20 +73,6 @@ def _digest(*parts: object) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def cached_features(
-    path: Path, produce: Callable[[], tuple[np.ndarray, np.ndarray]]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Backbone features from ``path`` (.npz) if present, else produced and stored atomically."""
-    if path.is_file():
-        log.info("using cached backbone features %s", path)
-        with np.load(path) as z:
-            return z["g"].astype(np.float32), z["regions"].astype(np.float32)
-    g, r = produce()
-    with atomic_path(path) as tmp:
-        np.savez(tmp, g=g.astype(np.float16), regions=r.astype(np.float16))
-    return g, r
-
-
 def apply_heads(model: CTLModel, g: np.ndarray, regions: np.ndarray, scenes: bool) -> Embedded:
     """Head embeddings of backbone features, in batches (attention_all is (B, C, R, D) inside)."""
     parts: dict[str, list[np.ndarray]] = {"emb": [], "queries": [], "attention": []}
@@ -144,32 +102,31 @@ def embed_all(
     cache: Path,
     bs: int,
 ) -> tuple[Embedded, Embedded]:
-    """Products and scene crops through the backbone (cached, ``bs`` images a batch) and the
-    heads."""
+    """Products and scene crops through the backbone and the heads. Backbone features come from
+    the run's feature cache when it holds them all, else from a cache of their own under
+    ``cache``, keyed by backbone and inputs and built like the run's (``ChunkBuilder``, ``bs``
+    images a batch)."""
     root = str(data.root.resolve())
 
     def features(
-        kind: str, keys: list[str], produce: Callable[[], tuple[np.ndarray, np.ndarray]]
+        kind: str, keys: list[str], load: Callable[[int], Image.Image]
     ) -> tuple[np.ndarray, np.ndarray]:
-        path = cache / f"{kind}-{_digest(backbone.key(), root, keys)}.npz"
-        return cached_features(
-            path, lambda: from_training_cache(config, backbone, data, kind, keys) or produce()
-        )
+        found = from_training_cache(config, backbone, data, kind, keys)
+        if found is not None:
+            return found
+        path = cache / f"{kind}-{_digest(backbone.key(), root, keys)}"
+        name = "scene_global" if kind == "scenes" else "product_global"
+        if (path / f"{name}-orig.npy").is_file():
+            log.info("using cached backbone features %s", path)
+        ChunkBuilder(path, backbone, bs, "auto").fill(name, "orig", len(keys), load)
+        arrays = FeatureCache(path, {})
+        regions = arrays.array("scene_regions", "orig") if kind == "scenes" else np.zeros(0)
+        return np.asarray(arrays.array(name, "orig"), np.float32), np.asarray(regions, np.float32)
 
-    product_features = features(
-        "products",
-        catalog,
-        lambda: compute(lambda s: rgb(data.product_path(s)), catalog, backbone, bs, False),
-    )
-    scene_features = features(
-        "scenes",
-        [_crop_key(c.scene, c.box) for c in crops],
-        lambda: compute(lambda c: load_crop(data, c), crops, backbone, bs, True),
-    )
-    return (
-        apply_heads(model, *product_features, scenes=False),
-        apply_heads(model, *scene_features, scenes=True),
-    )
+    products = features("products", catalog, lambda i: rgb(data.product_path(catalog[i])))
+    crop_keys = [_crop_key(c.scene, c.box) for c in crops]
+    scenes = features("scenes", crop_keys, lambda i: load_crop(data, crops[i]))
+    return apply_heads(model, *products, scenes=False), apply_heads(model, *scenes, scenes=True)
 
 
 def model_scorer(scenes: Embedded, products: Embedded) -> Scorer:

@@ -1,7 +1,8 @@
-"""Atomic file writes for every training-side artifact (runs, caches, reports, pictures).
+"""Atomic file writes for every artifact: index versions, runs, caches, reports, pictures.
 
-The writer fills a temp file beside the target and ``os.replace`` swaps it in, so a crash
-leaves either the old file or the new one, never half of one.
+The writer fills a temp file beside the target, which is flushed to disk and swapped in by
+``os.replace``, so a crash leaves either the old file or the new one, never half of one. It
+lives in the lowest layer that writes files (the index); training uses it too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def atomic_path(path: Path, mode: int = 0o644) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
