@@ -4,7 +4,8 @@ For offline work far beyond one request (a night's archive of millions of photos
 code runs on a local Ray (the default) and on a cluster (``--address``). The encoder runs in an
 actor pool, one ONNX session per actor on its share of the cores, in batches of the encoder's
 size; the actor then ranks each scene with the scoring function the HTTP endpoints use
-(``index.search.recommend``), so job and service give the same top-k and distances. A photo
+(``index.search.recommend``), so job and service give the same top-k and distances, and writes
+the batch's rows (``write_batch``). A photo
 that cannot be read becomes a row of the errors output, never a failed job. Ray is an optional
 extra (``.[batch]``): the API image does without it.
 """
@@ -12,8 +13,10 @@ extra (``.[batch]``): the API image does without it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -22,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
 from index.search import recommend, set_search_threads
@@ -76,11 +82,21 @@ def decode_scene(path: Path, min_size: int) -> Image.Image | str:
 
 
 class SceneScorer:
-    """One actor: its own encoder session and catalog; a batch of paths in, ranked rows out."""
+    """One actor: its own encoder session and catalog; a batch of paths in, its ranked rows and
+    errors written, their counts out."""
 
     def __init__(
-        self, artifacts: str, categories: Sequence[str], k: int, threads: int, device: str
+        self,
+        artifacts: str,
+        out: str,
+        categories: Sequence[str],
+        k: int,
+        threads: int,
+        device: str,
+        encoder_batch: int,
     ) -> None:
+        self.out = Path(out)
+        self.encoder_batch = encoder_batch
         self.encoder = OnnxEncoder.from_artifacts(Path(artifacts), device=device, threads=threads)
         # FAISS on every core woke the OpenMP threads of both actors for each of a scene's
         # searches: a third of the actor's time went there (docs/performance.md).
@@ -95,7 +111,8 @@ class SceneScorer:
         unknown = [c for c in names if c not in self.catalog.categories]
         return [c for c in names if c not in unknown], ", ".join(unknown)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[int]]:
+        """Scores the batch and writes its rows (``write_batch``); returns the counts."""
         out: dict[str, list[Any]] = {c: [] for c in (*RESULT_COLUMNS, "error")}
 
         nan3 = (np.nan, np.nan, np.nan)
@@ -121,13 +138,39 @@ class SceneScorer:
                 row(str(scene), error=f"unknown categories: {unknown}")
             good.append((str(scene), wanted))
             images.append(self.encoder.prepare(loaded))
-        for (scene, wanted), emb in zip(good, self.encoder.embed_scenes(images), strict=True):
+        # The encoder in calls of ``encoder_batch`` scenes: on a CPU, 4 at a time cost ~30% less
+        # CPU per scene than the whole 64 in one call (docs/performance.md).
+        embeddings = [
+            emb
+            for i in range(0, len(images), self.encoder_batch)
+            for emb in self.encoder.embed_scenes(images[i : i + self.encoder_batch])
+        ]
+        for (scene, wanted), emb in zip(good, embeddings, strict=True):
             for category in wanted:
                 cat_idx = self.encoder.categories.index(category)
                 for rank, s in enumerate(recommend(self.catalog, emb, cat_idx, category, self.k)):
                     row(scene, category=category, rank=rank + 1, product=s.id,
                         d=(s.d_star, s.d_global, s.d_local))  # fmt: skip
-        return out
+        rows, errors = write_batch(pa.table(out), self.out, [str(s) for s in batch["scene"]])
+        return {"scenes": [len(batch["scene"])], "rows": [rows], "errors": [errors]}
+
+
+def write_batch(table: pa.Table, out: Path, scenes: list[str]) -> tuple[int, int]:
+    """The batch's ranked rows to ``out/results/``, its unreadable photos (``scene, error``) to
+    ``out/errors/``, as Parquet; the counts of each.
+
+    The actor that scored the batch writes it: a write stage after the actors needs worker
+    processes of its own, and on 2 cores Ray started a fresh one for nearly every block
+    (docs/performance.md). The file is named after the batch's scenes, so a retried batch
+    rewrites its own file."""
+    name = hashlib.sha256("\n".join(scenes).encode()).hexdigest()[:20] + ".parquet"
+    ok = pc.equal(table["error"], "")
+    results = table.filter(ok).drop_columns(["error"])
+    errors = table.filter(pc.invert(ok)).select(["scene", "error"])
+    for part, rows in (("results", results), ("errors", errors)):
+        if rows.num_rows:
+            pq.write_table(rows, out / part / name)
+    return results.num_rows, errors.num_rows
 
 
 def run(
@@ -141,12 +184,12 @@ def run(
     batch_size: int = 64,
     device: str = "cpu",
     address: str | None = None,
+    encoder_batch: int = 4,
 ) -> dict[str, Any]:
     """Score ``inputs`` on Ray; write ``out/results/*.parquet`` and ``out/errors/*.parquet``.
 
-    ``batch_size`` scenes go to an actor at once and through the encoder in one call: 64 did
-    the job in 32.8 s where 16 took 38.0 s, mostly fewer, larger blocks to filter and write
-    (docs/performance.md).
+    ``batch_size`` scenes go to an actor at once and into one file per output; the actor runs
+    the encoder on ``encoder_batch`` of them at a time (docs/performance.md).
 
     ``actors`` encoder actors of ``threads`` ONNX threads each (0: one per ``threads`` cores).
     """
@@ -156,32 +199,32 @@ def run(
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
     start = time.perf_counter()
-    ds = ray.data.from_items(inputs).map_batches(
+    for part in ("results", "errors"):
+        (out / part).mkdir(parents=True, exist_ok=True)
+    # Blocks of about one batch each: Ray's default blocks (~13 rows here) were bundled into
+    # 65-row tasks that ran a 64-scene batch and a 1-scene one (78 encoder calls for 41 batches).
+    blocks = max(1, math.ceil(len(inputs) / batch_size))
+    ds = ray.data.from_items(inputs, override_num_blocks=blocks).map_batches(
         SceneScorer,
         fn_constructor_kwargs={
             "artifacts": str(artifacts.resolve()),
+            "out": str(out.resolve()),
             "categories": list(categories),
             "k": k,
             "threads": threads,
             "device": device,
+            "encoder_batch": encoder_batch,
         },
         batch_size=batch_size,
         concurrency=actors,
         num_cpus=threads,
     )
-    ds = ds.materialize()
-    # Arrow expressions, not Python lambdas: a lambda per row took longer than the ranking. Few,
-    # large files: a file per block cost seconds of small writes.
-    results = ds.filter(expr="error == ''").drop_columns(["error"])
-    results.write_parquet(str(out / "results"), min_rows_per_file=100_000)
-    errors = ds.filter(expr="error != ''").select_columns(["scene", "error"]).materialize()
-    errors.write_parquet(str(out / "errors"))
+    counts = ds.take_all()  # one small row per batch: the rows are already written
     seconds = time.perf_counter() - start
-    n_errors = errors.count()
     report = {
         "scenes": len(inputs),
-        "errors": n_errors,
-        "rows": ds.count() - n_errors,
+        "errors": sum(c["errors"] for c in counts),
+        "rows": sum(c["rows"] for c in counts),
         "seconds": round(seconds, 2),
         "scenes_per_s": round(len(inputs) / seconds, 2),
         "actors": actors,
@@ -203,7 +246,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--k", type=int, default=10, help="products per scene and category")
     p.add_argument("--actors", type=int, default=0, help="encoder actors (0: one per core)")
     p.add_argument("--threads", type=int, default=1, help="ONNX threads per actor")
-    p.add_argument("--batch-size", type=int, default=64, help="scenes per encoder call")
+    p.add_argument("--batch-size", type=int, default=64, help="scenes per actor call and file")
+    p.add_argument("--encoder-batch", type=int, default=4,
+                   help="scenes per encoder call (4 suits a CPU; more for a GPU)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--address", default=None, help="a Ray cluster (default: a local Ray)")
     args = p.parse_args(argv)
@@ -218,7 +263,7 @@ def main(argv: list[str]) -> int:
     cats = [] if args.categories == "all" else [c for c in args.categories.split(",") if c]
     report = run(
         read_inputs(args.inputs), args.artifacts, args.out, cats, args.k, args.actors,
-        args.threads, args.batch_size, args.device, args.address,
+        args.threads, args.batch_size, args.device, args.address, args.encoder_batch,
     )  # fmt: skip
     sys.stdout.write(json.dumps(report) + "\n")  # the result on stdout, like `ctl index`
     return 0

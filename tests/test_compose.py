@@ -224,16 +224,42 @@ def test_no_registry_address_in_docker_files() -> None:
 
 
 def test_replicas_override_balances_every_api_replica() -> None:
-    """docker/compose.replicas.yml: only the load balancer publishes a port, its config exists
-    and names the api service's port, and it waits for a healthy api."""
+    """docker/compose.replicas.yml (on top of compose.local.yml): every replica on the host
+    network on a port of its own, checked by its healthcheck and listed in docker/haproxy.cfg;
+    the load balancer is the Debian image docker/build-local makes, on the API's local port, and
+    waits for every replica to be healthy."""
     replicas: dict[str, Any] = yaml.safe_load(
         (REPO / "docker" / "compose.replicas.yml").read_text()
     )
-    base: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
-    lb = replicas["services"]["lb"]
-    assert [s for s, v in base["services"].items() if "ports" in v] == []
-    assert _expand(lb["ports"][0]) == f"{Settings().port}:{Settings().port}"
-    config_path = lb["volumes"][0].split(":")[0]
+    local: dict[str, Any] = yaml.safe_load(LOCAL.read_text())
+    services = replicas["services"]
+    lb = services.pop("lb")
+    assert "api" in services and len(services) >= 2
+    build_local = (REPO / "docker" / "build-local").read_text()
+    assert lb["image"].startswith("ctl-local/haproxy") and lb["image"] in build_local
+    config_path, target = lb["volumes"][0].split(":")[:2]
     config = (REPO / config_path).read_text()
-    assert f"api:{Settings().port}" in config and "/readyz" in config
-    assert lb["depends_on"]["api"]["condition"] == "service_healthy"
+    assert f'"-f", "{target}"' in build_local, "the image's haproxy reads another config file"
+    lb_env = {k: _expand(str(v)) for k, v in lb["environment"].items()}
+    local_api_port = _expand(_words(local["services"]["api"]["command"])[-1])
+    assert f'bind 127.0.0.1:"${{{_port_var(lb_env, local_api_port)}}}"' in config
+    ports = set()
+    for name, service in services.items():
+        assert "ports" not in service, name
+        assert service.get("network_mode", local["services"]["api"]["network_mode"]) == "host"
+        words = _words(service["command"])
+        _assert_ctl_command(words)
+        port = _expand(words[words.index("--port") + 1])
+        assert f":{port}/readyz" in _expand(" ".join(service["healthcheck"]["test"])), name
+        assert f'127.0.0.1:"${{{_port_var(lb_env, port)}}}"' in config, f"{name} is not balanced"
+        assert lb["depends_on"][name]["condition"] == "service_healthy"
+        ports.add(port)
+    assert len(ports) == len(services) and local_api_port not in ports
+    assert "option httpchk GET /readyz" in config
+
+
+def _port_var(environment: dict[str, str], port: str) -> str:
+    """The load balancer's environment variable that holds ``port`` (exactly one)."""
+    names = [k for k, v in environment.items() if v == port]
+    assert len(names) == 1, f"port {port} is not passed to the load balancer once: {names}"
+    return names[0]

@@ -1,5 +1,8 @@
 """`docker compose up` for real, with docker/compose.local.yml: images built offline from Debian's
-packages and the locked wheels, artifacts and index from real pairs, Redis, the API, a real scene.
+packages and the locked wheels, artifacts and index from real pairs, Redis, the API, a real scene;
+then with docker/compose.replicas.yml: three API replicas behind Debian's HAProxy on the same
+volume, requests spread over them, a catalog update through the balancer followed by every
+replica, and no failed request under load during updates.
 
 The artifacts come from the job image (`build-artifacts`, with torch) when CTL_DOCKER_JOB=1;
 otherwise the project's own `ctl quickstart` builds them on the host from the same pairs and they
@@ -7,6 +10,7 @@ are copied into the compose volume, and only the API (no torch) and Redis images
 job image's torch layers cost many minutes (README, Docker). Everything the test creates
 (containers, volumes, images, the data subset) is removed at the end; images that existed before
 (the local base images of an earlier run, say) are kept. CTL_DOCKER_KEEP=1 keeps the images.
+Both tests share one compose project: the images and the artifacts volume are made once.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -29,6 +36,7 @@ import redis
 
 import cli
 from tests.conftest import IN_CI, REPO
+from tests.test_replicas import STALENESS_BOUND_S, _eventually
 from training.stl import STLData
 
 log = logging.getLogger(__name__)
@@ -36,6 +44,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]
 
 N_PAIRS = 200
 LOCAL = "docker/compose.local.yml"
+REPLICAS = "docker/compose.replicas.yml"
+N_REPLICAS = 3
+ADMIN_TOKEN = "docker-test-admin-token"
 USE_JOB = os.environ.get("CTL_DOCKER_JOB", "") == "1"
 KEEP_IMAGES = os.environ.get("CTL_DOCKER_KEEP", "") == "1"
 
@@ -112,15 +123,25 @@ class Stack:
     data: Path
     api_port: int
     redis_port: int
+    replica_ports: tuple[int, ...]
+    files: tuple[str, ...] = ("docker-compose.yml", LOCAL)
     timings: dict[str, float] = field(default_factory=dict)
+    prepared: list[bool] = field(default_factory=list)  # shared by with_replicas() copies
+
+    def with_replicas(self) -> Stack:
+        """The same project, images and volumes, with docker/compose.replicas.yml on top: the
+        load balancer on ``api_port``, the replicas on ``replica_ports``."""
+        return replace(self, files=(*self.files, REPLICAS))
 
     @property
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
             "CTL_DATA": str(self.data),
+            "CTL_ADMIN_TOKEN": ADMIN_TOKEN,
             "CTL_LOCAL_API_PORT": str(self.api_port),
             "CTL_LOCAL_REDIS_PORT": str(self.redis_port),
+            **{f"CTL_LOCAL_API_{n}_PORT": str(p) for n, p in enumerate(self.replica_ports, 1)},
         }
 
     @property
@@ -129,7 +150,8 @@ class Stack:
 
     def run(self, *args: str, timeout: float = 600) -> str:
         """A compose command on this project; its output is logged, a failure raises."""
-        cmd = [*self.compose, "-f", "docker-compose.yml", "-f", LOCAL, "-p", self.project, *args]
+        files = [arg for path in self.files for arg in ("-f", path)]
+        cmd = [*self.compose, *files, "-p", self.project, *args]
         log.info("$ %s", " ".join(cmd))
         proc = subprocess.run(
             cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout
@@ -163,19 +185,20 @@ class Stack:
         pytest.fail(f"{service} is {status!r} after {timeout} s:\n{logs.stdout}{logs.stderr}")
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def stack(stl_dir: Path) -> Iterator[Stack]:
     compose = _engine_or_skip()
     before = _images()
     root = Path(tempfile.mkdtemp(prefix="ctl-docker-"))
     root.chmod(0o755)
     _copy_subset(stl_dir, root / "data", N_PAIRS)
-    s = Stack(compose, f"ctltest{os.getpid()}", root / "data", _free_port(), _free_port())
+    ports = [_free_port() for _ in range(2 + N_REPLICAS)]
+    s = Stack(compose, f"ctltest{os.getpid()}", root / "data", ports[0], ports[1], tuple(ports[2:]))
     try:
         yield s
     finally:
         try:
-            s.run("down", "--volumes", "--remove-orphans", timeout=300)
+            s.with_replicas().run("down", "--volumes", "--remove-orphans", timeout=300)
         finally:
             if not KEEP_IMAGES:
                 created = _images() - before
@@ -198,20 +221,11 @@ def _host_artifacts(stack: Stack, out: Path) -> None:
     )  # fmt: skip
 
 
-def _post(stack: Stack, scene: Path, category: str) -> dict[str, object]:
-    with scene.open("rb") as f:
-        r = httpx.post(
-            f"{stack.url}/complete-the-look",
-            files={"image": (scene.name, f, "image/jpeg")},
-            data={"category": category, "k": "5"},
-            timeout=60,
-        )
-    assert r.status_code == 200, r.text
-    body: dict[str, object] = r.json()
-    return body
-
-
-def test_compose_up_serves_real_scenes_through_redis(stack: Stack, stl_dir: Path) -> None:
+def _prepare(stack: Stack) -> None:
+    """Once per module: the local images and wheels, the API image (and the job's with
+    CTL_DOCKER_JOB=1), and artifacts in the volume (from the host's ctl unless the job runs)."""
+    if stack.prepared:
+        return
     start = time.monotonic()
     subprocess.run(
         [str(REPO / "docker" / "build-local"), *(["--job"] if USE_JOB else [])],
@@ -227,12 +241,30 @@ def test_compose_up_serves_real_scenes_through_redis(stack: Stack, stl_dir: Path
 
     start = time.monotonic()
     if USE_JOB:
-        stack.run("up", "-d", timeout=1800)  # the job runs to completion before the API starts
+        stack.run("run", "--rm", "build-artifacts", timeout=1800)
     else:
         _host_artifacts(stack, stack.data.parent / "artifacts")
-        stack.timings["host_artifacts"] = time.monotonic() - start
-        start = time.monotonic()
-        stack.run("up", "-d", "--no-deps", "redis", "api")
+    stack.timings["artifacts"] = time.monotonic() - start
+    stack.prepared.append(True)
+
+
+def _post(stack: Stack, scene: Path, category: str) -> dict[str, object]:
+    with scene.open("rb") as f:
+        r = httpx.post(
+            f"{stack.url}/complete-the-look",
+            files={"image": (scene.name, f, "image/jpeg")},
+            data={"category": category, "k": "5"},
+            timeout=60,
+        )
+    assert r.status_code == 200, r.text
+    body: dict[str, object] = r.json()
+    return body
+
+
+def test_compose_up_serves_real_scenes_through_redis(stack: Stack, stl_dir: Path) -> None:
+    _prepare(stack)
+    start = time.monotonic()
+    stack.run("up", "-d", "--no-deps", "redis", "api")
     stack.wait_healthy("redis")
     stack.wait_healthy("api")
     ready = httpx.get(f"{stack.url}/readyz", timeout=10).json()
@@ -280,3 +312,120 @@ def test_compose_up_serves_real_scenes_through_redis(stack: Stack, stl_dir: Path
     assert again["model_version"] == ready["model_version"]
     third = _post(stack, scene, category)
     assert third["cached"] is True and third["products"] == products
+
+
+def _status(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=10).status_code
+    except httpx.HTTPError:
+        return -1
+
+
+def _admin_add(url: str, pid: str, category: str, photo: Path) -> str:
+    """Adds a product through ``url``; the replica that took it (HAProxy's X-Served-By)."""
+    r = httpx.post(
+        f"{url}/admin/products",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        data={"product_id": pid, "category": category},
+        files={"image": (photo.name, photo.read_bytes(), "image/jpeg")},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    return r.headers["X-Served-By"]
+
+
+def _admin_remove(url: str, pid: str) -> str:
+    r = httpx.delete(
+        f"{url}/admin/products/{pid}",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    return r.headers["X-Served-By"]
+
+
+def test_replicas_behind_haproxy_converge_without_failing_requests(
+    stack: Stack, stl_dir: Path
+) -> None:
+    _prepare(stack)
+    lb = stack.with_replicas()
+    start = time.monotonic()
+    lb.run("up", "-d", "--no-deps", "redis", "api", "api-2", "api-3", "lb")
+    for service in ("redis", "api", "api-2", "api-3", "lb"):
+        lb.wait_healthy(service)
+    stack.timings["replicas_up_healthy"] = time.monotonic() - start
+    replicas = [f"http://127.0.0.1:{p}" for p in lb.replica_ports]
+
+    # Round robin: every replica answers its share of requests through the balancer.
+    served = Counter(
+        httpx.get(f"{lb.url}/categories", timeout=10).headers["X-Served-By"] for _ in range(30)
+    )
+    log.info("30 requests through HAProxy, by replica: %s", dict(served))
+    assert sorted(served) == [f"api-{n}" for n in range(1, N_REPLICAS + 1)], served
+    assert min(served.values()) >= 5, served
+
+    # A product added through the balancer is seen through every replica within the bound;
+    # so is its removal.
+    data = STLData.load(stl_dir)
+    in_catalog = {p.product for p in data.pairs_with_images()[:N_PAIRS]}
+    new = [
+        p for p in sorted(data.categories)
+        if p not in in_catalog and data.product_path(p).is_file()
+    ][:3]  # fmt: skip
+    category = httpx.get(f"{lb.url}/categories", timeout=10).json()["categories"][0]["name"]
+    photo = data.product_path(new[0])
+
+    def seen_everywhere(pid: str, want: int, what: str) -> None:
+        for url in replicas:
+            took = _eventually(
+                lambda u=url: _status(f"{u}/products/{pid}") == want, STALENESS_BOUND_S
+            )
+            assert took is not None, f"{url}: not {what} within {STALENESS_BOUND_S} s"
+            log.info("%s through the balancer, seen through %s after %.3f s", what, url, took)
+            stack.timings[f"{what}_seen_{url.rsplit(':', 1)[1]}"] = took
+
+    log.info("added through %s", _admin_add(lb.url, "docker-new-1", category, photo))
+    seen_everywhere("docker-new-1", 200, "added")
+    log.info("removed through %s", _admin_remove(lb.url, "docker-new-1"))
+    seen_everywhere("docker-new-1", 404, "removed")
+
+    # A small load through the balancer while three catalog updates go through it: real scenes
+    # ranked against the catalog (answers are cached per index version, so every update makes
+    # the replicas encode and search again) and the catalog's categories.
+    scenes = [data.scene_path(p.scene).read_bytes() for p in data.pairs_with_images()[:8]]
+    stop = threading.Event()
+    results: list[int] = []
+
+    def load(n: int) -> None:
+        with httpx.Client(timeout=60) as client:
+            while not stop.is_set() and len(results) < 5000:
+                try:
+                    r = client.post(
+                        f"{lb.url}/complete-the-look",
+                        files={"image": ("s.jpg", scenes[n % len(scenes)], "image/jpeg")},
+                        data={"category": category, "k": "5"},
+                    )
+                    results.append(r.status_code)
+                    results.append(client.get(f"{lb.url}/categories").status_code)
+                except httpx.HTTPError:
+                    results.append(-1)
+                n += 1
+
+    with ThreadPoolExecutor(4) as pool:
+        workers = [pool.submit(load, n) for n in range(4)]
+        _admin_add(lb.url, "docker-load-0", category, data.product_path(new[1]))
+        _admin_add(lb.url, "docker-load-1", category, data.product_path(new[2]))
+        _admin_remove(lb.url, "docker-load-0")
+        time.sleep(2.0)  # the replicas follow the last update under load
+        stop.set()
+        for w in workers:
+            w.result()
+    failed = [s for s in results if s != 200]
+    log.info("load during 3 catalog updates: %d requests, %d failed", len(results), len(failed))
+    stack.timings["load_requests"] = len(results)
+    assert results and not failed, f"{len(failed)} of {len(results)} requests failed: {failed[:5]}"
+    for url in replicas:  # the last version, after the load: the updates' sum everywhere
+        assert _status(f"{url}/products/docker-load-0") == 404, url
+        assert _status(f"{url}/products/docker-load-1") == 200, url
+    versions = {httpx.get(f"{u}/readyz", timeout=10).json()["index_version"] for u in replicas}
+    assert len(versions) == 1, f"replicas serve different versions: {versions}"
