@@ -15,6 +15,7 @@ from model.ctl import CTLModel, load_run
 from model.preprocess import PreprocessSpec, to_batch
 from tests.test_ctl import paper_d_star
 from training import evaluate as E
+from training.crop import to_input_frame
 from training.evaluation import attention as A
 from training.evaluation import pairs as P
 from training.evaluation import run as R
@@ -210,8 +211,9 @@ def test_other_boxes_and_input_frame() -> None:
     assert boxes[0] == pytest.approx((0.2, (72 - 42) / 78, 0.8, (114 - 42) / 78))
     pad = PreprocessSpec(size=10, resize="pad")
     # A 2:1 wide crop is letterboxed: its full height is the middle half of the square.
-    assert A.to_input_frame((0.0, 0.0, 1.0, 1.0), 20, 10, pad) == (0.0, 0.25, 1.0, 0.75)
-    assert A.to_input_frame((0.1, 0.2, 0.3, 0.4), 20, 10, PreprocessSpec()) == (0.1, 0.2, 0.3, 0.4)
+    assert to_input_frame((0.0, 0.0, 1.0, 1.0), 20, 10, pad.resize) == (0.0, 0.25, 1.0, 0.75)
+    stretch = PreprocessSpec().resize
+    assert to_input_frame((0.1, 0.2, 0.3, 0.4), 20, 10, stretch) == (0.1, 0.2, 0.3, 0.4)
 
 
 def test_select_pairs_deduplicates_and_rejects_unknown_split(data_dir: Path) -> None:

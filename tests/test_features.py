@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from model.backbones import Tiny, build_backbone
-from training import features
+from training import crop, features
 from training.features import build_cache, compute_features
 from training.stl import STLData
 
@@ -60,6 +60,21 @@ def test_cache_contents(tmp_path: Path) -> None:
     assert again == 0.0  # everything was cached
 
 
+def test_in_scene_rows_are_the_product_cut_out_of_its_scene(tmp_path: Path) -> None:
+    data = make_data(tmp_path / "data")
+    bb = build_backbone("tiny")
+    cache, _ = build_cache(data, bb, tmp_path / "cache", views=("orig",))
+    ex = cache.examples
+    assert cache.array("in_scene_global", "orig").shape == (len(ex), bb.global_dim)
+    scene = Image.open(data.scene_path(ex[2]["scene"])).convert("RGB")  # 60 x 90, box 0.2-0.8
+    assert crop.pixel_box(ex[2]["bbox"], *scene.size) == (12, 54, 48, 81)
+    ref, _ = compute_features(bb, [scene.crop((12, 54, 48, 81))], engine="torch")
+    got = cache.array("in_scene_global", "orig")[2]
+    np.testing.assert_allclose(got, ref[0], rtol=1e-2, atol=1e-3)
+    whole, _ = compute_features(bb, [scene], engine="torch")
+    assert not np.allclose(cache.array("in_scene_global", "orig")[2], whole[0], atol=1e-3)
+
+
 def test_backbone_change_rebuilds(tmp_path: Path) -> None:
     data = make_data(tmp_path / "data")
     first, _ = build_cache(data, Tiny(seed=0), tmp_path / "cache")
@@ -90,8 +105,9 @@ def test_resumes_after_interruption(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert progress["scene_global-orig"]["chunks_done"] == 2
     calls["n"] = -100
     cache, _ = build_cache(data, bb, tmp_path / "cache")
-    # 3 scene + 4 product chunks per view, two views; the first two scene chunks were kept.
-    assert calls["n"] == -100 + 2 * (3 + 4) - 2
+    # 3 scene + 4 product + 3 in-scene chunks per view, two views; the first two scene chunks
+    # were kept.
+    assert calls["n"] == -100 + 2 * (3 + 4 + 3) - 2
     ref, _ = compute_features(bb, [Image.open(data.product_path(cache.products[-1]))])
     np.testing.assert_allclose(
         cache.array("product_global", "orig")[-1], ref[0], rtol=1e-2, atol=1e-3

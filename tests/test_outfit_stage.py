@@ -83,6 +83,18 @@ def test_outfit_stage_on_real_outfits(stl_dir: Path, tmp_path: Path) -> None:
     assert alone["outfits"]["val"]["n"] == rep["val"]["n"]
     assert [h["loss"] for h in alone["history"]] != [h["loss"] for h in joint["history"]]
 
+    # Item pairs alone: the photos' cache without compositions, FITB product to product.
+    items = train(
+        parse_options([*base, "--out", str(tmp_path / "items"), "--item-pair-weight", "1"])
+    )
+    assert items["outfits"]["val"]["items"]["n"] > 0
+    assert 0.0 <= items["outfits"]["val"]["items"]["fitb"] <= 1.0
+    assert "fitb" not in items["outfits"]["val"]  # no composed scenes were made
+    photos = [p for p in (tmp_path / "cache").glob("outfits-tiny-*") if p != meta_files[0].parent]
+    assert len(photos) == 1 and not list(photos[0].glob("scene_global-*"))
+    assert [h["loss"] for h in items["history"]] != [h["loss"] for h in alone["history"]]
+    assert alone["outfits"]["val"]["items"]["n"] == items["outfits"]["val"]["items"]["n"]
+
     # Absent outfits: one log line, STL alone.
     gone = parse_options(
         [

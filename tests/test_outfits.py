@@ -98,3 +98,6 @@ def test_report_shows_held_out_outfits_only_when_measured() -> None:
     m = {"n": 12, "fitb": 0.61, "attention_top1_hit": 0.9, "attention_random_top1_hit": 0.7}
     text = "\n".join(_outfit_lines({"val": m, "test": {"n": 0}}))
     assert "| val | 12 | 0.610 | 0.900 | 0.700 |" in text and "| test |" not in text
+    items_only = {"val": {"items": {"n": 40, "fitb": 0.7, "fitb_random": 0.25}}}
+    text = "\n".join(_outfit_lines(items_only))
+    assert "composed scenes" not in text and "| val | 40 | 0.700 | 0.250 |" in text

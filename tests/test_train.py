@@ -11,10 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from model.backbones import build_backbone
 from model.ctl import CTLModel, load_run
+from tests.test_features import make_data
+from training import crop
+from training.features import build_cache
 from training.loss import CTLLoss, triplet_loss
+from training.metrics import region_relevance
 from training.stl import STLData
-from training.train import Tensors, embed_triplets, parse_options, train
+from training.train import Dataset, Tensors, embed_triplets, in_scene_loss, parse_options, train
 
 
 def small_stl(src: Path, dst: Path, n_pairs: int = 48, n_extra: int = 40) -> Path:
@@ -111,6 +116,7 @@ def test_resume_continues_the_same_run(stl_dir: Path, tmp_path: Path) -> None:
     data_dir = small_stl(stl_dir, tmp_path / "data")
     flags = ["--data", str(data_dir), "--cache", str(tmp_path / "cache"), "--backbone", "tiny"]
     flags += ["--eval-every", "1", "--batch-size", "16", "--negatives", "hard"]
+    flags += ["--in-scene-weight", "0.5"]  # its own random stream is resumed too
     whole = train(parse_options([*flags, "--out", str(tmp_path / "whole"), "--epochs", "3"]))
     part = tmp_path / "part"
     train(parse_options([*flags, "--out", str(part), "--epochs", "2"]))
@@ -140,7 +146,8 @@ def test_mined_negatives(mode: str) -> None:
     excl = torch.zeros(6, 12, dtype=torch.bool)
     excl[torch.arange(6), torch.arange(6)] = True  # a scene's own product is never its negative
     loss_fn = CTLLoss(margin=0.2, negatives=mode)
-    loss = loss_fn(*embed_triplets(model, t, batch, cats, torch.Generator()), cats, excl)
+    q, f_pos, f_neg, _ = embed_triplets(model, t, batch, cats, torch.Generator())
+    loss = loss_fn(q, f_pos, f_neg, cats, excl)
     with torch.no_grad():
         f_s, f_i, keys = model.scene_embeddings(t.scene_global[0, :6], t.scene_regions[0, :6])
         q = model.query_vector(f_s, f_i, model.attention(keys, cats))
@@ -158,3 +165,52 @@ def test_mined_negatives(mode: str) -> None:
             expected.append(max(float(sim[i, j]) for j in ok))
         ref = triplet_loss(2 - sim_pos, 2 - torch.tensor(expected), 0.2)
     assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
+
+
+def test_in_scene_loss_pulls_a_street_crop_to_its_catalog_photo() -> None:
+    """Rows [crop, positive, negative]: the crops are noisy copies of their products' features,
+    so a few steps on this loss alone make each crop's nearest product its own."""
+    torch.manual_seed(0)
+    model = CTLModel(8, 4, ["A"], dim=6, hidden=16)
+    products = torch.randn(1, 10, 8)
+    crops = products[:, :8] + 0.3 * torch.randn(1, 8, 8)
+    t = Tensors(torch.zeros(1, 1, 8), torch.zeros(1, 1, 49, 4), products, crops)
+    rng = np.random.default_rng(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        batch = np.array([(i, i, (i + 1 + rng.integers(9)) % 10) for i in range(8)])
+        loss = in_scene_loss(model, t, batch, 0.2, rng)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    model.eval()
+    with torch.no_grad():
+        sims = model.product_embedding(crops[0]) @ model.product_embedding(products[0]).T
+    assert (sims.argmax(1) == torch.arange(8)).float().mean() >= 0.75
+
+
+def test_attention_targets_are_the_other_products_in_the_crop(tmp_path: Path) -> None:
+    """Scene s0 labels p0 (the crop is above it) and p1, whose box covers most of that crop:
+    p0's example should attend there; scenes with one product get no target."""
+    data = make_data(tmp_path / "data")
+    cache, _ = build_cache(data, build_backbone("tiny"), tmp_path / "cache", views=("orig",))
+    ds = Dataset.build(cache, data, seed=0)
+    ds.split = dict.fromkeys(ds.split, "train")
+    ds.add_attention_targets(cache, data)
+    (ex,) = [e for e in cache.examples if e["scene"] == "s0"]
+    assert list(ds.attention_targets) == [(ex["crop"], ds.products.index("p0"))]
+    box = cache.meta["crops"][ex["crop"]][1]  # the region above p0's grown box: 60 x 49
+    assert box == [0, 0, 60, 49]
+    other = crop.box_in_crop((0.1, 0.0, 0.9, 0.95), tuple(box), 60, 90)
+    expected = region_relevance([other], 7)
+    assert 0 < expected.sum() < 49
+    np.testing.assert_array_equal(
+        ds.attention_targets[ex["crop"], ds.products.index("p0")], expected
+    )
+    p0 = ds.products.index("p0")
+    rows = np.array([[ex["crop"], p0, 1], [ex["crop"] + 1, p0, 0]])
+    target = ds.attention_target(rows)
+    assert target[0].tolist() == expected.tolist() and not target[1].any()

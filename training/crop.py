@@ -8,6 +8,7 @@ do not overlap it; keep the largest; drop the pair when that crop is under 1/5 o
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +82,12 @@ def crop_box(
     return CropResult(best, "ok")
 
 
+def pixel_box(bbox: BBox, width: int, height: int) -> PixelBox:
+    """A valid normalized box in pixels, at least one pixel wide and high."""
+    left, top = min(width - 1, round(bbox[0] * width)), min(height - 1, round(bbox[1] * height))
+    return left, top, max(left + 1, round(bbox[2] * width)), max(top + 1, round(bbox[3] * height))
+
+
 def box_in_crop(bbox: BBox, crop: PixelBox, width: int, height: int) -> BBox | None:
     """Map a normalized scene box into normalized coordinates of ``crop``; ``None`` if outside."""
     cl, ct, cr, cb = crop
@@ -95,6 +102,27 @@ def box_in_crop(bbox: BBox, crop: PixelBox, width: int, height: int) -> BBox | N
     if x1 <= x0 or y1 <= y0:
         return None
     return (x0, y0, x1, y1)
+
+
+def boxes_in_crop(boxes: Iterable[BBox], crop: PixelBox, width: int, height: int) -> list[BBox]:
+    """Normalized scene boxes mapped into ``crop`` (those visible in it), without repeats."""
+    out: list[BBox] = []
+    for bbox in boxes:
+        mapped = box_in_crop(bbox, crop, width, height)
+        if mapped is not None and mapped not in out:
+            out.append(mapped)
+    return out
+
+
+def to_input_frame(box: BBox, width: int, height: int, resize: str) -> BBox:
+    """A box normalized to a ``width`` x ``height`` crop, in the square frame the backbone saw
+    (``resize``: the preprocessing's ``"stretch"`` or ``"pad"``)."""
+    if resize == "stretch":
+        return box
+    scale = 1.0 / max(width, height)
+    w, h = width * scale, height * scale
+    ox, oy = (1.0 - w) / 2, (1.0 - h) / 2
+    return (ox + box[0] * w, oy + box[1] * h, ox + box[2] * w, oy + box[3] * h)
 
 
 def drop_reason_for_category(category: str | None) -> str | None:

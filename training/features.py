@@ -1,12 +1,13 @@
 """The frozen-backbone feature cache: the backbone runs once per image, training runs on arrays.
 
 ``ctl features --data DIR`` computes, for every CTL example (a pair whose product survives the
-crop rules), the cropped scene's global and region features, and for every catalog product its
-global features, each for several views (``orig``, ``flip``: horizontally flipped, ``zoom``:
-centre 90% crop). Arrays are
-fp16 ``.npy`` files, memory-mapped when read. The cache directory is keyed by the backbone
-(name, weights file, layers), its preprocessing, the crop rules and the data set, so changing
-any of them starts a new one. Work is done in chunks, each written atomically, with
+crop rules), the cropped scene's global and region features and the global features of the
+product cut out of the scene by its bbox (``in_scene``: the same product as its catalog photo,
+seen in a street photo), and for every catalog product its global features, each for several
+views (``orig``, ``flip``: horizontally flipped, ``zoom``: centre 90% crop). Arrays are fp16
+``.npy`` files, memory-mapped when read. The cache directory is keyed by the backbone (name,
+weights file, layers), its preprocessing, the crop rules and the data set, so changing any of
+them starts a new one. Work is done in chunks, each written atomically, with
 ``progress.json`` beside them: an interrupted run resumes where it stopped.
 
 ``compute_features(backbone, images)`` embeds in-memory images the same way (evaluation uses it).
@@ -217,7 +218,8 @@ class FeatureCache:
         return list(self.meta["views"])
 
     def array(self, kind: str, view: str) -> np.ndarray:
-        """``scene_global`` (N, G), ``scene_regions`` (N, R, L) or ``product_global`` (P, G)."""
+        """``scene_global`` (N, G), ``scene_regions`` (N, R, L), ``product_global`` (P, G) or
+        ``in_scene_global`` (E, G): row i is example i's product cut out of its scene."""
         return np.load(self.path / f"{kind}-{view}.npy", mmap_mode="r")
 
 
@@ -253,13 +255,16 @@ class ChunkBuilder:
         views: Sequence[str],
         scenes: tuple[int, Callable[[int], Image.Image]],
         products: tuple[int, Callable[[int], Image.Image]],
+        in_scene: tuple[int, Callable[[int], Image.Image]] | None = None,
     ) -> tuple[FeatureCache, float]:
-        """Every view's arrays of ``scenes`` and ``products`` (count, loader), then
-        ``meta.json``: the complete cache and the seconds spent computing."""
+        """Every view's arrays of ``scenes``, ``products`` and ``in_scene`` (count, loader),
+        then ``meta.json``: the complete cache and the seconds spent computing."""
         spent = 0.0
         for view in views:
             spent += self.fill("scene_global", view, *scenes)
             spent += self.fill("product_global", view, *products)
+            if in_scene is not None:
+                spent += self.fill("in_scene_global", view, *in_scene)
             if view not in meta["views"]:
                 meta["views"].append(view)
         meta["seconds"] = float(meta["seconds"]) + spent
@@ -273,7 +278,7 @@ class ChunkBuilder:
         the seconds spent computing."""
         regions = kind == "scene_global"
         final = self.path / f"{kind}-{view}.npy"
-        if final.is_file():
+        if final.is_file() or n == 0:  # n == 0: an outfit cache of photos without compositions
             return 0.0
         self.chunk_dir.mkdir(parents=True, exist_ok=True)
         n_chunks = (n + CHUNK - 1) // CHUNK
@@ -384,9 +389,15 @@ def build_cache(
     def load_product(i: int) -> Image.Image:
         return rgb(data.product_path(products[i]))
 
+    examples = meta["examples"]
+
+    def load_in_scene(i: int) -> Image.Image:
+        scene = rgb(data.scene_path(examples[i]["scene"]))
+        return scene.crop(crop.pixel_box(examples[i]["bbox"], *scene.size))
+
     builder = ChunkBuilder(path, backbone, batch_size, engine)
     scenes, prods = (len(crops_list), load_crop), (len(products), load_product)
-    return builder.fill_views(meta, views, scenes, prods)
+    return builder.fill_views(meta, views, scenes, prods, (len(examples), load_in_scene))
 
 
 def add_arguments(parser: argparse.ArgumentParser, settings: TrainingSettings) -> None:

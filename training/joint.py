@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from model.ctl import CTLModel
 from training import metrics as M
 from training.features import FeatureCache
+from training.loss import attention_nll, triplet_loss
 from training.sampling import Example, TripletSampler
 from training.split import split_scenes
 
@@ -109,13 +109,11 @@ def outfit_loss(
     q = model.query_vector(f_s, f_i, att)
     f_pos = model.product_embedding(dom.product_global[0, p])
     f_neg = model.product_embedding(dom.product_global[0, n])
-    loss = F.relu((q * f_neg).sum(-1) - (q * f_pos).sum(-1) + margin).mean()
+    loss = triplet_loss(2 - (q * f_pos).sum(-1), 2 - (q * f_neg).sum(-1), margin)
     if attention_weight > 0:
-        rel = torch.from_numpy(dom.relevant[batch[:, 0]])
-        mass = (att * rel).sum(-1).clamp_min(1e-6)
-        has = rel.any(-1)
-        if has.any():
-            loss = loss + attention_weight * -torch.log(mass[has]).mean()
+        loss = loss + attention_weight * attention_nll(
+            att, torch.from_numpy(dom.relevant[batch[:, 0]])
+        )
     return loss
 
 

@@ -14,6 +14,16 @@ def triplet_loss(d_pos: torch.Tensor, d_neg: torch.Tensor, margin: float) -> tor
     return F.relu(d_pos - d_neg + margin).mean()
 
 
+def attention_nll(attention: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """-log(attention mass on the relevant regions), averaged over the rows that have any:
+    tells the category attention to look at garments rather than at the background."""
+    has = relevant.any(-1)
+    if not has.any():
+        return attention.new_zeros(())
+    mass = (attention[has] * relevant[has]).sum(-1).clamp_min(1e-6)
+    return -torch.log(mass).mean()
+
+
 class CTLLoss(nn.Module):
     """Triplet loss with a margin on d*, against the drawn negative or one mined in the batch,
     plus an optional in-batch softmax contrastive term.

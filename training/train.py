@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,15 +26,18 @@ import torch
 from index.atomic import atomic_path, write_json
 from index.progress import Progress
 from model.ctl import CTLModel
+from training import crop
+from training import metrics as M
 from training.config import OUTFITS_ENV, TrainingSettings
 from training.features import FeatureCache, FeatureOptions, add_arguments, load_cache
+from training.item_pairs import ItemPairs, fitb, item_pair_loss
 from training.joint import OutfitDomain, outfit_loss, outfit_metrics
-from training.loss import NEGATIVES, CTLLoss
+from training.loss import NEGATIVES, CTLLoss, attention_nll, triplet_loss
 from training.outfit_features import build_outfit_cache
 from training.outfits import OutfitData, outfits_available
 from training.sampling import Example, TripletSampler
 from training.split import split_scenes
-from training.stl import STLData
+from training.stl import BBox, STLData
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,9 @@ class TrainOptions(FeatureOptions):
     domain_norm: bool
     outfit_eval: bool
     compositions: int
+    in_scene_weight: float
+    item_pair_weight: float
+    stl_attention: float
     standardize: bool
 
     @property
@@ -85,15 +91,17 @@ class Tensors:
     scene_global: torch.Tensor
     scene_regions: torch.Tensor
     product_global: torch.Tensor
+    in_scene: torch.Tensor | None = None  # (V, E, G): example i's product cut out of its scene
 
     @classmethod
-    def load(cls, cache: FeatureCache, views: list[str]) -> Tensors:
+    def load(cls, cache: FeatureCache, views: list[str], in_scene: bool = False) -> Tensors:
         def stack(kind: str) -> torch.Tensor:
             return torch.from_numpy(
                 np.stack([cache.array(kind, v) for v in views]).astype(np.float32)
             )
 
-        return cls(stack("scene_global"), stack("scene_regions"), stack("product_global"))
+        g, r, p = (stack(k) for k in ("scene_global", "scene_regions", "product_global"))
+        return cls(g, r, p, stack("in_scene_global") if in_scene else None)
 
 
 @dataclass
@@ -107,6 +115,10 @@ class Dataset:
     examples: dict[str, list[Example]]  # split -> examples
     scene_products: dict[str, set[int]]
     scene_of_row: list[str]  # the scene of each crop row of the cache
+    in_scene: list[Example]  # training split; row: the example's row of ``in_scene_global``
+    # (crop row, product row) -> the crop's regions covered by the scene's other labelled
+    # products (training split, only where there are some; see ``add_attention_targets``)
+    attention_targets: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def build(cls, cache: FeatureCache, data: STLData, seed: int) -> Dataset:
@@ -123,15 +135,55 @@ class Dataset:
         split = split_scenes((e["scene"] for e in raw), seed=seed)
         examples: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
         scene_of_row = [""] * len(cache.meta["crops"])
-        for e in raw:
+        in_scene = []
+        for i, e in enumerate(raw):
             ex = Example(e["crop"], e["scene"], row[e["product"]], cat_idx[e["category"]])
             examples[split[e["scene"]]].append(ex)
             scene_of_row[e["crop"]] = e["scene"]
-        return cls(categories, products, product_cat, split, examples, scene_products, scene_of_row)
+            if split[e["scene"]] == "train":
+                in_scene.append(Example(i, e["scene"], ex.product, ex.category))
+        return cls(
+            categories, products, product_cat, split, examples, scene_products, scene_of_row,
+            in_scene,
+        )  # fmt: skip
 
     def popularity(self) -> dict[str, int]:
         counts = Counter(self.products[e.product] for e in self.examples["train"])
         return dict(counts.most_common())
+
+    def add_attention_targets(self, cache: FeatureCache, data: STLData) -> None:
+        """Where the attention of each training crop should look: the regions the scene's other
+        labelled products cover, in the frame the backbone saw (``ctl evaluate`` measures its
+        attention hits on the same boxes, on other scenes)."""
+        backbone = cache.meta["backbone"]
+        boxes: dict[str, list[tuple[str, BBox]]] = {}
+        for pair in data.pairs:
+            boxes.setdefault(pair.scene, []).append((pair.product, pair.bbox))
+        sizes, product_row = crop.PairCrops(data), {p: i for i, p in enumerate(self.products)}
+        for e in cache.examples:
+            row, product = e["crop"], product_row[e["product"]]
+            size = sizes.size(e["scene"])
+            if self.split[e["scene"]] != "train" or size is None:
+                continue
+            scene, box = cache.meta["crops"][row]
+            own = tuple(e["bbox"])
+            others = (b for p, b in boxes[scene] if p != e["product"] and tuple(b) != own)
+            cw, ch = box[2] - box[0], box[3] - box[1]
+            framed = [
+                crop.to_input_frame(b, cw, ch, backbone["spec"]["resize"])
+                for b in crop.boxes_in_crop(others, tuple(box), *size)
+            ]
+            relevant = M.region_relevance(framed, backbone["grid"])
+            if relevant.any():
+                self.attention_targets[row, product] = relevant
+
+    def attention_target(self, rows: np.ndarray) -> torch.Tensor:
+        """(B, R) targets of ``[crop row, positive, ...]`` rows; all False where unknown."""
+        n_regions = next(iter(self.attention_targets.values())).shape[0]
+        blank = np.zeros(n_regions, bool)
+        return torch.from_numpy(
+            np.stack([self.attention_targets.get((int(r), int(p)), blank) for r, p in rows[:, :2]])
+        )
 
     def train_rows(self) -> torch.Tensor:
         """The cache rows of the training split's scene crops (for feature statistics)."""
@@ -141,19 +193,23 @@ class Dataset:
 @dataclass
 class Streams:
     """The run's random streams, saved in ``last.pt`` so that a resumed run continues them:
-    STL triplets (``rng``), views (``gen``), composed-outfit batches (``orng``) and torch's
-    global stream (dropout)."""
+    STL triplets (``rng``), views (``gen``), composed-outfit batches (``orng``), in-scene
+    product batches (``irng``), outfit item pairs (``prng``) and torch's global stream
+    (dropout)."""
 
     rng: np.random.Generator
     gen: torch.Generator
     orng: np.random.Generator
+    irng: np.random.Generator
+    prng: np.random.Generator
 
     @classmethod
     def seeded(cls, seed: int, model_seed: int) -> Streams:
         torch.manual_seed(model_seed)  # the dropout stream, independent of the model's size
         gen = torch.Generator().manual_seed(seed)
-        # The outfit stream is its own, so that the STL stream stays as it is without outfits.
-        return cls(np.random.default_rng(seed), gen, np.random.default_rng([seed, 16]))
+        # Each side stream is its own, so that the STL stream stays as it is without them.
+        side = (np.random.default_rng([seed, k]) for k in (16, 17, 18))
+        return cls(np.random.default_rng(seed), gen, *side)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -161,33 +217,53 @@ class Streams:
             "gen": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "orng": self.orng.bit_generator.state,
+            "irng": self.irng.bit_generator.state,
+            "prng": self.prng.bit_generator.state,
         }
 
     def load(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
-        if "orng" in state:
-            self.orng.bit_generator.state = state["orng"]
+        for name in ("orng", "irng", "prng"):
+            if name in state:
+                getattr(self, name).bit_generator.state = state[name]
 
 
 @dataclass
-class OutfitBatches:
-    """Composed-outfit triplets: one weighted batch joins every STL step (interleaved), a fresh
-    epoch of them drawn whenever they run out."""
+class SideBatches:
+    """Triplets of another kind (composed outfits, in-scene products): one weighted batch joins
+    every STL step (interleaved), a fresh epoch of them drawn whenever they run out."""
 
-    dom: OutfitDomain
+    sampler: TripletSampler
     rng: np.random.Generator
-    opts: TrainOptions  # batch_size, margin, outfit_weight, outfit_attention
+    batch_size: int
+    weight: float
+    loss_of: Callable[[CTLModel, np.ndarray], torch.Tensor]
     queue: list[np.ndarray] = field(default_factory=list)
 
     def loss(self, model: CTLModel) -> torch.Tensor:
-        o = self.opts
         if not self.queue:
-            ot = self.dom.samplers["train"].epoch(self.rng)
-            self.queue = [ot[j : j + o.batch_size] for j in range(0, len(ot), o.batch_size)][::-1]
-        oloss = outfit_loss(model, self.dom, self.queue.pop(), o.margin, o.outfit_attention)
-        return o.outfit_weight * oloss
+            ts = self.sampler.epoch(self.rng)
+            b = self.batch_size
+            self.queue = [ts[j : j + b] for j in range(0, len(ts), b)][::-1]
+        return self.weight * self.loss_of(model, self.queue.pop())
+
+
+def in_scene_loss(
+    model: CTLModel, t: Tensors, batch: np.ndarray, margin: float, rng: np.random.Generator
+) -> torch.Tensor:
+    """Triplet loss through the product head: a product cut out of its street photo (rows
+    ``[example, positive, negative]``) is nearer its own catalog photo than another product of
+    its category. It pulls the two domains' features of the same garment together, which the
+    frozen ImageNet features keep apart; views drawn from ``rng``."""
+    assert t.in_scene is not None
+    v = torch.from_numpy(rng.integers(t.in_scene.shape[0], size=(3, len(batch))))
+    a, p, n = (torch.from_numpy(batch[:, k]) for k in range(3))
+    f_a = model.product_embedding(t.in_scene[v[0], a])
+    f_p = model.product_embedding(t.product_global[v[1], p])
+    f_n = model.product_embedding(t.product_global[v[2], n])
+    return triplet_loss(2 - (f_a * f_p).sum(-1), 2 - (f_a * f_n).sum(-1), margin)
 
 
 def exclusion_mask(batch: np.ndarray, ds: Dataset) -> torch.Tensor:
@@ -202,17 +278,19 @@ def exclusion_mask(batch: np.ndarray, ds: Dataset) -> torch.Tensor:
 
 def embed_triplets(
     model: CTLModel, t: Tensors, batch: np.ndarray, cats: torch.Tensor, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q (d*(s, x) = 2 - <q, f_x>), f_pos and f_neg of ``[scene_row, positive, negative]`` rows,
-    each image in an independently drawn view."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q (d*(s, x) = 2 - <q, f_x>), f_pos, f_neg and the attention of the positive's category
+    over the scene's regions, of ``[scene_row, positive, negative]`` rows, each image in an
+    independently drawn view."""
     n_views = t.scene_global.shape[0]
     v = torch.randint(n_views, (3, len(batch)), generator=gen)
     s, p, n = (torch.from_numpy(batch[:, k]) for k in range(3))
     f_s, f_i, keys = model.scene_embeddings(t.scene_global[v[0], s], t.scene_regions[v[0], s])
-    q = model.query_vector(f_s, f_i, model.attention(keys, cats))
+    att = model.attention(keys, cats)
+    q = model.query_vector(f_s, f_i, att)
     f_pos = model.product_embedding(t.product_global[v[1], p])
     f_neg = model.product_embedding(t.product_global[v[2], n])
-    return q, f_pos, f_neg
+    return q, f_pos, f_neg, att
 
 
 def train_step(
@@ -224,17 +302,22 @@ def train_step(
     gen: torch.Generator,
     ds: Dataset,
     cache_rows: np.ndarray | None = None,
-    extra: Callable[[CTLModel], torch.Tensor] | None = None,
+    side: Sequence[SideBatches] = (),
+    attention_weight: float = 0.0,
 ) -> float:
     """One optimizer step on ``batch``; ``cache_rows``: the same triplets as rows of the feature
     cache when ``t`` holds freshly computed features instead (the end-to-end benchmark);
-    ``extra``: a further loss term of this step (composed outfits)."""
+    ``side``: further loss terms of this step (composed outfits, in-scene products);
+    ``attention_weight``: of ``attention_nll`` on the dataset's attention targets."""
     rows = batch if cache_rows is None else cache_rows
     cats = torch.from_numpy(ds.product_cat[rows[:, 1]])
     excl = exclusion_mask(rows, ds)
-    loss = loss_fn(*embed_triplets(model, t, batch, cats, gen), cats, excl)
-    if extra is not None:
-        loss = loss + extra(model)
+    q, f_pos, f_neg, att = embed_triplets(model, t, batch, cats, gen)
+    loss = loss_fn(q, f_pos, f_neg, cats, excl)
+    if attention_weight > 0 and ds.attention_targets:
+        loss = loss + attention_weight * attention_nll(att, ds.attention_target(rows))
+    for s in side:
+        loss = loss + s.loss(model)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -250,18 +333,23 @@ def train_one_epoch(
     sampler: TripletSampler,
     streams: Streams,
     batch_size: int,
-    outfits: OutfitBatches | None = None,
+    side: Sequence[SideBatches] = (),
+    attention_weight: float = 0.0,
 ) -> float:
     """One pass over a fresh draw of training triplets; returns the mean loss."""
     model.train()
     triplets = sampler.epoch(streams.rng)
-    extra = outfits.loss if outfits is not None else None
     losses = []
     for i in range(0, len(triplets), batch_size):
         batch = triplets[i : i + batch_size]
         if len(batch) < 2:
             continue
-        losses.append(train_step(model, opt, loss_fn, t, batch, streams.gen, ds, extra=extra))
+        losses.append(
+            train_step(
+                model, opt, loss_fn, t, batch, streams.gen, ds,
+                side=side, attention_weight=attention_weight,
+            )
+        )  # fmt: skip
     return float(np.mean(losses)) if losses else 0.0
 
 
@@ -308,32 +396,51 @@ def build_model(opts: TrainOptions, t: Tensors, ds: Dataset) -> CTLModel:
     return model
 
 
-def load_outfits(opts: TrainOptions, categories: list[str]) -> tuple[OutfitDomain | None, float]:
-    """The outfit domain when wanted and present (``None`` otherwise, said in one log line),
-    and the seconds spent computing its features."""
-    if opts.no_outfits or (opts.outfit_weight <= 0 and not opts.outfit_eval):
-        return None, 0.0
-    if not outfits_available(opts.outfits):
-        log.info(
-            "no outfits at %s (set --outfits or $%s): training on STL alone",
-            opts.outfits,
-            OUTFITS_ENV,
-        )
-        return None, 0.0
-    from model.backbones import build_backbone
+@dataclass
+class Outfits:
+    """What the run takes from the stylists' outfits: composed scenes and item pairs, each
+    ``None`` when not wanted, and the seconds spent computing their features."""
 
-    backbone = build_backbone(opts.backbone, opts.backbone_weights)
-    cache, spent = build_outfit_cache(
-        OutfitData.load(opts.outfits),
-        backbone,
-        opts.cache,
-        categories,
-        opts.compositions,
-        0,
-        opts.batch_size_features,
-        opts.engine,
-    )
-    return OutfitDomain.build(cache, categories, opts.seed, backbone.grid), spent
+    domain: OutfitDomain | None = None
+    pairs: ItemPairs | None = None
+    seconds: float = 0.0
+
+    @classmethod
+    def load(cls, opts: TrainOptions, categories: list[str]) -> Outfits:
+        """The parts the options ask for, when the outfits are present (else said in one log
+        line)."""
+        want_domain = opts.outfit_weight > 0 or opts.outfit_eval
+        want_pairs = opts.item_pair_weight > 0 or opts.outfit_eval
+        if opts.no_outfits or not (want_domain or want_pairs):
+            return cls()
+        if not outfits_available(opts.outfits):
+            log.info(
+                "no outfits at %s (set --outfits or $%s): training on STL alone",
+                opts.outfits,
+                OUTFITS_ENV,
+            )
+            return cls()
+        from model.backbones import build_backbone
+
+        backbone = build_backbone(opts.backbone, opts.backbone_weights)
+        data = OutfitData.load(opts.outfits)
+        out = cls()
+        # Compositions only for composed scenes: item pairs need the photos alone (0 per outfit).
+        cache, out.seconds = build_outfit_cache(
+            data,
+            backbone,
+            opts.cache,
+            categories,
+            opts.compositions if want_domain else 0,
+            0,
+            opts.batch_size_features,
+            opts.engine,
+        )
+        if want_domain:
+            out.domain = OutfitDomain.build(cache, categories, opts.seed, backbone.grid)
+        if want_pairs:
+            out.pairs = ItemPairs.build(cache, data, categories, opts.seed)
+        return out
 
 
 @dataclass
@@ -395,7 +502,7 @@ def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
         type=Path,
         default=settings.outfits_dir,
         help=f"stylist outfits directory (${OUTFITS_ENV}); used when present and "
-        "--outfit-weight > 0 or --outfit-eval",
+        "--outfit-weight or --item-pair-weight > 0 or --outfit-eval",
     )
     p.add_argument("--no-outfits", action="store_true", help="train on STL alone")
     p.add_argument(
@@ -416,9 +523,31 @@ def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
     p.add_argument(
         "--outfit-eval",
         action="store_true",
-        help="report FITB and composed-scene attention even when not training on outfits",
+        help="report FITB (composed scenes, item pairs) and composed-scene attention even when "
+        "not training on outfits",
     )
     p.add_argument("--compositions", type=int, default=1, help="composed scenes per outfit")
+    p.add_argument(
+        "--in-scene-weight",
+        type=float,
+        default=0.0,
+        help="weight of in-scene products (each training pair's product cut out of its scene) "
+        "against their catalog photos",
+    )
+    p.add_argument(
+        "--stl-attention",
+        type=float,
+        default=0.0,
+        help="weight of attention supervision on STL crops by the scene's other labelled "
+        "products' boxes",
+    )
+    p.add_argument(
+        "--item-pair-weight",
+        type=float,
+        default=0.0,
+        help="weight of outfit item pairs (an outfit's held-out item against the rest of it, "
+        "product to product)",
+    )
     p.add_argument(
         "--standardize",
         action=argparse.BooleanOptionalAction,
@@ -431,8 +560,10 @@ def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
 def parse_options(argv: list[str], settings: TrainingSettings | None = None) -> TrainOptions:
     """``ctl train``'s flags as options; out-of-range values exit with a message."""
     args = build_parser(settings or TrainingSettings()).parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 2 or args.eval_every < 1:
-        raise SystemExit("ctl train: --epochs and --eval-every must be >= 1, --batch-size >= 2")
+    if args.epochs < 1 or args.batch_size < 2 or args.eval_every < 1 or args.compositions < 1:
+        raise SystemExit(
+            "ctl train: --epochs, --eval-every and --compositions must be >= 1, --batch-size >= 2"
+        )
     return TrainOptions.from_args(args)
 
 
@@ -461,19 +592,26 @@ def run(opts: TrainOptions) -> dict[str, Any]:
     t0 = time.perf_counter()
     cache, feature_seconds = load_cache(opts)
     seconds = {"features": feature_seconds, "features_wall": time.perf_counter() - t0}
-    ds = Dataset.build(cache, STLData.load(opts.data), opts.seed)
-    t = Tensors.load(cache, list(opts.views))
+    data = STLData.load(opts.data)
+    ds = Dataset.build(cache, data, opts.seed)
+    if opts.stl_attention > 0:
+        ds.add_attention_targets(cache, data)
+        log.info("attention targets: %d training crops", len(ds.attention_targets))
+    t = Tensors.load(cache, list(opts.views), in_scene=opts.in_scene_weight > 0)
     model = build_model(opts, t, ds)
     t0 = time.perf_counter()
-    dom, seconds["outfit_features"] = load_outfits(opts, ds.categories)
+    outfits = Outfits.load(opts, ds.categories)
+    seconds["outfit_features"] = outfits.seconds
     seconds["outfit_features_wall"] = time.perf_counter() - t0
-    if dom is not None and opts.domain_norm:
+    if outfits.domain is not None and opts.domain_norm:
         rows = ds.train_rows()
-        dom.match_moments(
+        outfits.domain.match_moments(
             t.scene_global[:, rows].flatten(0, 1),
             t.scene_regions[:, rows].flatten(0, 2),
             t.product_global.flatten(0, 1),
         )
+    if outfits.pairs is not None and opts.domain_norm:
+        outfits.pairs.match_moments(t.product_global.flatten(0, 1))
     config = write_run_files(opts, cache, ds, model)
     samplers = {
         k: TripletSampler(v, ds.product_cat, ds.scene_products) for k, v in ds.examples.items()
@@ -490,16 +628,14 @@ def run(opts: TrainOptions) -> dict[str, Any]:
     state = RunState(Streams.seeded(opts.seed, opts.model_seed))
     if opts.resume and (out / "last.pt").is_file():
         state.resume(out / "last.pt", model, opt)
-    outfits = None
-    if dom is not None and opts.outfit_weight > 0:
-        outfits = OutfitBatches(dom, state.streams.orng, opts)
+    side = side_batches(opts, t, ds, outfits, state.streams)
 
     with Progress(log, opts.epochs, "training", "epoch", state.epoch) as progress:
         for epoch in range(state.epoch + 1, opts.epochs + 1):
             t_epoch = time.perf_counter()
             loss = train_one_epoch(
                 model, opt, loss_fn, t, ds, samplers["train"], state.streams, opts.batch_size,
-                outfits,
+                side, opts.stl_attention,
             )  # fmt: skip
             state.seconds += time.perf_counter() - t_epoch
             record: dict[str, Any] = {"epoch": epoch, "loss": loss}
@@ -519,13 +655,45 @@ def run(opts: TrainOptions) -> dict[str, Any]:
             state.history.append(record)
             state.save(out / "last.pt", model, opt)
             progress.update(1)
-    metrics = final_metrics(opts, cache, samplers, state, seconds, model, dom)
+    metrics = final_metrics(opts, cache, samplers, state, seconds, model, outfits)
     write_json(out / "metrics.json", metrics)
     log.info(
         "best val AUC %.4f at epoch %d; train %.1f s",
         state.best["auc"], state.best["epoch"], state.seconds,
     )  # fmt: skip
     return metrics
+
+
+def side_batches(
+    opts: TrainOptions, t: Tensors, ds: Dataset, outfits: Outfits, streams: Streams
+) -> list[SideBatches]:
+    """The weighted side losses the options ask for: composed outfits, in-scene products,
+    outfit item pairs."""
+    side = []
+    dom, pairs = outfits.domain, outfits.pairs
+    if dom is not None and opts.outfit_weight > 0:
+        side.append(
+            SideBatches(
+                dom.samplers["train"], streams.orng, opts.batch_size, opts.outfit_weight,
+                lambda m, b: outfit_loss(m, dom, b, opts.margin, opts.outfit_attention),
+            )
+        )  # fmt: skip
+    if opts.in_scene_weight > 0:
+        sampler = TripletSampler(ds.in_scene, ds.product_cat, ds.scene_products)
+        side.append(
+            SideBatches(
+                sampler, streams.irng, opts.batch_size, opts.in_scene_weight,
+                lambda m, b: in_scene_loss(m, t, b, opts.margin, streams.irng),
+            )
+        )  # fmt: skip
+    if pairs is not None and opts.item_pair_weight > 0:
+        side.append(
+            SideBatches(
+                pairs.samplers["train"], streams.prng, opts.batch_size, opts.item_pair_weight,
+                lambda m, b: item_pair_loss(m, pairs, b, opts.margin),
+            )
+        )  # fmt: skip
+    return side
 
 
 def write_run_files(
@@ -556,15 +724,21 @@ def final_metrics(
     state: RunState,
     seconds: dict[str, float],
     model: CTLModel,
-    dom: OutfitDomain | None,
+    outfits: Outfits,
 ) -> dict[str, Any]:
     """``metrics.json``: the best val AUC, counts, timings and, with outfits, the best
-    checkpoint's FITB and composed-scene attention."""
+    checkpoint's FITB (composed scenes; item pairs: ``items``) and composed-scene attention."""
     outfit_report: dict[str, Any] = {}
-    if dom is not None:
+    if outfits.domain is not None or outfits.pairs is not None:
         best = CTLModel.from_config(model.config())
         best.load_state_dict(torch.load(opts.out / "checkpoint.pt", weights_only=False)["model"])
-        outfit_report = {s: outfit_metrics(best, dom, s, opts.seed) for s in ("val", "test")}
+        for s in ("val", "test"):
+            report: dict[str, Any] = {}
+            if outfits.domain is not None:
+                report = outfit_metrics(best, outfits.domain, s, opts.seed)
+            if outfits.pairs is not None:
+                report["items"] = fitb(best, outfits.pairs, s, opts.seed)
+            outfit_report[s] = report
         log.info("outfits (best checkpoint): %s", outfit_report)
     return {
         "best_val_auc": state.best["auc"],

@@ -9,34 +9,18 @@ import numpy as np
 
 from model.preprocess import PreprocessSpec
 from training import metrics as M
-from training.crop import box_in_crop
+from training.crop import boxes_in_crop, to_input_frame
 from training.evaluation.pairs import Crop, EvalPair
 from training.evaluation.scoring import Embedded
 from training.stl import BBox
-
-
-def to_input_frame(box: BBox, width: int, height: int, spec: PreprocessSpec) -> BBox:
-    """A box normalized to a ``width`` x ``height`` crop, in the square frame the backbone saw."""
-    if spec.resize == "stretch":
-        return box
-    scale = 1.0 / max(width, height)
-    w, h = width * scale, height * scale
-    ox, oy = (1.0 - w) / 2, (1.0 - h) / 2
-    return (ox + box[0] * w, oy + box[1] * h, ox + box[2] * w, oy + box[3] * h)
 
 
 def other_boxes(
     crop: Crop, product: str, scene_boxes: dict[str, list[tuple[str, BBox]]]
 ) -> list[BBox]:
     """The scene's other labelled products, mapped into the crop (those visible in it)."""
-    out: list[BBox] = []
-    for other, bbox in scene_boxes.get(crop.scene, []):
-        if other == product or bbox == crop.bbox:
-            continue
-        mapped = box_in_crop(bbox, crop.box, crop.width, crop.height)
-        if mapped is not None and mapped not in out:
-            out.append(mapped)
-    return out
+    others = (b for p, b in scene_boxes.get(crop.scene, []) if p != product and b != crop.bbox)
+    return boxes_in_crop(others, crop.box, crop.width, crop.height)
 
 
 def analyse(
@@ -55,7 +39,9 @@ def analyse(
     boxes = [other_boxes(crops[p.crop], p.pair.product, scene_boxes) for p in pairs]
     relevant = np.stack(
         [
-            M.region_relevance([to_input_frame(b, *crops[p.crop].size, spec) for b in bs], grid)
+            M.region_relevance(
+                [to_input_frame(b, *crops[p.crop].size, spec.resize) for b in bs], grid
+            )
             for p, bs in zip(pairs, boxes, strict=True)
         ]
     )

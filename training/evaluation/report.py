@@ -157,7 +157,7 @@ def _outfit_lines(outfits: Mapping[str, Any]) -> list[str]:
     """Held-out stylist outfits (from the run's metrics.json), when the run measured them."""
     if not outfits:
         return []
-    lines = [
+    lines: list[str] = [
         "## Held-out outfits (composed scenes)",
         "",
         "Fill-in-the-blank: an outfit minus one item, composed into one scene, ranks the missing "
@@ -180,4 +180,20 @@ def _outfit_lines(outfits: Mapping[str, Any]) -> list[str]:
         if m.get("n")
     ]
     header = ["split", "outfits", "FITB", "top-1 hit", "random", "top-3 hit", "random"]
-    return [*lines, *_table(header, rows)]
+    lines = [*lines, *_table(header, rows)] if rows else []
+    items = [
+        [split, str(m["items"]["n"]), _f(m["items"]["fitb"]), "0.250"]
+        for split, m in outfits.items()
+        if m.get("items", {}).get("n")
+    ]
+    if items:
+        lines += [
+            "## Held-out outfits (product to product)",
+            "",
+            "Fill-in-the-blank on the outfit photos: the mean of the other items' product "
+            "embeddings ranks the missing item against 3 random products of its category "
+            "outside the outfit.",
+            "",
+            *_table(["split", "blanks", "FITB", "random"], items),
+        ]
+    return lines
