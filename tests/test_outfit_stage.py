@@ -94,6 +94,11 @@ def test_outfit_stage_on_real_outfits(stl_dir: Path, tmp_path: Path) -> None:
     assert len(photos) == 1 and not list(photos[0].glob("scene_global-*"))
     assert [h["loss"] for h in items["history"]] != [h["loss"] for h in alone["history"]]
     assert alone["outfits"]["val"]["items"]["n"] == items["outfits"]["val"]["items"]["n"]
+    # Item pairs outnumber STL steps, so their queue runs across epochs: resuming continues it.
+    flags = [*base, "--out", str(tmp_path / "part"), "--item-pair-weight", "1"]
+    train(parse_options([*flags, "--epochs", "1"]))
+    resumed = train(parse_options([*flags, "--resume"]))
+    assert resumed["history"] == items["history"]
 
     # Absent outfits: one log line, STL alone.
     gone = parse_options(

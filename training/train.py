@@ -243,10 +243,9 @@ class SideBatches:
     queue: list[np.ndarray] = field(default_factory=list)
 
     def loss(self, model: CTLModel) -> torch.Tensor:
-        if not self.queue:
-            ts = self.sampler.epoch(self.rng)
-            b = self.batch_size
-            self.queue = [ts[j : j + b] for j in range(0, len(ts), b)][::-1]
+        if not self.queue:  # batches of one would break batch normalization
+            ts, b = self.sampler.epoch(self.rng), self.batch_size
+            self.queue = [ts[j : j + b] for j in range(0, len(ts), b) if len(ts) - j >= 2][::-1]
         return self.weight * self.loss_of(model, self.queue.pop())
 
 
@@ -453,10 +452,12 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"auc": -1.0, "epoch": 0})
     seconds: float = 0.0
+    side: Sequence[SideBatches] = ()  # their queues continue across epochs, so they are kept
 
     def save(self, path: Path, model: CTLModel, opt: torch.optim.Optimizer) -> None:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": self.epoch}
         state |= self.streams.state() | {"history": self.history, "best": self.best}
+        state["side_queues"] = [s.queue for s in self.side]
         with atomic_path(path) as tmp:
             torch.save(state | {"seconds": self.seconds}, tmp)
 
@@ -467,6 +468,8 @@ class RunState:
         self.streams.load(saved)
         self.epoch, self.history = saved["epoch"], saved["history"]
         self.best, self.seconds = saved["best"], saved["seconds"]
+        for s, queue in zip(self.side, saved.get("side_queues", []), strict=False):
+            s.queue = queue
         log.info("resuming after epoch %d (best val AUC %.4f)", self.epoch, self.best["auc"])
 
 
@@ -625,17 +628,17 @@ def run(opts: TrainOptions) -> dict[str, Any]:
     )
     opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     loss_fn = opts.loss()
-    state = RunState(Streams.seeded(opts.seed, opts.model_seed))
+    streams = Streams.seeded(opts.seed, opts.model_seed)
+    state = RunState(streams, side=side_batches(opts, t, ds, outfits, streams))
     if opts.resume and (out / "last.pt").is_file():
         state.resume(out / "last.pt", model, opt)
-    side = side_batches(opts, t, ds, outfits, state.streams)
 
     with Progress(log, opts.epochs, "training", "epoch", state.epoch) as progress:
         for epoch in range(state.epoch + 1, opts.epochs + 1):
             t_epoch = time.perf_counter()
             loss = train_one_epoch(
                 model, opt, loss_fn, t, ds, samplers["train"], state.streams, opts.batch_size,
-                side, opts.stl_attention,
+                state.side, opts.stl_attention,
             )  # fmt: skip
             state.seconds += time.perf_counter() - t_epoch
             record: dict[str, Any] = {"epoch": epoch, "loss": loss}
