@@ -89,7 +89,7 @@ def test_complete_the_look_matches_exhaustive_d_star(
     encoder = OnnxEncoder.from_artifacts(artifacts, device="cpu")
     catalog = IndexStore.for_artifacts(artifacts).load()
     # Decoded as the service decodes it (a photo twice the model input or more at reduced scale).
-    photo = decode_image(Upload.of("s.jpg", data), 10**8, encoder.input_size)
+    photo = decode_image(Upload("s.jpg", data, sha256=""), 10**8, encoder.input_size)
     emb = encoder.embed_scenes([photo])[0]
     ids = catalog.category(category).ids
     f_p = catalog.embeddings(ids).astype(np.float64)

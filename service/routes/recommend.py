@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 
-from service.deps import DEFAULT_K, PipelineDep, check_categories, check_k, single_fields, unique
+from service.deps import DEFAULT_K, check_categories, check_k, pipeline, unique
 from service.errors import UPLOAD, responses
 from service.recommender import Pipeline, Recommendations, attention_grid, with_ranks
 from service.schemas import CompleteTheLook, CompleteTheLookAll
@@ -37,10 +37,9 @@ ERRORS = responses(UPLOAD)
     "/complete-the-look",
     response_model=CompleteTheLook,
     responses=ERRORS,
-    dependencies=[single_fields("image", "category", "k", "explain")],
 )
 async def complete_the_look(
-    pipe: PipelineDep,
+    request: Request,
     image: ImageField,
     category: Annotated[str, Form(description="a category name", examples=["Shoes"])],
     k: KField = DEFAULT_K,
@@ -50,6 +49,7 @@ async def complete_the_look(
 
     For several questions about one photo, upload it once (``POST /scenes``) and ask with GET.
     """
+    pipe = await pipeline(request, "image", "category", "k", "explain")
     check_k(k, pipe.settings)
     wanted = check_categories(pipe.serving, [category])
     async with pipe.upload(image) as upload:
@@ -97,10 +97,9 @@ def all_categories(pipe: Pipeline, sha256: str, k: int, found: Recommendations) 
     "/complete-the-look/all",
     response_model=CompleteTheLookAll,
     responses=ERRORS,
-    dependencies=[single_fields("image", "k")],
 )
 async def complete_the_look_all(
-    pipe: PipelineDep,
+    request: Request,
     image: ImageField,
     categories: Annotated[
         list[str] | None,
@@ -109,6 +108,7 @@ async def complete_the_look_all(
     k: KField = DEFAULT_K,
 ) -> dict:
     """Recommendations for every category (or the listed ones) from one encoder pass."""
+    pipe = await pipeline(request, "image", "k")
     check_k(k, pipe.settings)
     wanted = check_categories(pipe.serving, unique(categories) or list(pipe.serving.categories))
     async with pipe.upload(image) as upload:
