@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Query, Request, status
+from fastapi import APIRouter, Form, HTTPException, Request, status
 from fastapi.responses import FileResponse
 
 from index.search import Product, Similar, similar, similar_to_product
@@ -13,7 +13,7 @@ from index.store import quote
 from service.deps import DEFAULT_K, ServingDep, check_category, check_k, pipeline
 from service.errors import UNAVAILABLE, responses
 from service.images import decode_image
-from service.routes.recommend import ERRORS, ImageField, KField
+from service.routes.recommend import ERRORS, ImageField, KField, KQuery
 from service.schemas import Categories, ProductInfo, SimilarResponse
 from service.serving import Serving
 
@@ -82,13 +82,7 @@ async def similar_products(
     product_id: str,
     request: Request,
     serving: ServingDep,
-    k: Annotated[
-        int,
-        Query(
-            description="how many products (1..max_k)",
-            json_schema_extra={"minimum": 1, "maximum": 100},
-        ),
-    ] = DEFAULT_K,
+    k: KQuery = DEFAULT_K,
 ) -> dict:
     """Visually similar products of the same category (the product itself excluded)."""
     check_k(k, request.app.state.settings)

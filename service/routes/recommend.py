@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
 from service.deps import DEFAULT_K, check_categories, check_k, pipeline, unique
 from service.errors import UPLOAD, responses
@@ -26,6 +26,13 @@ ImageField = Annotated[
 KField = Annotated[
     int,
     Form(
+        description="how many products per category (1..max_k)",
+        json_schema_extra={"minimum": 1, "maximum": 100},
+    ),
+]
+KQuery = Annotated[
+    int,
+    Query(
         description="how many products per category (1..max_k)",
         json_schema_extra={"minimum": 1, "maximum": 100},
     ),

@@ -19,6 +19,7 @@ from service.routes.recommend import (
     ERRORS,
     EXPLAIN,
     ImageField,
+    KQuery,
     all_categories,
     one_category,
 )
@@ -31,13 +32,6 @@ SceneId = Annotated[
     Path(
         description="the id POST /scenes gave (the sha256 of the photo's bytes, 64 hex digits)",
         pattern="^[0-9a-f]{64}$",
-    ),
-]
-KQuery = Annotated[
-    int,
-    Query(
-        description="how many products per category (1..max_k)",
-        json_schema_extra={"minimum": 1, "maximum": 100},
     ),
 ]
 GET_ERRORS = responses(
