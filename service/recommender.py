@@ -100,13 +100,13 @@ class Pipeline:
 
     def _result_key(self, sha256: str, category: str, k: int) -> str:
         s = self.serving
-        return f"res:{s.model_version}:{s.index_version}:{sha256}:{category}:{k}"
+        return f"ranked:{s.model_version}:{s.index_version}:{sha256}:{category}:{k}"
 
     async def compute(
         self, sha256: str, emb: SceneEmbedding, category: str, row: int, k: int
     ) -> list[dict]:
         """Search the catalog for ``category`` (the model's category ``row``) and cache the
-        result."""
+        result, as the answers show each product (ranked, with its image URL)."""
         catalog = self.serving.catalog
         search = functools.partial(
             recommend, catalog, emb, row, category, k, self.settings.rerank_candidates
@@ -121,11 +121,13 @@ class Pipeline:
             {
                 "id": r.id,
                 "category": r.category,
+                "rank": rank,
                 "d_star": float(r.d_star),
                 "d_global": float(r.d_global),
                 "d_local": float(r.d_local),
+                "image_url": f"/products/{r.id}/image",
             }
-            for r in ranked
+            for rank, r in enumerate(ranked, start=1)
         ]
         await self.cache.set(self._result_key(sha256, category, k), to_json(result))
         return result
@@ -164,14 +166,6 @@ class Pipeline:
                     sha256, emb, category, categories[category], k
                 )
         return Recommendations({c: results[c] for c in categories}, not missing, emb)
-
-
-def with_ranks(items: list[dict]) -> list[dict]:
-    """Add the 1-based rank and the image URL that the response shows for each product."""
-    return [
-        {**item, "rank": rank, "image_url": f"/products/{item['id']}/image"}
-        for rank, item in enumerate(items, start=1)
-    ]
 
 
 def attention_grid(emb: SceneEmbedding, row: int) -> list[list[float]]:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, s
 
 from service.deps import DEFAULT_K, check_categories, check_k, pipeline
 from service.images import MAX_NAME
-from service.recommender import Pipeline, with_ranks
+from service.recommender import Pipeline
 from service.routes.recommend import ERRORS, KField
 from service.schemas import BatchResponse
 
@@ -77,7 +77,7 @@ async def _one(
         "index": index,
         "filename": name,
         "scene_sha256": sha256,
-        "results": {c: with_ranks(items) for c, items in found.results.items()},
+        "results": found.results,
     }
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
 from service.deps import DEFAULT_K, check_categories, check_k, pipeline, unique
 from service.errors import UPLOAD, responses
-from service.recommender import Pipeline, Recommendations, attention_grid, with_ranks
+from service.recommender import Pipeline, Recommendations, attention_grid
 from service.schemas import CompleteTheLook, CompleteTheLookAll
 
 router = APIRouter(tags=["recommend"])
@@ -84,7 +84,7 @@ def one_category(
         "k": k,
         "scene_sha256": sha256,
         "cached": found.cached,
-        "products": with_ranks(found.results[category]),
+        "products": found.results[category],
         "attention": attention,
     }
 
@@ -96,7 +96,7 @@ def all_categories(pipe: Pipeline, sha256: str, k: int, found: Recommendations) 
         "k": k,
         "scene_sha256": sha256,
         "cached": found.cached,
-        "results": {c: with_ranks(items) for c, items in found.results.items()},
+        "results": found.results,
     }
 
 
