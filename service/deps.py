@@ -91,8 +91,7 @@ async def pipeline(request: Request, *single_fields: str) -> Pipeline:
     images would get an answer for one of them without knowing which).
 
     Called by the routes rather than declared as a dependency: FastAPI solves each dependency
-    anew on every request, which cost more than the rest of a cached answer's own work
-    (docs/performance.md).
+    anew on every request, a measurable share of a cached answer (docs/performance.md).
     """
     if single_fields:
         form = await request.form()  # the form FastAPI parsed already (cached on the request)
