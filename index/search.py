@@ -183,13 +183,6 @@ class CatalogIndex:
     def product(self, pid: str) -> Product | None:
         return self._products.get(pid)
 
-    def product_ids(self) -> list[str]:
-        return list(self._products)
-
-    def image_path(self, pid: str) -> Path | None:
-        p = self._products.get(pid)
-        return p.image if p else None
-
     def embeddings(self, ids: Sequence[str]) -> np.ndarray:
         """(N, D) stored product embeddings; KeyError naming the unknown ids."""
         unknown = [i for i in ids if i not in self._products]

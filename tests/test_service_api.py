@@ -215,7 +215,7 @@ def test_products_images_and_similar(
     assert client.get(f"/products/{pid}").json()["category"] == categories[0]
     image = client.get(f"/products/{pid}/image")
     assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
-    assert image.content == catalog.image_path(pid).read_bytes()  # type: ignore[union-attr]
+    assert image.content == catalog.product(pid).image.read_bytes()  # type: ignore[union-attr]
 
     similar = client.get(f"/products/{pid}/similar", params={"k": 3}).json()["products"]
     assert len(similar) == 3 and pid not in [p["id"] for p in similar]

@@ -71,8 +71,8 @@ async def get_product(product_id: str, serving: ServingDep) -> dict:
 )
 async def product_image(product_id: str, serving: ServingDep) -> FileResponse:
     """The product's catalog photo."""
-    path = serving.catalog.image_path(_product(serving, product_id).id)
-    if path is None or not path.is_file():
+    path = _product(serving, product_id).image
+    if not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no image stored for {quote(product_id)}")
     return FileResponse(path, media_type="image/jpeg")
 
