@@ -1,11 +1,12 @@
-"""The hit benchmark's baselines: apps that answer a fixed JSON body (``FLOOR_BODY_BYTES``
-long, the size of a real answer) and do nothing else.
+"""The hit benchmark's baselines: apps that answer a fixed JSON body (``FLOOR_BODY_BYTES`` long,
+the size of a real answer) and do nothing else. Served under uvicorn with the settings
+``ctl serve`` uses, they give in the same run what no service on this machine can beat.
 
-Served under uvicorn with the settings ``ctl serve`` uses, they give in the same run what no
-service on this machine beats: ``app`` (the HTTP layer alone: it only reads the body) and, with
-``FLOOR_APP=fastapi``, ``app`` is FastAPI with the service's hit routes' own signatures (the
-upload form of ``POST /complete-the-look``, the path and query of ``GET /scenes/{id}/...``), so
-FastAPI parses each request as in the service: the framework's own cost.
+``app`` is ``http_floor`` (the HTTP layer alone: it reads the body and answers) or, with
+``FLOOR_APP=fastapi``, ``framework_floor``: FastAPI with the service's hit routes' own signatures
+(the upload form of ``POST /complete-the-look``, the path and query of ``GET
+/scenes/{id}/complete-the-look``), so that FastAPI parses each request as it does in the
+service: the framework's own cost.
 """
 
 from __future__ import annotations
