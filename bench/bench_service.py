@@ -17,6 +17,8 @@ varies from machine to machine:
   the body and answers as many bytes as the service): its latency at each level, for the same
   POST and GET requests, is what no service on this machine can beat. Targets: GET p50 within
   3x the floor's, POST hit p50 within 4x, both under 1 ms at 1 client.
+- FastAPI alone (``floor_app`` with ``FLOOR_APP=fastapi``, served the same way): the hit routes'
+  own signatures and a fixed answer, so the ratio to it is the service's own share of a hit.
 
 Each level also reports the server process's CPU time per request: with one event loop, the
 hit rate cannot pass 1 / that, so at 32 clients the hit p50 is about 32 times it.
@@ -107,12 +109,13 @@ def start_server(artifacts: Path, port: int, env: dict[str, str]) -> subprocess.
     return _started(subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}), port)
 
 
-def start_floor(port: int, body_bytes: int) -> subprocess.Popen[bytes]:
-    """``floor_app`` under uvicorn, with the settings ``ctl serve`` passes to uvicorn."""
+def start_floor(port: int, body_bytes: int, app: str) -> subprocess.Popen[bytes]:
+    """``floor_app`` (``app``: http or fastapi) under uvicorn, with the settings ``ctl serve``
+    passes to uvicorn."""
     command = [sys.executable, "-m", "uvicorn", "floor_app:app", "--app-dir", str(REPO / "bench")]
     command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     command += ["--no-access-log", "--no-proxy-headers", "--no-server-header"]
-    env = {**os.environ, "FLOOR_BODY_BYTES": str(body_bytes)}
+    env = {**os.environ, "FLOOR_BODY_BYTES": str(body_bytes), "FLOOR_APP": app}
     return _started(subprocess.Popen(command, cwd=REPO, env=env), port)
 
 
@@ -429,26 +432,37 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    floor_server = start_floor(port, len(answer))
-    try:
-        for clients in levels:
-            rows.append(measure(port, floor_server.pid, "floor", hits, clients))
-            log.info("%s", rows[-1])
-            rows.append(measure(port, floor_server.pid, "floor-get", gets, clients))
-            log.info("%s", rows[-1])
-    finally:
-        floor_server.terminate()
-        floor_server.wait(timeout=30)
+    for app in ("http", "fastapi"):
+        floor_server = start_floor(port, len(answer), app)
+        try:
+            for clients in levels:
+                for mode, requests in ((f"{app}-floor", hits), (f"{app}-floor-get", gets)):
+                    rows.append(measure(port, floor_server.pid, mode, requests, clients))
+                    log.info("%s", rows[-1])
+        finally:
+            floor_server.terminate()
+            floor_server.wait(timeout=30)
 
+    by_mode = {(r.mode, r.clients): r for r in rows}
     miss = {r.clients: r for r in rows if r.mode == "miss"}
-    hit = {r.clients: r for r in rows if r.mode == "hit"}
-    floor = {r.clients: r for r in rows if r.mode == "floor"}
-    get = {r.clients: r for r in rows if r.mode == "get"}
-    floor_get = {r.clients: r for r in rows if r.mode == "floor-get"}
     encode_ms = 1000 * statistics.fmean(bare_s)
     decode_ms = 1000 * statistics.fmean(decode_s)
     ratio_decoding_in_service = miss[1].mean_ms / encode_ms
     ratio_decoding_in_encoder = miss[1].mean_ms / (encode_ms + decode_ms)
+    hit_lines = []
+    for name, mode, floor_mode in (("hit", "hit", "floor"), ("GET", "get", "floor-get")):
+        for c in levels:
+            row, line = by_mode[mode, c], []
+            for app in ("http", "fastapi"):
+                floor = by_mode[f"{app}-{floor_mode}", c]
+                line.append(
+                    f"the {app} floor {floor.p50_ms:.2f} ms (ratio "
+                    f"{row.p50_ms / floor.p50_ms:.2f}), {floor.server_cpu_ms * 1000:.0f} us"
+                )
+            hit_lines.append(
+                f"{c} clients: {name} p50 {row.p50_ms:.2f} ms, server CPU per request "
+                f"{row.server_cpu_ms * 1000:.0f} us; " + "; ".join(line)
+            )
     lines = [
         "| mode | clients | requests | errors | req/s | p50 ms | p99 ms | server mean ms "
         "| server CPU ms/req |",
@@ -483,20 +497,7 @@ def main(argv: list[str] | None = None) -> int:
             "to the encoder"
             for c, by_run in bare_best.items()
         ),
-        *(
-            f"{c} clients: hit p50 {hit[c].p50_ms:.2f} ms, the HTTP layer alone "
-            f"{floor[c].p50_ms:.2f} ms (ratio {hit[c].p50_ms / floor[c].p50_ms:.2f}); server CPU "
-            f"per request {hit[c].server_cpu_ms * 1000:.0f} us against "
-            f"{floor[c].server_cpu_ms * 1000:.0f} us"
-            for c in levels
-        ),
-        *(
-            f"{c} clients: GET p50 {get[c].p50_ms:.2f} ms, the HTTP layer alone "
-            f"{floor_get[c].p50_ms:.2f} ms (ratio {get[c].p50_ms / floor_get[c].p50_ms:.2f}); "
-            f"server CPU per request {get[c].server_cpu_ms * 1000:.0f} us against "
-            f"{floor_get[c].server_cpu_ms * 1000:.0f} us"
-            for c in levels
-        ),
+        *hit_lines,
     ]
     print("\n".join(lines))
     if args.out:

@@ -52,8 +52,6 @@ def read_inputs(source: Path) -> list[dict[str, str]]:
             if p.suffix.lower() in IMAGE_SUFFIXES
         ]
     if source.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         table = pq.read_table(source).to_pylist()
         return [{"scene": str(r["scene"]), "categories": r.get("category") or ""} for r in table]
     rows = []

@@ -62,16 +62,6 @@ class Product:
     image: Path
 
 
-def choose_kind(count: int, ann_threshold: int) -> str:
-    """Exact search below ``ann_threshold`` products, IVF-PQ at or above it."""
-    return IVFPQ if count >= ann_threshold else FLAT
-
-
-def ivf_lists(count: int) -> int:
-    """About 2 sqrt(n) lists: few enough to train in a minute on 2 cores at 1M vectors."""
-    return max(1, min(count // 39, int(2 * math.sqrt(count))))
-
-
 def make_index(emb: np.ndarray, kind: str, seed: int = 0) -> faiss.Index:
     """A CPU inner-product index over the rows of ``emb`` (unit vectors, float32).
 
@@ -83,7 +73,8 @@ def make_index(emb: np.ndarray, kind: str, seed: int = 0) -> faiss.Index:
     if kind == FLAT:
         index: faiss.Index = faiss.IndexFlatIP(dim)
     elif kind == IVFPQ:
-        nlist = ivf_lists(n)
+        # About 2 sqrt(n) lists: few enough to train in a minute on 2 cores at 1M vectors.
+        nlist = max(1, min(n // 39, int(2 * math.sqrt(n))))
         index = faiss.index_factory(dim, f"IVF{nlist},PQ{dim // 2}x4fs", faiss.METRIC_INNER_PRODUCT)
         sample = nlist * 40
         if n > sample:
@@ -138,24 +129,17 @@ class CategoryIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) of the top ``k`` inner products for queries q (B, D); rows -1 = none."""
-        k = min(k, len(self.ids))
-        if k <= 0:
-            empty = np.zeros((q.shape[0], 0))
-            return empty.astype(np.float32), empty.astype(np.int64)
-        scores, rows = self.index.search(np.ascontiguousarray(q, dtype=np.float32), k)
-        return scores, rows
-
     def nearest(self, q: np.ndarray, k: int, candidates: int = DEFAULT_CANDIDATES) -> np.ndarray:
         """Rows of the ``k`` largest <q, f_p> for one query (D,), best first.
 
         Exact indexes answer directly; approximate ones return ``candidates`` rows that are
         re-ranked by their exact inner product with the stored embeddings.
         """
-        n = k if self.kind == FLAT else max(k, candidates)
-        _, rows = self.search(q.reshape(1, -1), n)
-        found = rows[0][rows[0] >= 0]
+        n = min(k if self.kind == FLAT else max(k, candidates), len(self.ids))
+        if n <= 0:
+            return np.zeros(0, np.int64)
+        _, rows = self.index.search(np.ascontiguousarray(q.reshape(1, -1), dtype=np.float32), n)
+        found = rows[0][rows[0] >= 0]  # -1: fewer than n found
         if self.kind != FLAT:
             exact = self.emb[found] @ q.astype(np.float32)
             found = found[np.argsort(-exact, kind="stable")[:k]]
@@ -198,13 +182,6 @@ class CatalogIndex:
 
     def product(self, pid: str) -> Product | None:
         return self._products.get(pid)
-
-    def product_ids(self) -> list[str]:
-        return list(self._products)
-
-    def image_path(self, pid: str) -> Path | None:
-        p = self._products.get(pid)
-        return p.image if p else None
 
     def embeddings(self, ids: Sequence[str]) -> np.ndarray:
         """(N, D) stored product embeddings; KeyError naming the unknown ids."""

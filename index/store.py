@@ -29,10 +29,10 @@ from PIL import Image
 from index.atomic import write_bytes, write_text
 from index.search import (
     FLAT,
+    IVFPQ,
     CatalogIndex,
     CategoryIndex,
     Product,
-    choose_kind,
     faiss_gpu_available,
     make_index,
 )
@@ -327,7 +327,7 @@ class IndexStore:
                 slug = f"{slug}-{len(slugs)}"
             slugs.add(slug)
             emb = np.ascontiguousarray(data.emb, dtype=np.float32).reshape(len(data.ids), dim)
-            kind = choose_kind(len(data.ids), ann_threshold)
+            kind = IVFPQ if len(data.ids) >= ann_threshold else FLAT  # exact below the threshold
             started = time.perf_counter()
             faiss.write_index(make_index(emb, kind), str(vdir / f"{slug}.faiss"))
             log.info(

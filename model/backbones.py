@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -113,7 +114,7 @@ class Backbone(nn.Module):
             "global_dim": self.global_dim,
             "local_dim": self.local_dim,
             "grid": self.grid,
-            "spec": self.spec.to_dict(),
+            "spec": asdict(self.spec),
         }
 
 

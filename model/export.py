@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from model.backbones import Backbone, BackboneError, build_backbone
+from model.config import ModelSettings
 from model.ctl import CTLModel, load_run
 from model.runtime import (
     MANIFEST_FILE,
@@ -234,13 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``ctl export``: prints the manifest on success."""
     p = argparse.ArgumentParser(prog="ctl export", description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True, help="training run directory")
-    p.add_argument("--out", type=Path, default=None, help="artifacts directory")
+    p.add_argument(
+        "--out", type=Path, default=ModelSettings().artifacts_dir, help="artifacts directory"
+    )
     p.add_argument("--backbone-weights", type=Path, default=None)
     args = p.parse_args(list(argv) if argv is not None else None)
-    if args.out is None:
-        from model.config import ModelSettings
-
-        args.out = ModelSettings().artifacts_dir
     try:
         manifest = export_run(args.run, args.out, args.backbone_weights)
     except (ArtifactError, BackboneError, FileNotFoundError, KeyError, OSError) as exc:

@@ -32,27 +32,20 @@ class PreprocessSpec:
     std: tuple[float, float, float] = (128.0, 128.0, 128.0)
     fill: tuple[int, int, int] = field(default=(127, 127, 127))
 
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, object]) -> PreprocessSpec:
-        kw = dict(d)
-        for key in ("mean", "std", "fill"):
-            if key in kw:
-                kw[key] = tuple(kw[key])  # type: ignore[arg-type]
-        return cls(**kw)  # type: ignore[arg-type]
-
     def key(self) -> str:
         """A stable string that changes whenever the preprocessing changes (cache keys)."""
-        return json.dumps(self.to_dict(), sort_keys=True)
+        return json.dumps(asdict(self), sort_keys=True)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> PreprocessSpec:
-        return cls.from_dict(json.loads(path.read_text()))
+        kw = json.loads(path.read_text())
+        for key in ("mean", "std", "fill"):  # JSON lists, tuples here
+            if key in kw:
+                kw[key] = tuple(kw[key])
+        return cls(**kw)
 
 
 def resize_image(image: Image.Image, spec: PreprocessSpec) -> Image.Image:

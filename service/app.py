@@ -5,6 +5,7 @@ Tests inject fake loaders or a cache; ``ctl serve`` builds the app from ``Settin
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -134,19 +135,27 @@ class HoldServing:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         manager: ServingManager | None = getattr(self.state, "manager", None)
-        if scope["type"] != "http" or manager is None:
+        serving = manager.current if manager is not None and scope["type"] == "http" else None
+        if serving is None:  # nothing loaded yet: the routes that need a unit answer 503
             await self.app(scope, receive, send)
             return
-        with manager.hold() as serving:
+        serving.acquire()
+        try:
             scope["serving"] = serving
             await self.app(scope, receive, send)
+        finally:
+            serving.release()
 
 
 class RequestMetrics:
     """Counts requests and times them by route template (not raw path), method and status."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
-        self.app, self.metrics = app, metrics
+        self.app = app
+        # Each series bound once: looking it up by its labels costs more than counting in it.
+        self.series = functools.cache(
+            lambda *labels: (metrics.requests.labels(*labels), metrics.latency.labels(*labels))
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -166,9 +175,9 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             endpoint = "static" if isinstance(route, Mount) else getattr(route, "path", "unmatched")
-            labels = (endpoint, scope["method"], str(status))
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+            requests, latency = self.series(endpoint, scope["method"], status)
+            requests.inc()
+            latency.observe(time.perf_counter() - start)
 
 
 def _page(directory: Path) -> ASGIApp:

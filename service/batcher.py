@@ -62,7 +62,7 @@ class MicroBatcher(Generic[T, R]):
                 f"max batch size and concurrency must be at least 1, got {max_size}, {concurrency}"
             )
         self._fn, self._executor = fn, executor
-        self._max_size, self._max_wait = max_size, max(0.0, max_wait_s)
+        self.max_size, self._max_wait = max_size, max(0.0, max_wait_s)  # items per call at most
         self._on_batch = on_batch
         self._concurrency = concurrency
         # ``None`` is the close sentinel: everything queued before it is still processed.
@@ -70,11 +70,6 @@ class MicroBatcher(Generic[T, R]):
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
         self._running = 0  # jobs in the executor
-
-    @property
-    def max_size(self) -> int:
-        """Items per call of ``fn`` at most."""
-        return self._max_size
 
     async def submit(self, raw: U, prepare: Callable[[U], T]) -> R:
         """``fn([prepare(raw)])[0]``, batched with other requests when there are any (the
@@ -120,7 +115,7 @@ class MicroBatcher(Generic[T, R]):
         batch = [first]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._max_wait
-        while len(batch) < self._max_size:
+        while len(batch) < self.max_size:
             if self._queue.empty():
                 remaining = deadline - loop.time()
                 if remaining <= 0:

@@ -18,15 +18,6 @@ from contextlib import asynccontextmanager
 from fastapi import HTTPException, status
 
 
-def budget_spent(wait_s: float) -> HTTPException:
-    """The 503 for a request that found no room in the budget within ``wait_s``."""
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        "too many uploads in flight: the upload memory budget is spent; try again shortly",
-        headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
-    )
-
-
 class UploadBudget:
     """A byte count shared by all requests of one event loop (no locks needed)."""
 
@@ -76,13 +67,18 @@ class UploadBudget:
             # Ours back if granted as the wait ended; either way those behind us may fit now.
             self.give(nbytes if granted else 0)
             if isinstance(exc, TimeoutError):
-                raise budget_spent(self.wait_s) from None
+                raise HTTPException(
+                    status.HTTP_503_SERVICE_UNAVAILABLE,
+                    "too many uploads in flight: the upload memory budget is spent; "
+                    "try again shortly",
+                    headers={"Retry-After": str(max(1, math.ceil(self.wait_s)))},
+                ) from None
             raise
 
     @asynccontextmanager
     async def hold(self, nbytes: int) -> AsyncIterator[None]:
         """``nbytes`` of the budget for the block (given back however it ends)."""
-        nbytes = min(nbytes, self.capacity)
+        nbytes = min(nbytes, self.capacity)  # as take() counts it
         await self.take(nbytes)
         try:
             yield

@@ -36,6 +36,9 @@ from service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
+MAX_QUEUED = 1024
+"""Redis writes queued at most: a stuck Redis must not hold on to the service's memory."""
+
 
 class Cache(Protocol):
     """An async byte store with a time to live; misses and failures both return ``None``."""
@@ -43,8 +46,6 @@ class Cache(Protocol):
     backend: str
     keeps: bool
     """Whether a value set may be read back (``False``: a cache of size 0)."""
-
-    async def get(self, key: str) -> bytes | None: ...
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """The values of ``keys`` in order (one round trip where that means anything)."""
@@ -71,14 +72,11 @@ class MemoryCache:
         )
         self._lock = threading.Lock()
 
-    async def get(self, key: str) -> bytes | None:
-        if self._items is None:
-            return None
-        with self._lock:
-            return self._items.get(key)
-
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        return [await self.get(key) for key in keys]
+        if self._items is None:
+            return [None] * len(keys)
+        with self._lock:
+            return [self._items.get(key) for key in keys]
 
     async def set(self, key: str, value: bytes) -> None:
         if self._items is not None:
@@ -102,34 +100,23 @@ class RedisCache:
     backend = "redis"
     keeps = True
 
-    def __init__(
-        self,
-        url: str,
-        prefix: str,
-        ttl_s: int,
-        timeout_s: float,
-        retry_s: float,
-        metrics: ServiceMetrics,
-        max_queued: int = 1024,
-        connect_timeout_s: float = 1.0,
-        retry_min_s: float = 0.1,
-    ) -> None:
+    def __init__(self, url: str, settings: Settings, metrics: ServiceMetrics) -> None:
         self._redis = Redis.from_url(
             url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=connect_timeout_s,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_connect_timeout_s,
             # Once, on a fresh connection, for a connection error only (a pooled connection
             # that a restarted Redis closed); a timeout is not retried (a slow Redis).
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
-        self._prefix, self._ttl = prefix, ttl_s
-        self._retry_s, self._retry_min_s = retry_s, min(retry_min_s, retry_s)
+        self._prefix, self._ttl = settings.redis_prefix, settings.cache_ttl_s
+        self._retry_s = settings.redis_retry_s
+        self._retry_min_s = min(settings.redis_retry_min_s, settings.redis_retry_s)
         self._metrics = metrics
         self._down_until = 0.0
         self._backoff = 0.0  # the current pause; 0 while Redis answers
         self._down = False
         self._queued: list[tuple[str, bytes]] = []
-        self._max_queued = max_queued
         self._writer: asyncio.Task[None] | None = None
 
     def _available(self) -> bool:
@@ -158,9 +145,6 @@ class RedisCache:
         self._down = False
         self._backoff = 0.0
 
-    async def get(self, key: str) -> bytes | None:
-        return (await self.get_many([key]))[0]
-
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys or not self._available():
             return [None] * len(keys)
@@ -173,9 +157,8 @@ class RedisCache:
         return [value if isinstance(value, bytes) else None for value in values]
 
     async def set(self, key: str, value: bytes) -> None:
-        """Queue the write (dropped while Redis is bypassed, or past ``max_queued`` queued
-        writes: a stuck Redis must not hold on to the service's memory)."""
-        if not self._available() or len(self._queued) >= self._max_queued:
+        """Queue the write (dropped while Redis is bypassed, or past :data:`MAX_QUEUED`)."""
+        if not self._available() or len(self._queued) >= MAX_QUEUED:
             return
         self._queued.append((self._prefix + key, value))
         if self._writer is None or self._writer.done():
@@ -217,13 +200,6 @@ class TieredCache:
         self._near, self._far = near, far
         self.backend, self.keeps = far.backend, far.keeps
 
-    async def get(self, key: str) -> bytes | None:
-        # Direct, not through get_many: a cache hit's one lookup builds no lists.
-        value = await self._near.get(key)
-        if value is None and (value := await self._far.get(key)) is not None:
-            await self._near.set(key, value)
-        return value
-
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         values = await self._near.get_many(keys)
         missing = [n for n, value in enumerate(values) if value is None]
@@ -260,16 +236,7 @@ def make_cache(settings: Settings, metrics: ServiceMetrics) -> Cache:
     if not settings.redis_url:
         log.info("cache: in-process LRU of %d entries", settings.cache_size)
         return MemoryCache(settings.cache_size, settings.cache_ttl_s)
-    redis = RedisCache(
-        settings.redis_url,
-        settings.redis_prefix,
-        settings.cache_ttl_s,
-        settings.redis_timeout_s,
-        settings.redis_retry_s,
-        metrics,
-        connect_timeout_s=settings.redis_connect_timeout_s,
-        retry_min_s=settings.redis_retry_min_s,
-    )
+    redis = RedisCache(settings.redis_url, settings, metrics)
     where = _without_password(settings.redis_url)
     if settings.cache_size == 0:
         log.info("cache: Redis at %s", where)

@@ -6,7 +6,6 @@ The index's and the model's own knobs live in their layers (``index.config``,
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
@@ -64,9 +63,3 @@ class Settings(IndexSettings):
     # provider (e.g. under opentelemetry-instrument). Off, FastAPI would still look for a
     # provider on every request. /metrics (Prometheus) is there either way.
     opentelemetry: bool = False
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """Settings read once per process; tests build their own ``Settings`` instead."""
-    return Settings()

@@ -1,31 +1,20 @@
-"""Request dependencies: the serving unit, the cache, settings, and the admin token check."""
+"""What routes take from the app: the serving unit, the pipeline, the admin token check."""
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
 from service.config import Settings
-from service.metrics import ServiceMetrics
 from service.recommender import Pipeline
 from service.serving import Serving, UnknownCategory
 
 DEFAULT_K = 10
 """Products per category when a request does not say (the OpenAPI default, so a constant)."""
-
-
-async def app_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-async def get_metrics(request: Request) -> ServiceMetrics:
-    metrics: ServiceMetrics = request.app.state.metrics
-    return metrics
 
 
 async def get_serving(request: Request) -> Serving:
@@ -62,13 +51,12 @@ def admin_denial(settings: Settings, authorization: str | None) -> HTTPException
 
 async def require_admin(
     request: Request,
-    settings: Annotated[Settings, Depends(app_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """The admin token check as a dependency (it documents the bearer scheme). The app checks
     the same before any admin body is read (``service.app.AdminGate``); this is the second lock.
     """
-    denial = admin_denial(settings, request.headers.get("authorization"))
+    denial = admin_denial(request.app.state.settings, request.headers.get("authorization"))
     if denial is not None:
         raise denial
 
@@ -97,33 +85,26 @@ def check_categories(serving: Serving, categories: list[str]) -> dict[str, int]:
     return {category: check_category(serving, category) for category in categories}
 
 
-async def get_pipeline(request: Request) -> Pipeline:
-    """The request's pipeline. One dependency reading ``app.state``, not one per part, and no
-    ``yield``: FastAPI's solving costs per dependency, and more for one with an exit step
-    (docs/performance.md)."""
-    state = request.app.state
-    serving = await get_serving(request)
-    return Pipeline(serving, state.cache, state.metrics, state.settings, state.upload_budget)
+async def pipeline(request: Request, *single_fields: str) -> Pipeline:
+    """The request's pipeline; 422 when one of the form fields ``single_fields`` was sent more
+    than once (FastAPI keeps the last of repeated values silently: a client that sent two
+    images would get an answer for one of them without knowing which).
 
-
-def single_fields(*names: str) -> Any:
-    """A dependency: 422 when one of these form fields is sent more than once.
-
-    FastAPI keeps the last of repeated values silently; a client that sent two images (or two
-    categories) would get an answer for one of them without knowing which.
+    Called by the routes rather than declared as a dependency: FastAPI solves each dependency
+    anew on every request, a measurable share of a cached answer (docs/performance.md).
     """
-
-    async def check(request: Request) -> None:
+    if single_fields:
         form = await request.form()  # the form FastAPI parsed already (cached on the request)
-        for name in names:
+        for name in single_fields:
             count = len(form.getlist(name))
             if count > 1:
                 raise HTTPException(
                     status.HTTP_422_UNPROCESSABLE_CONTENT,
                     f"{name}: sent {count} times; send it once",
                 )
-
-    return Depends(check)
+    state = request.app.state
+    serving = await get_serving(request)
+    return Pipeline(serving, state.cache, state.metrics, state.settings, state.upload_budget)
 
 
 def unique(values: list[str] | None) -> list[str]:
@@ -134,8 +115,5 @@ def unique(values: list[str] | None) -> list[str]:
     return list(dict.fromkeys(v.strip() for v in values or [] if v.strip()))
 
 
-SettingsDep = Annotated[Settings, Depends(app_settings)]
-MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
-PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 AdminDep = Depends(require_admin)

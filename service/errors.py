@@ -20,14 +20,13 @@ from index.store import quote
 MAX_DETAIL = 2000
 """Characters of a validation answer's detail at most (one line per bad field)."""
 
-BAD_FORM = "the body is not valid multipart/form-data (broken framing, or too many parts)"
 AUTH = {
     401: "no bearer token",
     403: "wrong token, or admin disabled (CTL_ADMIN_TOKEN unset)",
 }
 UNAVAILABLE = "model and index not loaded yet, or the upload budget is spent (see Retry-After)"
 UPLOAD = {
-    400: BAD_FORM,
+    400: "the body is not valid multipart/form-data (broken framing, or too many parts)",
     413: "upload over the size limit, image over the pixel limit, or too many images",
     415: "not an image, or not JPEG (MPO included)/PNG/WebP",
     422: "truncated image, empty file, unknown category (the valid ones are listed), "

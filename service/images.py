@@ -31,11 +31,6 @@ class Upload:
     data: bytes
     sha256: str
 
-    @classmethod
-    def of(cls, filename: str, data: bytes) -> Upload:
-        """``data`` with its sha256."""
-        return cls(filename, data, hashlib.sha256(data).hexdigest())
-
 
 def too_large(limit: int) -> HTTPException:
     """The 413 for a body or file over ``limit`` bytes."""
@@ -51,14 +46,12 @@ async def read_upload(file: UploadFile, max_bytes: int) -> Upload:
     when big), so this is the one copy in memory, not chunks plus their join (twice the size).
     """
     name = (file.filename or "upload")[:MAX_NAME]  # it is echoed in errors and batch items
-    if file.size is not None and file.size > max_bytes:
-        raise too_large(max_bytes)
     data = await file.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise too_large(max_bytes)
     if not data:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: the file is empty")
-    return Upload.of(name, data)
+    return Upload(name, data, hashlib.sha256(data).hexdigest())
 
 
 def decode_image(upload: Upload, max_pixels: int, min_size: int = 0) -> Image.Image:

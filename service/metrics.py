@@ -56,12 +56,11 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
-        self.cache_hits = Counter(
-            "ctl_cache_hits_total", "Cache hits by kind.", ("kind",), registry=reg
-        )
-        self.cache_misses = Counter(
-            "ctl_cache_misses_total", "Cache misses by kind.", ("kind",), registry=reg
-        )
+        hits = Counter("ctl_cache_hits_total", "Cache hits by kind.", ("kind",), registry=reg)
+        misses = Counter("ctl_cache_misses_total", "Cache misses by kind.", ("kind",), registry=reg)
+        # Bound once: looking a series up by its labels costs more than counting in it.
+        self.cache_hits = {kind: hits.labels(kind) for kind in ("embedding", "result")}
+        self.cache_misses = {kind: misses.labels(kind) for kind in ("embedding", "result")}
         self.cache_errors = Counter(
             "ctl_cache_errors_total",
             "Cache backend failures (the cache was bypassed).",

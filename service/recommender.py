@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -57,7 +57,7 @@ class Pipeline:
     cache: Cache
     metrics: ServiceMetrics
     settings: Settings
-    budget: UploadBudget | None = None
+    budget: UploadBudget
 
     @asynccontextmanager
     async def upload(self, image: UploadFile) -> AsyncIterator[Upload]:
@@ -68,7 +68,7 @@ class Pipeline:
         if image.size is not None and image.size > limit:
             raise too_large(limit)
         size = max(1, image.size if image.size is not None else limit)
-        async with self.budget.hold(size) if self.budget is not None else nullcontext():
+        async with self.budget.hold(size):
             yield await read_upload(image, limit)
 
     def _embedding_key(self, sha256: str) -> str:
@@ -76,7 +76,7 @@ class Pipeline:
 
     async def embed(self, upload: Upload) -> tuple[SceneEmbedding, bool]:
         """The scene embedding of ``upload`` and whether it came from the cache."""
-        cached = await self.cache.get(self._embedding_key(upload.sha256))
+        (cached,) = await self.cache.get_many([self._embedding_key(upload.sha256)])
         return await self._embedding(upload.sha256, upload, cached)
 
     async def _embedding(
@@ -86,9 +86,9 @@ class Pipeline:
         through the encoder; without an upload (a stored scene), 404."""
         emb = unpack_embedding(cached) if cached is not None else None
         if emb is not None:
-            self.metrics.cache_hits.labels("embedding").inc()
+            self.metrics.cache_hits["embedding"].inc()
             return emb, True
-        self.metrics.cache_misses.labels("embedding").inc()
+        self.metrics.cache_misses["embedding"].inc()
         if upload is None:
             raise unknown_scene(sha256)
         max_pixels, encoder = self.settings.max_image_pixels, self.serving.encoder
@@ -100,13 +100,13 @@ class Pipeline:
 
     def _result_key(self, sha256: str, category: str, k: int) -> str:
         s = self.serving
-        return f"res:{s.model_version}:{s.index_version}:{sha256}:{category}:{k}"
+        return f"ranked:{s.model_version}:{s.index_version}:{sha256}:{category}:{k}"
 
     async def compute(
         self, sha256: str, emb: SceneEmbedding, category: str, row: int, k: int
     ) -> list[dict]:
         """Search the catalog for ``category`` (the model's category ``row``) and cache the
-        result."""
+        result, as the answers show each product (ranked, with its image URL)."""
         catalog = self.serving.catalog
         search = functools.partial(
             recommend, catalog, emb, row, category, k, self.settings.rerank_candidates
@@ -121,11 +121,13 @@ class Pipeline:
             {
                 "id": r.id,
                 "category": r.category,
+                "rank": rank,
                 "d_star": float(r.d_star),
                 "d_global": float(r.d_global),
                 "d_local": float(r.d_local),
+                "image_url": f"/products/{r.id}/image",
             }
-            for r in ranked
+            for rank, r in enumerate(ranked, start=1)
         ]
         await self.cache.set(self._result_key(sha256, category, k), to_json(result))
         return result
@@ -151,10 +153,10 @@ class Pipeline:
         missing: list[str] = []
         for category, data in zip(categories, cached, strict=True):
             if data is None:
-                self.metrics.cache_misses.labels("result").inc()
+                self.metrics.cache_misses["result"].inc()
                 missing.append(category)
             else:
-                self.metrics.cache_hits.labels("result").inc()
+                self.metrics.cache_hits["result"].inc()
                 results[category] = from_json(data)
         emb = None
         if missing or need_embedding or upload is None:
@@ -164,14 +166,6 @@ class Pipeline:
                     sha256, emb, category, categories[category], k
                 )
         return Recommendations({c: results[c] for c in categories}, not missing, emb)
-
-
-def with_ranks(items: list[dict]) -> list[dict]:
-    """Add the 1-based rank and the image URL that the response shows for each product."""
-    return [
-        {**item, "rank": rank, "image_url": f"/products/{item['id']}/image"}
-        for rank, item in enumerate(items, start=1)
-    ]
 
 
 def attention_grid(emb: SceneEmbedding, row: int) -> list[list[float]]:

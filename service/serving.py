@@ -155,24 +155,6 @@ class Serving:
         log.info("retired model %s / index %s", self.model_version, self.index_version)
 
 
-class _Hold:
-    """``with manager.hold() as serving``: a class, not a generator, as every request takes one."""
-
-    __slots__ = ("serving",)
-
-    def __init__(self, serving: Serving | None) -> None:
-        self.serving = serving
-
-    def __enter__(self) -> Serving | None:
-        if self.serving is not None:
-            self.serving.acquire()
-        return self.serving
-
-    def __exit__(self, *exc: object) -> None:
-        if self.serving is not None:
-            self.serving.release()
-
-
 class ServingManager:
     """Owns the current :class:`Serving` and swaps it on reload without failing any request."""
 
@@ -222,11 +204,6 @@ class ServingManager:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
             return old
-
-    def hold(self) -> _Hold:
-        """The current unit (``None`` before the first load), held until the block ends so a
-        reload cannot retire it under the request."""
-        return _Hold(self.current)
 
     async def close(self) -> None:
         """Retire the current unit and wait for every retiring one."""

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.composer import compose
+from training.composer import Composition, compose_cutouts, cutout
+
+
+def compose(images: list[Image.Image], seed: int) -> Composition:
+    """The composition of whole product photos."""
+    return compose_cutouts([cutout(im) for im in images], seed)
 
 
 def product_photos(n: int) -> list[Image.Image]:

@@ -62,7 +62,7 @@ def test_build_from_real_images_skips_and_lists_bad_ones(stl_dir: Path, tmp_path
     assert catalog.version == report.version == store.current()
     pid = catalog.category("Shoes").ids[0]
     assert catalog.product(pid).category == "Shoes"  # type: ignore[union-attr]
-    assert catalog.image_path(pid).read_bytes() == (products / f"{pid}.jpg").read_bytes()  # type: ignore[union-attr]
+    assert catalog.product(pid).image.read_bytes() == (products / f"{pid}.jpg").read_bytes()  # type: ignore[union-attr]
 
 
 @pytest.fixture()
@@ -85,7 +85,7 @@ def test_add_and_remove_reembed_nothing_else(
 ) -> None:
     store, encoder = built
     before = store.load()
-    old_ids = before.product_ids()
+    old_ids = [pid for c in before.categories for pid in before.category(c).ids]
     old_emb = before.embeddings(old_ids)
     jpg = tmp_path / "new-shoe.jpg"
     Image.new("RGB", (30, 30), (10, 200, 30)).save(jpg)
@@ -105,8 +105,8 @@ def test_add_and_remove_reembed_nothing_else(
     assert after.version == report.version != before.version
     assert (after.count("Shoes"), after.count("Pants")) == (9, 6)
     np.testing.assert_array_equal(after.embeddings(old_ids), old_emb)
-    assert Image.open(after.image_path("new-pants")).format == "JPEG"  # type: ignore[arg-type]
-    assert after.image_path("new-shoe").read_bytes() == jpg.read_bytes()  # type: ignore[union-attr]
+    assert Image.open(after.product("new-pants").image).format == "JPEG"  # type: ignore[union-attr]
+    assert after.product("new-shoe").image.read_bytes() == jpg.read_bytes()  # type: ignore[union-attr]
 
     with pytest.raises(BuildError, match="already in the index"):
         add_products(store, encoder, [NewProduct("new-shoe", "Shoes", jpg)])
@@ -129,7 +129,7 @@ def test_another_model_cannot_extend_the_index(built: tuple[IndexStore, Counting
     store, _ = built
     other = FakeEncoder(CATS, version="fake-2")
     with pytest.raises(BuildError, match="rebuild"):
-        remove_products(store, other, [store.load().product_ids()[0]])
+        remove_products(store, other, [store.load().category(CATS[0]).ids[0]])
 
 
 def test_cli(stl_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

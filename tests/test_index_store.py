@@ -156,7 +156,8 @@ def test_killed_build_leaves_the_previous_version_serving(
     assert store.versions() == [v1]
     catalog = store.load()
     assert (catalog.version, len(catalog)) == (v1, 10)
-    assert all(catalog.image_path(pid).is_file() for pid in catalog.product_ids())  # type: ignore[union-attr]
+    ids = [pid for c in catalog.categories for pid in catalog.category(c).ids]
+    assert all(catalog.product(pid).image.is_file() for pid in ids)  # type: ignore[union-attr]
 
     monkeypatch.setattr("index.build.CHUNK", 4)  # the chunking of the killed build
     report = build_index(store, encoder, data, cache)  # resumes, cleans the leftovers

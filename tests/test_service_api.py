@@ -89,7 +89,7 @@ def test_complete_the_look_matches_exhaustive_d_star(
     encoder = OnnxEncoder.from_artifacts(artifacts, device="cpu")
     catalog = IndexStore.for_artifacts(artifacts).load()
     # Decoded as the service decodes it (a photo twice the model input or more at reduced scale).
-    photo = decode_image(Upload.of("s.jpg", data), 10**8, encoder.input_size)
+    photo = decode_image(Upload("s.jpg", data, sha256=""), 10**8, encoder.input_size)
     emb = encoder.embed_scenes([photo])[0]
     ids = catalog.category(category).ids
     f_p = catalog.embeddings(ids).astype(np.float64)
@@ -215,7 +215,7 @@ def test_products_images_and_similar(
     assert client.get(f"/products/{pid}").json()["category"] == categories[0]
     image = client.get(f"/products/{pid}/image")
     assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
-    assert image.content == catalog.image_path(pid).read_bytes()  # type: ignore[union-attr]
+    assert image.content == catalog.product(pid).image.read_bytes()  # type: ignore[union-attr]
 
     similar = client.get(f"/products/{pid}/similar", params={"k": 3}).json()["products"]
     assert len(similar) == 3 and pid not in [p["id"] for p in similar]

@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from service_support import (
 from model.runtime import SceneEmbedding
 from service.app import create_app
 from service.cache import (
+    Cache,
     MemoryCache,
     RedisCache,
     TieredCache,
@@ -41,19 +42,38 @@ from service.config import Settings
 from service.metrics import ServiceMetrics
 
 
+def _settings(
+    timeout_s: float, prefix: str = "p:", retry_s: float = 5.0, retry_min_s: float = 0.1
+) -> Settings:
+    """A RedisCache's settings: a 60 s TTL, the reply timeout and the back-off."""
+    return Settings(
+        redis_prefix=prefix,
+        cache_ttl_s=60,
+        redis_timeout_s=timeout_s,
+        redis_retry_s=retry_s,
+        redis_retry_min_s=retry_min_s,
+    )
+
+
+async def get(cache: Cache, key: str) -> bytes | None:
+    """One key's value."""
+    (value,) = await cache.get_many([key])
+    return value
+
+
 def test_memory_cache_is_an_lru_with_ttl() -> None:
     async def run() -> None:
         cache = MemoryCache(max_items=2, ttl_s=60)
         await cache.set("a", b"1")
         await cache.set("b", b"2")
-        assert await cache.get("a") == b"1"  # a is now the most recent
+        assert await get(cache, "a") == b"1"  # a is now the most recent
         await cache.set("c", b"3")
-        assert await cache.get("b") is None
-        assert (await cache.get("a"), await cache.get("c")) == (b"1", b"3")
+        assert await get(cache, "b") is None
+        assert (await get(cache, "a"), await get(cache, "c")) == (b"1", b"3")
         short = MemoryCache(max_items=2, ttl_s=0.01)
         await short.set("x", b"1")
         await asyncio.sleep(0.03)
-        assert await short.get("x") is None
+        assert await get(short, "x") is None
 
     asyncio.run(run())
 
@@ -68,9 +88,9 @@ class CountingCache(MemoryCache):
         self.gets = 0
         self.sets = 0
 
-    async def get(self, key: str) -> bytes | None:
-        self.gets += 1
-        return await super().get(key)
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        self.gets += len(keys)
+        return await super().get_many(keys)
 
     async def set(self, key: str, value: bytes) -> None:
         self.sets += 1
@@ -83,19 +103,19 @@ def test_tiered_cache_answers_repeats_without_the_far_cache() -> None:
         await far.set("shared", b"from another replica")
         cache = TieredCache(MemoryCache(max_items=10, ttl_s=60), far)
         assert cache.backend == "far"
-        assert await cache.get("missing") is None
+        assert await get(cache, "missing") is None
         await cache.set("mine", b"1")
-        assert far.sets == 2 and await far.get("mine") == b"1"  # written through
+        assert far.sets == 2 and await get(far, "mine") == b"1"  # written through
         far.gets = 0
         for _ in range(3):
-            assert await cache.get("mine") == b"1"
-            assert await cache.get("shared") == b"from another replica"
+            assert await get(cache, "mine") == b"1"
+            assert await get(cache, "shared") == b"from another replica"
         assert far.gets == 1, "only the first read of the other replica's value reached it"
         await far.set("other", b"2")
         assert await cache.get_many(["mine", "other", "missing"]) == [b"1", b"2", None]
         assert far.gets == 3, "only the keys missing in process were asked of far"
         await cache.close()
-        assert await far.get("mine") is None
+        assert await get(far, "mine") is None
 
     asyncio.run(run())
 
@@ -117,7 +137,7 @@ def test_redis_write_failures_are_counted_and_bypassed() -> None:
     async def run() -> None:
         metrics = ServiceMetrics()
         url = f"redis://127.0.0.1:{free_port()}/0"
-        cache = RedisCache(url, "p:", 60, 0.05, 60, metrics, retry_min_s=60)
+        cache = RedisCache(url, _settings(0.05, retry_s=60, retry_min_s=60), metrics)
         await cache.set("a", b"1")
         await cache.set("b", b"2")
         await cache.flush()
@@ -164,7 +184,7 @@ def prefix(redis_url: str) -> Iterator[str]:
 @pytest.mark.redis
 def test_redis_writes_of_one_moment_go_in_one_pipeline(redis_url: str, prefix: str) -> None:
     async def run() -> None:
-        cache = RedisCache(redis_url, prefix, 60, 1.0, 5.0, ServiceMetrics())
+        cache = RedisCache(redis_url, _settings(1.0, prefix=prefix), ServiceMetrics())
         pipelines: list[object] = []
         pipeline = cache._redis.pipeline
 
@@ -203,7 +223,7 @@ def test_results_and_embeddings_are_cached_in_redis(
         saved = {k: v for k in r.scan_iter(match=prefix + "*") if (v := r.dump(k)) is not None}
         keys = {k.decode() for k in saved}
         assert any(k.startswith(prefix + "emb:") for k in keys)
-        assert any(k.startswith(prefix + "res:") and category in k for k in keys)
+        assert any(k.startswith(prefix + "ranked:") and category in k for k in keys)
         # A repeat comes from the in-process cache in front of Redis, without a round trip.
         r.delete(*saved)
         assert post_scene(client, data, category).json()["cached"] is True
@@ -336,19 +356,19 @@ def test_one_failure_pauses_redis_briefly_and_failed_retries_back_off() -> None:
     async def run() -> None:
         metrics = ServiceMetrics()
         url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: every call fails
-        cache = RedisCache(url, "p:", 60, 0.05, 5.0, metrics, retry_min_s=0.3)
-        assert await cache.get("a") is None
+        cache = RedisCache(url, _settings(0.05, retry_min_s=0.3), metrics)
+        assert await get(cache, "a") is None
         assert metrics.value("ctl_cache_errors_total", backend="redis") == 1
         await asyncio.sleep(0.45)
-        assert await cache.get("a") is None
+        assert await get(cache, "a") is None
         assert metrics.value("ctl_cache_errors_total", backend="redis") == 2, (
             "still off after one failure"
         )
         await asyncio.sleep(0.35)  # the pause doubled to 0.6 s: not retried yet
-        assert await cache.get("a") is None
+        assert await get(cache, "a") is None
         assert metrics.value("ctl_cache_errors_total", backend="redis") == 2
         await asyncio.sleep(0.45)
-        assert await cache.get("a") is None
+        assert await get(cache, "a") is None
         assert metrics.value("ctl_cache_errors_total", backend="redis") == 3
         await cache.close()
 
@@ -373,17 +393,17 @@ def test_stale_pooled_connections_after_a_restart_are_retried_not_failures() -> 
 
     async def run() -> None:
         nonlocal server
-        cache = RedisCache(f"redis://127.0.0.1:{port}/0", "p:", 60, 1.0, 5.0, metrics)
-        await asyncio.gather(*(cache.get(f"k{n}") for n in range(16)))  # 16 pooled connections
+        cache = RedisCache(f"redis://127.0.0.1:{port}/0", _settings(1.0), metrics)
+        await asyncio.gather(*(get(cache, f"k{n}") for n in range(16)))  # 16 pooled connections
         _stop(server)
         server = _start_redis(port)  # every pooled connection is now closed by the server
-        assert await asyncio.gather(*(cache.get(f"k{n}") for n in range(16))) == [None] * 16
+        assert await asyncio.gather(*(get(cache, f"k{n}") for n in range(16))) == [None] * 16
         assert metrics.value("ctl_cache_errors_total", backend="redis") == 0, (
             "a stale connection counted as a failure"
         )
         await cache.set("x", b"1")
         await cache.flush()
-        assert await cache.get("x") == b"1"
+        assert await get(cache, "x") == b"1"
         await cache.close()
 
     try:

@@ -96,13 +96,9 @@ def cutout(image: Image.Image) -> Cutout:
     return Cutout(rgb.crop(box), mask.crop(box))
 
 
-def compose(images: Sequence[Image.Image], seed: int) -> Composition:
-    """Lay ``images`` out on one canvas; the same images and seed give the same composition."""
-    return compose_cutouts([cutout(im) for im in images], seed)
-
-
 def compose_cutouts(items: Sequence[Cutout], seed: int) -> Composition:
-    """``compose`` on items already cut out."""
+    """Lay the cut-out ``items`` on one canvas; the same items and seed give the same
+    composition."""
     if not items:
         raise ValueError("compose needs at least one image")
     rng = np.random.default_rng(seed)

@@ -17,34 +17,33 @@ from index.store import (
     quote,
 )
 from model.runtime import ArtifactError
-from service.deps import AdminDep, MetricsDep, PipelineDep, single_fields
+from service.deps import AdminDep, pipeline
 from service.errors import AUTH, UNAVAILABLE, UPLOAD, responses
 from service.images import decode_image
 from service.routes.recommend import ImageField
 from service.schemas import CatalogUpdate, Reloaded
-from service.serving import ServingManager
+from service.serving import Serving, ServingManager
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 ID_FORMAT = "1-128 characters of A-Z a-z 0-9 . _ -, not starting with a dot"
 
 
-def _manager(request: Request) -> ServingManager:
+async def _switch(request: Request, reload_encoder: bool) -> tuple[Serving, Serving]:
+    """Serve the newest versions: (the unit replaced, the one now served); 409 (still serving
+    the old ones) when they do not load."""
     manager: ServingManager = request.app.state.manager
-    return manager
-
-
-async def _switch(request: Request, metrics: MetricsDep, reload_encoder: bool) -> tuple[str, str]:
-    """Serve the newest versions; 409 (still serving the old ones) when they do not load."""
+    reloads = request.app.state.metrics.reloads
     try:
-        old = await _manager(request).load(reload_encoder=reload_encoder)
+        old = await manager.load(reload_encoder=reload_encoder)
     except (ArtifactError, IndexStoreError, OSError, ValueError, KeyError) as exc:
-        metrics.reloads.labels("failed").inc()
+        reloads.labels("failed").inc()
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"reload failed, still serving the previous version: {exc}"
         ) from None
-    metrics.reloads.labels("ok").inc()
+    reloads.labels("ok").inc()
     await request.app.state.follower.announce()
-    return old.model_version, old.index_version
+    assert manager.current is not None
+    return old, manager.current
 
 
 @router.post(
@@ -52,22 +51,18 @@ async def _switch(request: Request, metrics: MetricsDep, reload_encoder: bool) -
     response_model=Reloaded,
     responses=responses({**AUTH, 409: "the new version could not be loaded", 503: UNAVAILABLE}),
 )
-async def reload_current(request: Request, metrics: MetricsDep) -> dict:
+async def reload_current(request: Request) -> dict:
     """Load the newest model and index and switch to them; in-flight requests finish on the old."""
-    old_model, old_index = await _switch(request, metrics, reload_encoder=True)
-    new = _manager(request).current
-    assert new is not None
+    old, new = await _switch(request, reload_encoder=True)
     return {
         **new.versions(),
-        "previous_model_version": old_model,
-        "previous_index_version": old_index,
+        "previous_model_version": old.model_version,
+        "previous_index_version": old.index_version,
     }
 
 
-async def _catalog_update(request: Request, metrics: MetricsDep, **ids: list[str]) -> dict:
-    await _switch(request, metrics, reload_encoder=False)
-    new = _manager(request).current
-    assert new is not None
+async def _catalog_update(request: Request, **ids: list[str]) -> dict:
+    _, new = await _switch(request, reload_encoder=False)
     return {**new.versions(), **ids, "products": len(new.catalog)}
 
 
@@ -77,12 +72,9 @@ async def _catalog_update(request: Request, metrics: MetricsDep, **ids: list[str
     responses=responses(
         {**AUTH, **UPLOAD, 409: "the id is already in the catalog, or the update failed"}
     ),
-    dependencies=[single_fields("product_id", "category", "image")],
 )
 async def add_product(
     request: Request,
-    pipe: PipelineDep,
-    metrics: MetricsDep,
     product_id: Annotated[
         str,
         Form(
@@ -93,6 +85,7 @@ async def add_product(
     image: ImageField,
 ) -> dict:
     """Embed one new product and publish a new index version with it, then serve that."""
+    pipe = await pipeline(request, "product_id", "category", "image")
     settings, serving = pipe.settings, pipe.serving
     if category not in serving.encoder.categories:
         raise HTTPException(
@@ -111,7 +104,7 @@ async def add_product(
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
         except BuildError as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return await _catalog_update(request, metrics, added=[product_id])
+    return await _catalog_update(request, added=[product_id])
 
 
 @router.delete(
@@ -130,10 +123,9 @@ async def add_product(
 async def delete_product(
     product_id: Annotated[str, Path(description=ID_FORMAT, pattern=PRODUCT_ID_PATTERN)],
     request: Request,
-    pipe: PipelineDep,
-    metrics: MetricsDep,
 ) -> dict:
     """Publish a new index version without the product, then serve that."""
+    pipe = await pipeline(request)
     store = IndexStore.for_artifacts(pipe.settings.artifacts_dir)
     try:
         await asyncio.to_thread(
@@ -145,4 +137,4 @@ async def delete_product(
         ) from None
     except BuildError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return await _catalog_update(request, metrics, removed=[product_id])
+    return await _catalog_update(request, removed=[product_id])

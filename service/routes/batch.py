@@ -9,11 +9,11 @@ import asyncio
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, status
 
-from service.deps import DEFAULT_K, PipelineDep, check_categories, check_k, single_fields
+from service.deps import DEFAULT_K, check_categories, check_k, pipeline
 from service.images import MAX_NAME
-from service.recommender import Pipeline, with_ranks
+from service.recommender import Pipeline
 from service.routes.recommend import ERRORS, KField
 from service.schemas import BatchResponse
 
@@ -77,7 +77,7 @@ async def _one(
         "index": index,
         "filename": name,
         "scene_sha256": sha256,
-        "results": {c: with_ranks(items) for c, items in found.results.items()},
+        "results": found.results,
     }
 
 
@@ -85,10 +85,9 @@ async def _one(
     "/batch/complete-the-look",
     response_model=BatchResponse,
     responses=ERRORS,
-    dependencies=[single_fields("categories", "k")],
 )
 async def batch_complete_the_look(
-    pipe: PipelineDep,
+    request: Request,
     images: Annotated[
         list[UploadFile],
         File(
@@ -111,6 +110,7 @@ async def batch_complete_the_look(
 
     The files are read a few at a time (as many as one encoder call takes), never all at once.
     """
+    pipe = await pipeline(request, "categories", "k")
     check_k(k, pipe.settings)
     limit = pipe.settings.max_batch_items
     if len(images) > limit:

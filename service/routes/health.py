@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.deps import MetricsDep, ServingDep
+from service.deps import ServingDep
 from service.errors import responses
 from service.schemas import Health, Ready
 
@@ -34,6 +34,6 @@ async def readyz(request: Request, serving: ServingDep) -> dict:
 
 
 @router.get("/metrics", response_class=Response)
-async def prometheus_exposition(metrics: MetricsDep) -> Response:
+async def prometheus_exposition(request: Request) -> Response:
     """Prometheus text exposition (every worker's, merged, under ``ctl serve --workers N``)."""
-    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -5,23 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Query, status
+from fastapi import APIRouter, Form, HTTPException, Request, status
 from fastapi.responses import FileResponse
 
 from index.search import Product, Similar, similar, similar_to_product
 from index.store import quote
-from service.deps import (
-    DEFAULT_K,
-    PipelineDep,
-    ServingDep,
-    SettingsDep,
-    check_category,
-    check_k,
-    single_fields,
-)
+from service.deps import DEFAULT_K, ServingDep, check_category, check_k, pipeline
 from service.errors import UNAVAILABLE, responses
 from service.images import decode_image
-from service.routes.recommend import ERRORS, ImageField, KField
+from service.routes.recommend import ERRORS, ImageField, KField, KQuery
 from service.schemas import Categories, ProductInfo, SimilarResponse
 from service.serving import Serving
 
@@ -79,8 +71,8 @@ async def get_product(product_id: str, serving: ServingDep) -> dict:
 )
 async def product_image(product_id: str, serving: ServingDep) -> FileResponse:
     """The product's catalog photo."""
-    path = serving.catalog.image_path(_product(serving, product_id).id)
-    if path is None or not path.is_file():
+    path = _product(serving, product_id).image
+    if not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no image stored for {quote(product_id)}")
     return FileResponse(path, media_type="image/jpeg")
 
@@ -88,18 +80,12 @@ async def product_image(product_id: str, serving: ServingDep) -> FileResponse:
 @router.get("/products/{product_id}/similar", response_model=SimilarResponse, responses=NOT_FOUND)
 async def similar_products(
     product_id: str,
+    request: Request,
     serving: ServingDep,
-    settings: SettingsDep,
-    k: Annotated[
-        int,
-        Query(
-            description="how many products (1..max_k)",
-            json_schema_extra={"minimum": 1, "maximum": 100},
-        ),
-    ] = DEFAULT_K,
+    k: KQuery = DEFAULT_K,
 ) -> dict:
     """Visually similar products of the same category (the product itself excluded)."""
-    check_k(k, settings)
+    check_k(k, request.app.state.settings)
     p = _product(serving, product_id)
     return _similar_response(serving, p.category, k, similar_to_product(serving.catalog, p.id, k))
 
@@ -108,15 +94,15 @@ async def similar_products(
     "/similar",
     response_model=SimilarResponse,
     responses=ERRORS,
-    dependencies=[single_fields("image", "category", "k")],
 )
 async def similar_to_photo(
-    pipe: PipelineDep,
+    request: Request,
     image: ImageField,
     category: Annotated[str, Form(description="the category to search", examples=["Shoes"])],
     k: KField = DEFAULT_K,
 ) -> dict:
     """Products of ``category`` that look like the uploaded product photo."""
+    pipe = await pipeline(request, "image", "category", "k")
     check_k(k, pipe.settings)
     check_category(pipe.serving, category)
     async with pipe.upload(image) as upload:

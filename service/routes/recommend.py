@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
-from service.deps import DEFAULT_K, PipelineDep, check_categories, check_k, single_fields, unique
+from service.deps import DEFAULT_K, check_categories, check_k, pipeline, unique
 from service.errors import UPLOAD, responses
-from service.recommender import Pipeline, Recommendations, attention_grid, with_ranks
+from service.recommender import Pipeline, Recommendations, attention_grid
 from service.schemas import CompleteTheLook, CompleteTheLookAll
 
 router = APIRouter(tags=["recommend"])
@@ -30,6 +30,13 @@ KField = Annotated[
         json_schema_extra={"minimum": 1, "maximum": 100},
     ),
 ]
+KQuery = Annotated[
+    int,
+    Query(
+        description="how many products per category (1..max_k)",
+        json_schema_extra={"minimum": 1, "maximum": 100},
+    ),
+]
 ERRORS = responses(UPLOAD)
 
 
@@ -37,10 +44,9 @@ ERRORS = responses(UPLOAD)
     "/complete-the-look",
     response_model=CompleteTheLook,
     responses=ERRORS,
-    dependencies=[single_fields("image", "category", "k", "explain")],
 )
 async def complete_the_look(
-    pipe: PipelineDep,
+    request: Request,
     image: ImageField,
     category: Annotated[str, Form(description="a category name", examples=["Shoes"])],
     k: KField = DEFAULT_K,
@@ -50,6 +56,7 @@ async def complete_the_look(
 
     For several questions about one photo, upload it once (``POST /scenes``) and ask with GET.
     """
+    pipe = await pipeline(request, "image", "category", "k", "explain")
     check_k(k, pipe.settings)
     wanted = check_categories(pipe.serving, [category])
     async with pipe.upload(image) as upload:
@@ -77,7 +84,7 @@ def one_category(
         "k": k,
         "scene_sha256": sha256,
         "cached": found.cached,
-        "products": with_ranks(found.results[category]),
+        "products": found.results[category],
         "attention": attention,
     }
 
@@ -89,7 +96,7 @@ def all_categories(pipe: Pipeline, sha256: str, k: int, found: Recommendations) 
         "k": k,
         "scene_sha256": sha256,
         "cached": found.cached,
-        "results": {c: with_ranks(items) for c, items in found.results.items()},
+        "results": found.results,
     }
 
 
@@ -97,10 +104,9 @@ def all_categories(pipe: Pipeline, sha256: str, k: int, found: Recommendations) 
     "/complete-the-look/all",
     response_model=CompleteTheLookAll,
     responses=ERRORS,
-    dependencies=[single_fields("image", "k")],
 )
 async def complete_the_look_all(
-    pipe: PipelineDep,
+    request: Request,
     image: ImageField,
     categories: Annotated[
         list[str] | None,
@@ -109,6 +115,7 @@ async def complete_the_look_all(
     k: KField = DEFAULT_K,
 ) -> dict:
     """Recommendations for every category (or the listed ones) from one encoder pass."""
+    pipe = await pipeline(request, "image", "k")
     check_k(k, pipe.settings)
     wanted = check_categories(pipe.serving, unique(categories) or list(pipe.serving.categories))
     async with pipe.upload(image) as upload:

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
-from service.deps import DEFAULT_K, PipelineDep, check_categories, check_k, single_fields, unique
+from service.deps import DEFAULT_K, check_categories, check_k, pipeline, unique
 from service.errors import UNAVAILABLE, responses
 from service.routes.recommend import (
     CATEGORIES,
     ERRORS,
     EXPLAIN,
     ImageField,
+    KQuery,
     all_categories,
     one_category,
 )
@@ -31,13 +32,6 @@ SceneId = Annotated[
     Path(
         description="the id POST /scenes gave (the sha256 of the photo's bytes, 64 hex digits)",
         pattern="^[0-9a-f]{64}$",
-    ),
-]
-KQuery = Annotated[
-    int,
-    Query(
-        description="how many products per category (1..max_k)",
-        json_schema_extra={"minimum": 1, "maximum": 100},
     ),
 ]
 GET_ERRORS = responses(
@@ -59,11 +53,11 @@ GET_ERRORS = responses(
         **responses({501: "the service keeps no scenes: it has no cache (CTL_CACHE_SIZE=0)"}),
         200: {"model": SceneCreated, "description": "the scene was known"},
     },
-    dependencies=[single_fields("image")],
 )
-async def create_scene(pipe: PipelineDep, image: ImageField, response: Response) -> dict:
+async def create_scene(request: Request, image: ImageField, response: Response) -> dict:
     """Embed the scene and keep it for follow-up questions: 201 with its id, or 200 with the
     same id when it is stored already. 501 where the service keeps no scenes (no cache)."""
+    pipe = await pipeline(request, "image")
     if not pipe.cache.keeps:
         raise HTTPException(
             status.HTTP_501_NOT_IMPLEMENTED,
@@ -79,13 +73,14 @@ async def create_scene(pipe: PipelineDep, image: ImageField, response: Response)
 
 @router.get("/{scene_id}/complete-the-look", response_model=CompleteTheLook, responses=GET_ERRORS)
 async def scene_complete_the_look(
-    pipe: PipelineDep,
+    request: Request,
     scene_id: SceneId,
     category: Annotated[str, Query(description="a category name", examples=["Shoes"])],
     k: KQuery = DEFAULT_K,
     explain: Annotated[bool, Query(description=EXPLAIN)] = False,
 ) -> dict:
     """``POST /complete-the-look`` for a stored scene."""
+    pipe = await pipeline(request)
     check_k(k, pipe.settings)
     wanted = check_categories(pipe.serving, [category])
     found = await pipe.recommend(scene_id, wanted, k, need_embedding=explain)
@@ -96,12 +91,13 @@ async def scene_complete_the_look(
     "/{scene_id}/complete-the-look/all", response_model=CompleteTheLookAll, responses=GET_ERRORS
 )
 async def scene_complete_the_look_all(
-    pipe: PipelineDep,
+    request: Request,
     scene_id: SceneId,
     categories: Annotated[list[str] | None, Query(description=CATEGORIES)] = None,
     k: KQuery = DEFAULT_K,
 ) -> dict:
     """``POST /complete-the-look/all`` for a stored scene."""
+    pipe = await pipeline(request)
     check_k(k, pipe.settings)
     wanted = check_categories(pipe.serving, unique(categories) or list(pipe.serving.categories))
     return all_categories(pipe, scene_id, k, await pipe.recommend(scene_id, wanted, k))

@@ -6,12 +6,12 @@ import asyncio
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, status
+from fastapi import APIRouter, Form, HTTPException, Request, status
 from pydantic import StringConstraints
 
 from index.search import score
 from index.store import PRODUCT_ID_PATTERN
-from service.deps import PipelineDep, single_fields, unique
+from service.deps import pipeline, unique
 from service.routes.recommend import ERRORS, ImageField
 from service.schemas import ScoreResponse
 
@@ -27,10 +27,9 @@ ProductIdItem = Annotated[str, StringConstraints(pattern=PRODUCT_ID_PATTERN)]
     "/score",
     response_model=ScoreResponse,
     responses=ERRORS,
-    dependencies=[single_fields("image")],
 )
 async def score_products(
-    pipe: PipelineDep,
+    request: Request,
     image: ImageField,
     product_ids: Annotated[
         list[ProductIdItem],
@@ -42,6 +41,7 @@ async def score_products(
     ],
 ) -> dict:
     """d*, d_global and d_local of each product for the scene; unknown ids are listed."""
+    pipe = await pipeline(request, "image")
     ids = unique(product_ids)
     if not ids:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "product_ids is empty")
