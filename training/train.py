@@ -2,10 +2,13 @@
 
 Adam, triplet loss with margin 0.2 on d*, same-category negatives drawn afresh every epoch
 (optionally the hardest valid one in the batch), an optional in-batch softmax contrastive term
-(``training.loss.CTLLoss``), and the scene-level val split evaluated every N epochs by AUC
-(= binary-choice accuracy, computed exactly against every valid same-category catalog product).
-Keeps the best checkpoint, resumes from ``last.pt``. Everything later steps need lands in the
-run directory. ``run`` orchestrates ``train_one_epoch`` and ``evaluate``.
+(``training.loss.CTLLoss``); by default two more terms that were chosen on val (paired seeds,
+docs/outfits-results.md): each training pair's product cut out of its street photo pulled to
+its catalog photo (``in_scene_loss``), and the category attention told to look at the scene's
+other labelled products (``attention_nll``). The scene-level val split is evaluated every N
+epochs by AUC (= binary-choice accuracy, computed exactly against every valid same-category
+catalog product). Keeps the best checkpoint, resumes from ``last.pt``. Everything later steps
+need lands in the run directory. ``run`` orchestrates ``train_one_epoch`` and ``evaluate``.
 """
 
 from __future__ import annotations
@@ -533,16 +536,16 @@ def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
     p.add_argument(
         "--in-scene-weight",
         type=float,
-        default=0.0,
+        default=1.0,
         help="weight of in-scene products (each training pair's product cut out of its scene) "
-        "against their catalog photos",
+        "against their catalog photos; 0: off",
     )
     p.add_argument(
         "--stl-attention",
         type=float,
-        default=0.0,
+        default=1.0,
         help="weight of attention supervision on STL crops by the scene's other labelled "
-        "products' boxes",
+        "products' boxes; 0: off",
     )
     p.add_argument(
         "--item-pair-weight",
