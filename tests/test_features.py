@@ -63,7 +63,10 @@ def test_cache_contents(tmp_path: Path) -> None:
 def test_in_scene_rows_are_the_product_cut_out_of_its_scene(tmp_path: Path) -> None:
     data = make_data(tmp_path / "data")
     bb = build_backbone("tiny")
-    cache, _ = build_cache(data, bb, tmp_path / "cache", views=("orig",))
+    plain, _ = build_cache(data, bb, tmp_path / "cache", views=("orig",))
+    assert not (plain.path / "in_scene_global-orig.npy").exists()  # only when asked for
+    cache, spent = build_cache(data, bb, tmp_path / "cache", views=("orig",), in_scene=True)
+    assert spent > 0 and cache.path == plain.path  # added to the same cache
     ex = cache.examples
     assert cache.array("in_scene_global", "orig").shape == (len(ex), bb.global_dim)
     scene = Image.open(data.scene_path(ex[2]["scene"])).convert("RGB")  # 60 x 90, box 0.2-0.8
@@ -105,9 +108,8 @@ def test_resumes_after_interruption(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert progress["scene_global-orig"]["chunks_done"] == 2
     calls["n"] = -100
     cache, _ = build_cache(data, bb, tmp_path / "cache")
-    # 3 scene + 4 product + 3 in-scene chunks per view, two views; the first two scene chunks
-    # were kept.
-    assert calls["n"] == -100 + 2 * (3 + 4 + 3) - 2
+    # 3 scene + 4 product chunks per view, two views; the first two scene chunks were kept.
+    assert calls["n"] == -100 + 2 * (3 + 4) - 2
     ref, _ = compute_features(bb, [Image.open(data.product_path(cache.products[-1]))])
     np.testing.assert_allclose(
         cache.array("product_global", "orig")[-1], ref[0], rtol=1e-2, atol=1e-3

@@ -1,14 +1,14 @@
 """The frozen-backbone feature cache: the backbone runs once per image, training runs on arrays.
 
 ``ctl features --data DIR`` computes, for every CTL example (a pair whose product survives the
-crop rules), the cropped scene's global and region features and the global features of the
-product cut out of the scene by its bbox (``in_scene``: the same product as its catalog photo,
-seen in a street photo), and for every catalog product its global features, each for several
-views (``orig``, ``flip``: horizontally flipped, ``zoom``: centre 90% crop). Arrays are fp16
-``.npy`` files, memory-mapped when read. The cache directory is keyed by the backbone (name,
-weights file, layers), its preprocessing, the crop rules and the data set, so changing any of
-them starts a new one. Work is done in chunks, each written atomically, with
-``progress.json`` beside them: an interrupted run resumes where it stopped.
+crop rules), the cropped scene's global and region features (and, for ``ctl train
+--in-scene-weight``, the global features of the product cut out of the scene by its bbox: the
+same product as its catalog photo, seen in a street photo), and for every catalog product its
+global features, each for several views (``orig``, ``flip``: horizontally flipped, ``zoom``:
+centre 90% crop). Arrays are fp16 ``.npy`` files, memory-mapped when read. The cache directory
+is keyed by the backbone (name, weights file, layers), its preprocessing, the crop rules and
+the data set, so changing any of them starts a new one. Work is done in chunks, each written
+atomically, with ``progress.json`` beside them: an interrupted run resumes where it stopped.
 
 ``compute_features(backbone, images)`` embeds in-memory images the same way (evaluation uses it).
 """
@@ -348,9 +348,11 @@ def build_cache(
     views: Sequence[str] = DEFAULT_VIEWS,
     batch_size: int = 32,
     engine: str = "auto",
+    in_scene: bool = False,
 ) -> tuple[FeatureCache, float]:
-    """The complete cache for ``data`` and ``backbone`` (computing what is missing), and the
-    seconds this call spent computing features (0 when all was cached)."""
+    """The complete cache for ``data`` and ``backbone`` (computing what is missing; with
+    ``in_scene``, the ``in_scene_global`` arrays too), and the seconds this call spent computing
+    features (0 when all was cached)."""
     unknown = set(views) - set(VIEWS)
     if unknown:
         raise ValueError(f"unknown views {sorted(unknown)}; choose from {list(VIEWS)}")
@@ -397,7 +399,8 @@ def build_cache(
 
     builder = ChunkBuilder(path, backbone, batch_size, engine)
     scenes, prods = (len(crops_list), load_crop), (len(products), load_product)
-    return builder.fill_views(meta, views, scenes, prods, (len(examples), load_in_scene))
+    extra = (len(examples), load_in_scene) if in_scene else None
+    return builder.fill_views(meta, views, scenes, prods, extra)
 
 
 def add_arguments(parser: argparse.ArgumentParser, settings: TrainingSettings) -> None:
@@ -438,12 +441,12 @@ class FeatureOptions:
         return cls(**values)
 
 
-def load_cache(opts: FeatureOptions) -> tuple[FeatureCache, float]:
+def load_cache(opts: FeatureOptions, in_scene: bool = False) -> tuple[FeatureCache, float]:
     """The feature cache the options name, built where it is missing (see ``build_cache``)."""
     data = STLData.load(opts.data)
     backbone = build_backbone(opts.backbone, opts.backbone_weights)
     return build_cache(
-        data, backbone, opts.cache, opts.views, opts.batch_size_features, opts.engine
+        data, backbone, opts.cache, opts.views, opts.batch_size_features, opts.engine, in_scene
     )
 
 

@@ -2,10 +2,10 @@
 
 Adam, triplet loss with margin 0.2 on d*, same-category negatives drawn afresh every epoch
 (optionally the hardest valid one in the batch), an optional in-batch softmax contrastive term
-(``training.loss.CTLLoss``); by default two more terms that were chosen on val (paired seeds,
-docs/outfits-results.md): each training pair's product cut out of its street photo pulled to
-its catalog photo (``in_scene_loss``), and the category attention told to look at the scene's
-other labelled products (``attention_nll``). The scene-level val split is evaluated every N
+(``training.loss.CTLLoss``); optional side terms (docs/outfits-results.md): each training
+pair's product cut out of its street photo pulled to its catalog photo (``in_scene_loss``), the
+category attention told to look at the scene's other labelled products (``attention_nll``),
+outfit item pairs and composed outfits. The scene-level val split is evaluated every N
 epochs by AUC (= binary-choice accuracy, computed exactly against every valid same-category
 catalog product). Keeps the best checkpoint, resumes from ``last.pt``. Everything later steps
 need lands in the run directory. ``run`` orchestrates ``train_one_epoch`` and ``evaluate``.
@@ -536,14 +536,14 @@ def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
     p.add_argument(
         "--in-scene-weight",
         type=float,
-        default=1.0,
+        default=0.0,
         help="weight of in-scene products (each training pair's product cut out of its scene) "
         "against their catalog photos; 0: off",
     )
     p.add_argument(
         "--stl-attention",
         type=float,
-        default=1.0,
+        default=0.0,
         help="weight of attention supervision on STL crops by the scene's other labelled "
         "products' boxes; 0: off",
     )
@@ -596,7 +596,7 @@ def run(opts: TrainOptions) -> dict[str, Any]:
     ``eval_every`` (the best checkpoint kept), ``last.pt`` after each; then ``metrics.json``."""
     out = opts.out
     t0 = time.perf_counter()
-    cache, feature_seconds = load_cache(opts)
+    cache, feature_seconds = load_cache(opts, in_scene=opts.in_scene_weight > 0)
     seconds = {"features": feature_seconds, "features_wall": time.perf_counter() - t0}
     data = STLData.load(opts.data)
     ds = Dataset.build(cache, data, opts.seed)
