@@ -235,8 +235,9 @@ class Streams:
 
 @dataclass
 class SideBatches:
-    """Triplets of another kind (composed outfits, in-scene products): one weighted batch joins
-    every STL step (interleaved), a fresh epoch of them drawn whenever they run out."""
+    """Triplets of another kind (composed outfits, in-scene products, outfit item pairs): one
+    weighted batch joins every STL step (interleaved), a fresh epoch of them drawn whenever they
+    run out."""
 
     sampler: TripletSampler
     rng: np.random.Generator
@@ -309,7 +310,7 @@ def train_step(
 ) -> float:
     """One optimizer step on ``batch``; ``cache_rows``: the same triplets as rows of the feature
     cache when ``t`` holds freshly computed features instead (the end-to-end benchmark);
-    ``side``: further loss terms of this step (composed outfits, in-scene products);
+    ``side``: further loss terms of this step (``SideBatches``);
     ``attention_weight``: of ``attention_nll`` on the dataset's attention targets."""
     rows = batch if cache_rows is None else cache_rows
     cats = torch.from_numpy(ds.product_cat[rows[:, 1]])
