@@ -88,8 +88,15 @@ class CTLModel(nn.Module):
         self, g: torch.Tensor, regions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """f_s (B, D), f_i (B, R, D) and the keys f^_i (B, R, D) of a scene."""
-        regions = self.input_drop((regions - self.local_mean) / self.local_std)
+        regions = self._r(regions)
         return self.g_global(self._g(g)), self.g_local(regions), self.g_key(regions)
+
+    def _r(self, regions: torch.Tensor) -> torch.Tensor:
+        return self.input_drop((regions - self.local_mean) / self.local_std)
+
+    def region_style(self, regions: torch.Tensor) -> torch.Tensor:
+        """f_i (..., R, D) of any region grid (a scene's, a product photo's), as a scene's."""
+        return self.g_local(self._r(regions))
 
     def category_embeddings(self) -> torch.Tensor:
         """e^_c (C, D), unit length."""

@@ -117,6 +117,7 @@ def test_resume_continues_the_same_run(stl_dir: Path, tmp_path: Path) -> None:
     flags = ["--data", str(data_dir), "--cache", str(tmp_path / "cache"), "--backbone", "tiny"]
     flags += ["--eval-every", "1", "--batch-size", "16", "--negatives", "hard"]
     flags += ["--in-scene-weight", "0.5"]  # its own random stream is resumed too
+    flags += ["--region-style-weight", "0.5"]  # and this one's, on the region grids it adds
     whole = train(parse_options([*flags, "--out", str(tmp_path / "whole"), "--epochs", "3"]))
     part = tmp_path / "part"
     train(parse_options([*flags, "--out", str(part), "--epochs", "2"]))

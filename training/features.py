@@ -219,8 +219,15 @@ class FeatureCache:
 
     def array(self, kind: str, view: str) -> np.ndarray:
         """``scene_global`` (N, G), ``scene_regions`` (N, R, L), ``product_global`` (P, G) or
-        ``in_scene_global`` (E, G): row i is example i's product cut out of its scene."""
+        ``in_scene_global`` (E, G): row i is example i's product cut out of its scene; with
+        ``build_cache(regions=True)`` also ``product_regions`` (P, R, L) and
+        ``in_scene_regions`` (E, R, L)."""
         return np.load(self.path / f"{kind}-{view}.npy", mmap_mode="r")
+
+
+def regions_kind(kind: str) -> str:
+    """The region grids' array beside a global one: ``product_global`` -> ``product_regions``."""
+    return kind.removesuffix("_global") + "_regions"
 
 
 # --- building it ---------------------------------------------------------------------------
@@ -256,15 +263,17 @@ class ChunkBuilder:
         scenes: tuple[int, Callable[[int], Image.Image]],
         products: tuple[int, Callable[[int], Image.Image]],
         in_scene: tuple[int, Callable[[int], Image.Image]] | None = None,
+        regions: bool = False,
     ) -> tuple[FeatureCache, float]:
         """Every view's arrays of ``scenes``, ``products`` and ``in_scene`` (count, loader),
-        then ``meta.json``: the complete cache and the seconds spent computing."""
+        then ``meta.json``: the complete cache and the seconds spent computing. Scenes always
+        keep their region grids; products and in-scene crops only with ``regions``."""
         spent = 0.0
         for view in views:
-            spent += self.fill("scene_global", view, *scenes)
-            spent += self.fill("product_global", view, *products)
+            spent += self.fill("scene_global", view, *scenes, regions=True)
+            spent += self.fill("product_global", view, *products, regions=regions)
             if in_scene is not None:
-                spent += self.fill("in_scene_global", view, *in_scene)
+                spent += self.fill("in_scene_global", view, *in_scene, regions=regions)
             if view not in meta["views"]:
                 meta["views"].append(view)
         meta["seconds"] = float(meta["seconds"]) + spent
@@ -273,16 +282,24 @@ class ChunkBuilder:
             shutil.rmtree(self.chunk_dir)
         return FeatureCache(self.path, meta), spent
 
-    def fill(self, kind: str, view: str, n: int, load: Callable[[int], Image.Image]) -> float:
-        """Compute ``kind-view`` arrays for ``n`` images (scenes with their regions); returns
-        the seconds spent computing."""
-        regions = kind == "scene_global"
-        final = self.path / f"{kind}-{view}.npy"
-        if final.is_file() or n == 0:  # n == 0: an outfit cache of photos without compositions
+    def fill(
+        self,
+        kind: str,
+        view: str,
+        n: int,
+        load: Callable[[int], Image.Image],
+        regions: bool = False,
+    ) -> float:
+        """Compute ``kind-view`` arrays for ``n`` images (with ``regions``, their region grids
+        too: ``scene_global`` -> ``scene_regions``); returns the seconds spent computing."""
+        finals = [self.path / f"{kind}-{view}.npy"]
+        if regions:
+            finals.append(self.path / f"{regions_kind(kind)}-{view}.npy")
+        if all(f.is_file() for f in finals) or n == 0:  # n == 0: outfit photos, no compositions
             return 0.0
         self.chunk_dir.mkdir(parents=True, exist_ok=True)
         n_chunks = (n + CHUNK - 1) // CHUNK
-        todo = [c for c in range(n_chunks) if not self._chunk(kind, view, c).is_file()]
+        todo = [c for c in range(n_chunks) if not self._chunk(kind, view, c, regions).is_file()]
         if len(todo) < n_chunks:
             log.info(
                 "%s/%s: resuming, %d of %d chunks done", kind, view, n_chunks - len(todo), n_chunks
@@ -306,7 +323,7 @@ class ChunkBuilder:
                 arrays = {"global": g.astype(np.float16)}
                 if regions:
                     arrays["regions"] = r.astype(np.float16)
-                with atomic_path(self._chunk(kind, view, c)) as tmp:
+                with atomic_path(self._chunk(kind, view, c, regions)) as tmp:
                     np.savez(tmp, **arrays)  # type: ignore[arg-type]
                 done = n_chunks - len(todo) + k + 1
                 secs = time.perf_counter() - start
@@ -327,18 +344,19 @@ class ChunkBuilder:
         self._assemble(kind, view, n_chunks, regions)
         return elapsed
 
-    def _chunk(self, kind: str, view: str, c: int) -> Path:
-        return self.chunk_dir / f"{kind}-{view}-{c:05d}.npz"
+    def _chunk(self, kind: str, view: str, c: int, regions: bool) -> Path:
+        with_regions = "+regions" if regions and kind != "scene_global" else ""
+        return self.chunk_dir / f"{kind}{with_regions}-{view}-{c:05d}.npz"
 
     def _assemble(self, kind: str, view: str, n_chunks: int, regions: bool) -> None:
-        parts = [np.load(self._chunk(kind, view, c)) for c in range(n_chunks)]
+        parts = [np.load(self._chunk(kind, view, c, regions)) for c in range(n_chunks)]
         if regions:
-            with atomic_path(self.path / f"scene_regions-{view}.npy") as tmp:
+            with atomic_path(self.path / f"{regions_kind(kind)}-{view}.npy") as tmp:
                 np.save(tmp, np.concatenate([p["regions"] for p in parts]))
         with atomic_path(self.path / f"{kind}-{view}.npy") as tmp:
             np.save(tmp, np.concatenate([p["global"] for p in parts]))
         for c in range(n_chunks):
-            self._chunk(kind, view, c).unlink()
+            self._chunk(kind, view, c, regions).unlink()
 
 
 def build_cache(
@@ -349,10 +367,12 @@ def build_cache(
     batch_size: int = 32,
     engine: str = "auto",
     in_scene: bool = False,
+    regions: bool = False,
 ) -> tuple[FeatureCache, float]:
     """The complete cache for ``data`` and ``backbone`` (computing what is missing; with
-    ``in_scene``, the ``in_scene_global`` arrays too), and the seconds this call spent computing
-    features (0 when all was cached)."""
+    ``in_scene``, the ``in_scene_global`` arrays too; with ``regions``, the products' and
+    in-scene crops' region grids), and the seconds this call spent computing features (0 when
+    all was cached)."""
     unknown = set(views) - set(VIEWS)
     if unknown:
         raise ValueError(f"unknown views {sorted(unknown)}; choose from {list(VIEWS)}")
@@ -400,7 +420,7 @@ def build_cache(
     builder = ChunkBuilder(path, backbone, batch_size, engine)
     scenes, prods = (len(crops_list), load_crop), (len(products), load_product)
     extra = (len(examples), load_in_scene) if in_scene else None
-    return builder.fill_views(meta, views, scenes, prods, extra)
+    return builder.fill_views(meta, views, scenes, prods, extra, regions)
 
 
 def add_arguments(parser: argparse.ArgumentParser, settings: TrainingSettings) -> None:
@@ -441,12 +461,21 @@ class FeatureOptions:
         return cls(**values)
 
 
-def load_cache(opts: FeatureOptions, in_scene: bool = False) -> tuple[FeatureCache, float]:
+def load_cache(
+    opts: FeatureOptions, in_scene: bool = False, regions: bool = False
+) -> tuple[FeatureCache, float]:
     """The feature cache the options name, built where it is missing (see ``build_cache``)."""
     data = STLData.load(opts.data)
     backbone = build_backbone(opts.backbone, opts.backbone_weights)
     return build_cache(
-        data, backbone, opts.cache, opts.views, opts.batch_size_features, opts.engine, in_scene
+        data,
+        backbone,
+        opts.cache,
+        opts.views,
+        opts.batch_size_features,
+        opts.engine,
+        in_scene,
+        regions,
     )
 
 

@@ -14,6 +14,7 @@ need lands in the run directory. ``run`` orchestrates ``train_one_epoch`` and ``
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import time
@@ -38,6 +39,7 @@ from training.joint import OutfitDomain, outfit_loss, outfit_metrics
 from training.loss import NEGATIVES, CTLLoss, attention_nll, triplet_loss
 from training.outfit_features import build_outfit_cache
 from training.outfits import OutfitData, outfits_available
+from training.region_style import catalog_sampler, region_style_loss
 from training.sampling import Example, TripletSampler
 from training.split import split_scenes
 from training.stl import BBox, STLData
@@ -76,6 +78,7 @@ class TrainOptions(FeatureOptions):
     in_scene_weight: float
     item_pair_weight: float
     stl_attention: float
+    region_style_weight: float
     standardize: bool
 
     @property
@@ -86,6 +89,11 @@ class TrainOptions(FeatureOptions):
     def loss(self) -> CTLLoss:
         return CTLLoss(self.margin, self.negatives, self.contrastive, self.temperature)
 
+    @property
+    def in_scene(self) -> bool:
+        """Whether the run needs the products cut out of their scenes."""
+        return self.in_scene_weight > 0 or self.region_style_weight > 0
+
 
 @dataclass
 class Tensors:
@@ -95,16 +103,28 @@ class Tensors:
     scene_regions: torch.Tensor
     product_global: torch.Tensor
     in_scene: torch.Tensor | None = None  # (V, E, G): example i's product cut out of its scene
+    product_regions: torch.Tensor | None = None  # (V, P, R, L)
+    in_scene_regions: torch.Tensor | None = None  # (V, E, R, L)
 
     @classmethod
-    def load(cls, cache: FeatureCache, views: list[str], in_scene: bool = False) -> Tensors:
+    def load(
+        cls, cache: FeatureCache, views: list[str], in_scene: bool = False, regions: bool = False
+    ) -> Tensors:
+        """The arrays every run needs; ``in_scene`` and the ``regions`` of products and of
+        in-scene crops only when asked for."""
+
         def stack(kind: str) -> torch.Tensor:
             return torch.from_numpy(
                 np.stack([cache.array(kind, v) for v in views]).astype(np.float32)
             )
 
         g, r, p = (stack(k) for k in ("scene_global", "scene_regions", "product_global"))
-        return cls(g, r, p, stack("in_scene_global") if in_scene else None)
+        t = cls(g, r, p, stack("in_scene_global") if in_scene else None)
+        if regions:
+            t.product_regions, t.in_scene_regions = map(
+                stack, ("product_regions", "in_scene_regions")
+            )
+        return t
 
 
 @dataclass
@@ -197,21 +217,22 @@ class Dataset:
 class Streams:
     """The run's random streams, saved in ``last.pt`` so that a resumed run continues them:
     STL triplets (``rng``), views (``gen``), composed-outfit batches (``orng``), in-scene
-    product batches (``irng``), outfit item pairs (``prng``) and torch's global stream
-    (dropout)."""
+    product batches (``irng``), outfit item pairs (``prng``), region-style grids (``rrng``)
+    and torch's global stream (dropout)."""
 
     rng: np.random.Generator
     gen: torch.Generator
     orng: np.random.Generator
     irng: np.random.Generator
     prng: np.random.Generator
+    rrng: np.random.Generator
 
     @classmethod
     def seeded(cls, seed: int, model_seed: int) -> Streams:
         torch.manual_seed(model_seed)  # the dropout stream, independent of the model's size
         gen = torch.Generator().manual_seed(seed)
         # Each side stream is its own, so that the STL stream stays as it is without them.
-        side = (np.random.default_rng([seed, k]) for k in (16, 17, 18))
+        side = (np.random.default_rng([seed, k]) for k in (16, 17, 18, 19))
         return cls(np.random.default_rng(seed), gen, *side)
 
     def state(self) -> dict[str, Any]:
@@ -222,13 +243,14 @@ class Streams:
             "orng": self.orng.bit_generator.state,
             "irng": self.irng.bit_generator.state,
             "prng": self.prng.bit_generator.state,
+            "rrng": self.rrng.bit_generator.state,
         }
 
     def load(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
-        for name in ("orng", "irng", "prng"):
+        for name in ("orng", "irng", "prng", "rrng"):
             if name in state:
                 getattr(self, name).bit_generator.state = state[name]
 
@@ -556,6 +578,13 @@ def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
         "product to product)",
     )
     p.add_argument(
+        "--region-style-weight",
+        type=float,
+        default=0.0,
+        help="weight of region grids (catalog photos, products cut out of their scenes) pulled "
+        "to their product's embedding through the local head; 0: off",
+    )
+    p.add_argument(
         "--standardize",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -597,14 +626,15 @@ def run(opts: TrainOptions) -> dict[str, Any]:
     ``eval_every`` (the best checkpoint kept), ``last.pt`` after each; then ``metrics.json``."""
     out = opts.out
     t0 = time.perf_counter()
-    cache, feature_seconds = load_cache(opts, in_scene=opts.in_scene_weight > 0)
+    regions = opts.region_style_weight > 0
+    cache, feature_seconds = load_cache(opts, in_scene=opts.in_scene, regions=regions)
     seconds = {"features": feature_seconds, "features_wall": time.perf_counter() - t0}
     data = STLData.load(opts.data)
     ds = Dataset.build(cache, data, opts.seed)
     if opts.stl_attention > 0:
         ds.add_attention_targets(cache, data)
         log.info("attention targets: %d training crops", len(ds.attention_targets))
-    t = Tensors.load(cache, list(opts.views), in_scene=opts.in_scene_weight > 0)
+    t = Tensors.load(cache, list(opts.views), opts.in_scene, regions)
     model = build_model(opts, t, ds)
     t0 = time.perf_counter()
     outfits = Outfits.load(opts, ds.categories)
@@ -675,7 +705,7 @@ def side_batches(
     opts: TrainOptions, t: Tensors, ds: Dataset, outfits: Outfits, streams: Streams
 ) -> list[SideBatches]:
     """The weighted side losses the options ask for: composed outfits, in-scene products,
-    outfit item pairs."""
+    outfit item pairs, region grids of catalog photos and of in-scene products."""
     side = []
     dom, pairs = outfits.domain, outfits.pairs
     if dom is not None and opts.outfit_weight > 0:
@@ -700,6 +730,22 @@ def side_batches(
                 lambda m, b: item_pair_loss(m, pairs, b, opts.margin),
             )
         )  # fmt: skip
+    if opts.region_style_weight > 0:
+        assert t.product_regions is not None and t.in_scene_regions is not None
+        in_scene = TripletSampler(ds.in_scene, ds.product_cat, ds.scene_products)
+        for sampler, grids in (
+            (catalog_sampler(ds.product_cat), t.product_regions),
+            (in_scene, t.in_scene_regions),
+        ):
+            side.append(
+                SideBatches(
+                    sampler, streams.rrng, opts.batch_size, opts.region_style_weight,
+                    functools.partial(
+                        region_style_loss, grids=grids, product_global=t.product_global,
+                        margin=opts.margin, rng=streams.rrng,
+                    ),
+                )
+            )  # fmt: skip
     return side
 
 

@@ -118,7 +118,9 @@ def embed_all(
         name = "scene_global" if kind == "scenes" else "product_global"
         if (path / f"{name}-orig.npy").is_file():
             log.info("using cached backbone features %s", path)
-        ChunkBuilder(path, backbone, bs, "auto").fill(name, "orig", len(keys), load)
+        ChunkBuilder(path, backbone, bs, "auto").fill(
+            name, "orig", len(keys), load, regions=kind == "scenes"
+        )
         arrays = FeatureCache(path, {})
         regions = arrays.array("scene_regions", "orig") if kind == "scenes" else np.zeros(0)
         return np.asarray(arrays.array(name, "orig"), np.float32), np.asarray(regions, np.float32)
