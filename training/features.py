@@ -345,8 +345,8 @@ class ChunkBuilder:
         return elapsed
 
     def _chunk(self, kind: str, view: str, c: int, regions: bool) -> Path:
-        with_regions = "+regions" if regions and kind != "scene_global" else ""
-        return self.chunk_dir / f"{kind}{with_regions}-{view}-{c:05d}.npz"
+        # A chunk without region grids must not pass for one with them (added to a cache later).
+        return self.chunk_dir / f"{kind}{'+regions' if regions else ''}-{view}-{c:05d}.npz"
 
     def _assemble(self, kind: str, view: str, n_chunks: int, regions: bool) -> None:
         parts = [np.load(self._chunk(kind, view, c, regions)) for c in range(n_chunks)]
