@@ -23,7 +23,7 @@ from model.runtime import SceneEmbedding
 from service.budget import UploadBudget
 from service.cache import Cache, pack_embedding, unpack_embedding
 from service.config import Settings
-from service.images import Upload, decode_image, read_upload, too_large
+from service.images import Upload, decode_upload, read_upload, too_large
 from service.metrics import ServiceMetrics
 from service.serving import Serving
 
@@ -93,7 +93,7 @@ class Pipeline:
             raise unknown_scene(sha256)
         max_pixels, encoder = self.settings.max_image_pixels, self.serving.encoder
         emb = await self.serving.batcher.submit(
-            upload, lambda u: encoder.prepare(decode_image(u, max_pixels, encoder.input_size))
+            upload, lambda u: encoder.prepare(decode_upload(u, max_pixels, encoder.input_size))
         )
         await self.cache.set(self._embedding_key(sha256), pack_embedding(emb))
         return emb, False

@@ -12,7 +12,7 @@ from index.search import Product, Similar, similar, similar_to_product
 from index.store import quote
 from service.deps import DEFAULT_K, ServingDep, check_category, check_k, pipeline
 from service.errors import UNAVAILABLE, responses
-from service.images import decode_image
+from service.images import decode_upload
 from service.routes.recommend import ERRORS, ImageField, KField, KQuery
 from service.schemas import Categories, ProductInfo, SimilarResponse
 from service.serving import Serving
@@ -107,7 +107,7 @@ async def similar_to_photo(
     check_category(pipe.serving, category)
     async with pipe.upload(image) as upload:
         photo = await asyncio.to_thread(
-            decode_image, upload, pipe.settings.max_image_pixels, pipe.serving.encoder.input_size
+            decode_upload, upload, pipe.settings.max_image_pixels, pipe.serving.encoder.input_size
         )
     vector = await pipe.serving.embed_product(photo)
     found = await asyncio.to_thread(similar, pipe.serving.catalog, vector, category, k)
