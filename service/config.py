@@ -32,6 +32,9 @@ class Settings(IndexSettings):
     # request that finds no room waits up to upload_wait_s, then gets 503 + Retry-After.
     upload_budget_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     upload_wait_s: float = Field(default=10.0, ge=0)
+    # Decoded pixels held at once by all requests together (the same kind of budget, the same
+    # wait): a small PNG can decode into hundreds of MB.
+    pixel_budget_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     max_batch_items: int = 32
     # Scenes per encoder call; 0: 4 when calls run on several CPU lanes (a lane's batch is
     # decoded and encoded on one core, so small batches spread the work; docs/performance.md),

@@ -93,7 +93,7 @@ async def add_product(
             f"unknown category {quote(category)}; valid: {', '.join(serving.encoder.categories)}",
         )
     store = IndexStore.for_artifacts(settings.artifacts_dir)
-    async with pipe.upload(image) as upload:
+    async with pipe.upload(image) as upload, pipe.decoding(upload):
         await asyncio.to_thread(decode_upload, upload, settings.max_image_pixels)
         product = NewProduct(product_id, category, upload.data)
         try:
