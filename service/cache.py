@@ -53,6 +53,12 @@ class Cache(Protocol):
 
     async def set(self, key: str, value: bytes) -> None: ...
 
+    async def keep(self, key: str, value: bytes) -> bool:
+        """Store ``value`` now (not queued), its expiry starting anew (a stored scene); whether
+        it is where every replica reads (``False``: Redis was unreachable, only this process
+        has it)."""
+        ...
+
     async def close(self) -> None:
         """Finish the writes under way and let go of connections and memory."""
         ...
@@ -82,6 +88,11 @@ class MemoryCache:
         if self._items is not None:
             with self._lock:
                 self._items[key] = value
+
+    async def keep(self, key: str, value: bytes) -> bool:
+        """Set anew: a TTLCache entry set again expires ``ttl_s`` from now."""
+        await self.set(key, value)
+        return True
 
     async def close(self) -> None:
         if self._items is not None:
@@ -164,6 +175,19 @@ class RedisCache:
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
 
+    async def keep(self, key: str, value: bytes) -> bool:
+        """One SET with the full expiry, awaited (a stored scene must reach Redis, or the
+        caller must know it did not); ``False`` while Redis is bypassed or when it fails."""
+        if not self._available():
+            return False
+        try:
+            await self._redis.set(self._prefix + key, value, ex=self._ttl)
+        except Exception as exc:
+            self._failed("set", exc)
+            return False
+        self._succeeded()
+        return True
+
     async def _write(self) -> None:
         """Send the queued writes, a pipeline at a time, until none is left."""
         while self._queued and self._available():
@@ -214,6 +238,10 @@ class TieredCache:
     async def set(self, key: str, value: bytes) -> None:
         await self._near.set(key, value)
         await self._far.set(key, value)
+
+    async def keep(self, key: str, value: bytes) -> bool:
+        await self._near.keep(key, value)
+        return await self._far.keep(key, value)
 
     async def close(self) -> None:
         await self._near.close()

@@ -94,11 +94,21 @@ class Pipeline:
         (cached,) = await self.cache.get_many([self._embedding_key(upload.sha256)])
         return await self._embedding(upload.sha256, upload, cached)
 
+    async def store_scene(self, upload: Upload) -> tuple[bool, bool]:
+        """Embed ``upload`` (or find its embedding) and store it for the GETs of ``/scenes``
+        with a full expiry again: (whether it was known, whether every replica can read it)."""
+        key = self._embedding_key(upload.sha256)
+        (cached,) = await self.cache.get_many([key])
+        emb, known = await self._embedding(upload.sha256, upload, cached, write=False)
+        data = cached if known and cached is not None else pack_embedding(emb)
+        return known, await self.cache.keep(key, data)
+
     async def _embedding(
-        self, sha256: str, upload: Upload | None, cached: bytes | None
+        self, sha256: str, upload: Upload | None, cached: bytes | None, write: bool = True
     ) -> tuple[SceneEmbedding, bool]:
         """``cached`` (the embedding cache's bytes for the scene), else a pass of ``upload``
-        through the encoder; without an upload (a stored scene), 404."""
+        through the encoder, cached unless ``write`` is false; without an upload (a stored
+        scene), 404."""
         emb = unpack_embedding(cached) if cached is not None else None
         if emb is not None:
             self.metrics.cache_hits["embedding"].inc()
@@ -111,7 +121,8 @@ class Pipeline:
             emb = await self.serving.batcher.submit(
                 upload, lambda u: encoder.prepare(decode_upload(u, max_pixels, encoder.input_size))
             )
-        await self.cache.set(self._embedding_key(sha256), pack_embedding(emb))
+        if write:
+            await self.cache.set(self._embedding_key(sha256), pack_embedding(emb))
         return emb, False
 
     def _result_key(self, sha256: str, category: str, k: int) -> str:

@@ -94,9 +94,14 @@ class SceneCreated(BaseModel):
         examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
     )
     expires_in: int = Field(
-        description="seconds the scene is kept at most (it may be evicted sooner: then upload "
-        "it again)",
+        description="seconds the scene is kept at most, from now (posting it again starts the "
+        "expiry anew; it may be evicted sooner: then upload it again)",
         examples=[86400],
+    )
+    shared: bool = Field(
+        description="whether every replica can answer for the scene; false when Redis was "
+        "unreachable and only the replica that answered keeps it (post it again later)",
+        examples=[True],
     )
 
 

@@ -304,6 +304,47 @@ def test_redis_stopped_mid_test_is_bypassed_then_reconnected(stl_dir: Path) -> N
         _stop(server)
 
 
+@pytest.mark.redis
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_a_scene_stored_while_redis_is_down_says_so_and_reaches_redis_when_posted_again(
+    stl_dir: Path,
+) -> None:
+    """Two replicas on one private Redis. A scene POSTed to one while Redis is down is only
+    its own (the answer says so); posted again once Redis answers, it reaches Redis, the other
+    replica answers for it, and its expiry starts anew (the answer's ``expires_in`` is true)."""
+    port = free_port()
+    server = _start_redis(port)
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        artifacts = tiny_artifacts(stl_dir)
+        one = settings_for(artifacts, stl_dir, redis_url=url, redis_retry_s=0.3, cache_ttl_s=100)
+        other = settings_for(artifacts, stl_dir, redis_url=url, cache_size=0, cache_ttl_s=100)
+        photo = {"image": ("s.jpg", scene(stl_dir, 31), "image/jpeg")}
+        with serve(one) as a, serve(other) as b:
+            category = a.get("/categories").json()["categories"][0]["name"]
+            _stop(server)
+            first = a.post("/scenes", files=photo)
+            assert first.status_code == 201 and first.json()["shared"] is False, first.text
+            path = f"/scenes/{first.json()['scene_id']}/complete-the-look"
+            assert a.get(path, params={"category": category}).status_code == 200
+
+            server = _start_redis(port)  # empty: it never saw the scene
+            time.sleep(0.4)  # past the retry interval
+            again = a.post("/scenes", files=photo)
+            assert again.status_code == 200 and again.json()["shared"] is True, again.text
+            answer = b.get(path, params={"category": category})
+            assert answer.status_code == 200, answer.text
+
+            direct = redis.Redis(port=port)
+            (key,) = direct.keys("*emb:*")
+            direct.expire(key, 5)  # as if 95 of its 100 seconds had passed
+            third = a.post("/scenes", files=photo)
+            assert third.status_code == 200 and third.json()["expires_in"] == 100
+            assert direct.ttl(key) > 90, direct.ttl(key)
+    finally:
+        _stop(server)
+
+
 def test_hanging_redis_costs_one_timeout_then_is_skipped(stl_dir: Path) -> None:
     """A server that accepts connections and never answers (a 'slow' Redis)."""
     listener = socket.socket()

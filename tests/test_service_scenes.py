@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,23 @@ def test_an_evicted_scene_is_404(stl_dir: Path) -> None:
         upload(client, scene(stl_dir, 73))  # the only cache slot now holds this one
         r = client.get(f"/scenes/{first}/complete-the-look", params={"category": category})
         assert r.status_code == 404, r.text
+
+
+def test_posting_a_scene_again_starts_its_expiry_anew(stl_dir: Path) -> None:
+    """The answer says ``expires_in`` from now: a repeat POST must make that true (the probe
+    saw the scene expire at the first POST's time, in memory and in Redis alike)."""
+    settings = settings_for(tiny_artifacts(stl_dir), stl_dir, cache_ttl_s=3)
+    with serve(settings) as client:
+        category = client.get("/categories").json()["categories"][0]["name"]
+        first = upload(client, scene(stl_dir, 74))
+        assert first.status_code == 201 and first.json()["expires_in"] == 3
+        time.sleep(2)
+        again = upload(client, scene(stl_dir, 74))
+        assert again.status_code == 200 and again.json()["expires_in"] == 3
+        time.sleep(2)  # past the first POST's expiry, within the second's
+        scene_id = first.json()["scene_id"]
+        r = client.get(f"/scenes/{scene_id}/complete-the-look", params={"category": category})
+        assert r.status_code == 200, r.text
 
 
 def test_an_index_reload_between_upload_and_get_answers_from_the_new_version(

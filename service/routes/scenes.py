@@ -56,7 +56,9 @@ GET_ERRORS = responses(
 )
 async def create_scene(request: Request, image: ImageField, response: Response) -> dict:
     """Embed the scene and keep it for follow-up questions: 201 with its id, or 200 with the
-    same id when it is stored already. 501 where the service keeps no scenes (no cache)."""
+    same id when it is stored already (its expiry starts again). ``shared`` is false when Redis
+    was unreachable: only this replica knows the scene until it is posted again. 501 where the
+    service keeps no scenes (no cache)."""
     pipe = await pipeline(request, "image")
     if not pipe.cache.keeps:
         raise HTTPException(
@@ -65,10 +67,11 @@ async def create_scene(request: Request, image: ImageField, response: Response) 
             "send the photo with each question to POST /complete-the-look instead",
         )
     async with pipe.upload(image) as upload:
-        _, known = await pipe.embed(upload)
+        known, shared = await pipe.store_scene(upload)
     if known:
         response.status_code = status.HTTP_200_OK
-    return {"scene_id": upload.sha256, "expires_in": pipe.settings.cache_ttl_s}
+    # Stored anew either way: the expiry starts again now.
+    return {"scene_id": upload.sha256, "expires_in": pipe.settings.cache_ttl_s, "shared": shared}
 
 
 @router.get("/{scene_id}/complete-the-look", response_model=CompleteTheLook, responses=GET_ERRORS)
