@@ -88,10 +88,14 @@ class Follower:
         if current is None or published == (current.model_version, current.index_version):
             return False  # this process published it (or loaded it) itself
         try:
-            await self._manager.load(reload_encoder=published[0] != current.model_version)
+            await self._manager.load(
+                reload_encoder=published[0] != current.model_version, unless_serving=published
+            )
         except Exception as exc:  # keep serving the old versions
             log.warning("cannot follow model %s / index %s: %s", *published, exc)
             return False
+        if self._manager.current is current:
+            return False  # this process's own admin route loaded it meanwhile
         log.info("followed the published versions: model %s / index %s", *published)
         return True
 

@@ -172,14 +172,29 @@ class ServingManager:
         self._retiring: set[asyncio.Task[None]] = set()
         self.current: Serving | None = None
 
-    async def load(self, reload_encoder: bool = True) -> Serving:
+    async def load(
+        self,
+        reload_encoder: bool = True,
+        unless_serving: tuple[str | None, str | None] = (None, None),
+    ) -> Serving:
         """Load the newest encoder and index (off the event loop) and make them current.
 
         ``reload_encoder=False`` keeps the current encoder (a catalog update). Returns the
         serving unit it replaced (or the new one on the first load); the old one keeps
         serving the requests that hold it and is retired when they are done.
+
+        ``unless_serving``: the (model, index) versions published; when they are served
+        already, nothing is loaded and the current unit is returned. Checked under the lock:
+        the process that published a version and its follower, which both see the new
+        version, load it once between them.
         """
         async with self._lock:
+            current = self.current
+            if current is not None and unless_serving == (
+                current.model_version,
+                current.index_version,
+            ):
+                return current
             if reload_encoder or self.current is None:
                 encoder = await asyncio.to_thread(self._encoder_loader, self._settings)
             else:

@@ -23,9 +23,11 @@ from service_support import (
 )
 
 from index.build import remove_products
+from index.search import CatalogIndex
 from index.store import IndexStore
 from model.runtime import Encoder, OnnxEncoder, SceneEmbedding
 from service.config import Settings
+from service.serving import load_current_catalog
 
 
 class SlowEncoder:
@@ -243,3 +245,39 @@ def test_the_admin_token_is_checked_before_the_body_is_read(stl_dir: Path) -> No
         asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
         assert sent[0]["status"] in (401, 403)
         assert reads == [], f"the body was read ({len(reads)} chunks) before the token check"
+
+
+def test_the_writing_replica_loads_each_published_version_once(
+    stl_dir: Path, tmp_path: Path
+) -> None:
+    """The admin route loads what it published while the process's follower, polling fast,
+    sees the same new version: one load between them (the probe saw two on some writes)."""
+    artifacts = copy_artifacts(stl_dir, tmp_path)
+    catalog = IndexStore.for_artifacts(artifacts).load()
+    category = catalog.categories[0]
+    photo = next(
+        p
+        for p in sorted((stl_dir / "images" / "products").glob("*.jpg"))
+        if catalog.product(p.stem) is None
+    )
+    loads: list[str] = []
+
+    def slow_catalog_loader(settings: Settings) -> CatalogIndex:
+        loaded = load_current_catalog(settings)
+        loads.append(loaded.version)
+        time.sleep(0.5)  # the follower polls meanwhile and sees the new version too
+        return loaded
+
+    settings = settings_for(artifacts, stl_dir, follow_interval_s=0.05)
+    with serve(settings, catalog_loader=slow_catalog_loader) as client:
+        for n in range(3):
+            add = client.post(
+                "/admin/products",
+                headers=admin_headers(),
+                data={"product_id": f"once-{n}", "category": category},
+                files={"image": ("p.jpg", photo.read_bytes(), "image/jpeg")},
+            )
+            assert add.status_code == 200, add.text
+        time.sleep(1.0)  # time for a late second load by the follower
+        versions = IndexStore.for_artifacts(artifacts).versions()
+    assert len(set(loads)) == 4 and len(loads) == 4, (loads, versions)

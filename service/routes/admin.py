@@ -19,6 +19,7 @@ from index.store import (
 from model.runtime import ArtifactError
 from service.deps import AdminDep, pipeline
 from service.errors import AUTH, UNAVAILABLE, UPLOAD, responses
+from service.follow import published_versions
 from service.images import decode_upload
 from service.routes.recommend import ImageField
 from service.schemas import CatalogUpdate, Reloaded
@@ -30,11 +31,18 @@ ID_FORMAT = "1-128 characters of A-Z a-z 0-9 . _ -, not starting with a dot"
 
 async def _switch(request: Request, reload_encoder: bool) -> tuple[Serving, Serving]:
     """Serve the newest versions: (the unit replaced, the one now served); 409 (still serving
-    the old ones) when they do not load."""
+    the old ones) when they do not load. A catalog update (``reload_encoder=False``) loads the
+    version it published only if this process's follower has not loaded it already."""
     manager: ServingManager = request.app.state.manager
     reloads = request.app.state.metrics.reloads
+    settings = request.app.state.settings
+    published = (
+        (None, None)
+        if reload_encoder
+        else await asyncio.to_thread(published_versions, settings.artifacts_dir)
+    )
     try:
-        old = await manager.load(reload_encoder=reload_encoder)
+        old = await manager.load(reload_encoder=reload_encoder, unless_serving=published)
     except (ArtifactError, IndexStoreError, OSError, ValueError, KeyError) as exc:
         reloads.labels("failed").inc()
         raise HTTPException(
