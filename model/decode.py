@@ -39,6 +39,13 @@ _UPRIGHT = {
     8: Image.Transpose.ROTATE_90,
 }
 
+# Pillow keeps a big image in blocks of 16 MiB, under glibc's largest mmap threshold (32 MiB):
+# freed, they stay in the malloc arena of the thread that decoded, so each decoding thread kept
+# the memory of the largest image it had decoded. Decoding a 6000x6600 PNG 24 times, one at a
+# time, in 6 threads: RSS 996 MiB at the peak, 881 MiB after. Blocks of 64 MiB are mmapped and
+# given back when freed: 356 and 228 MiB. Small images (under a block) are allocated as before.
+Image.core.set_block_size(64 * 1024 * 1024)
+
 DecodeErrorKind = Literal["unsupported", "too_large", "corrupt"]
 
 
