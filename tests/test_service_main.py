@@ -148,8 +148,8 @@ def test_two_workers_serve_and_merge_their_metrics(stl_dir: Path) -> None:
             if (m := re.fullmatch(r"counter_(\d+)\.db", f.name))
         }
         assert len(counted) >= 2, f"only workers {counted} counted requests"
-        totals = set()
-        for _ in range(6):  # whichever worker answers, it reports every worker's count
+
+        def healthz_count() -> float:
             text = _get(f"{base}/metrics")[1]
             found = re.search(
                 r'^ctl_http_requests_total\{endpoint="/healthz",method="GET",status="200"\} (\S+)$',
@@ -157,8 +157,16 @@ def test_two_workers_serve_and_merge_their_metrics(stl_dir: Path) -> None:
                 re.M,
             )
             assert found, text[:2000]
-            totals.add(float(found[1]))
-        assert totals == {40.0}
+            return float(found[1])
+
+        # A worker counts a request after its answer is sent: on a busy machine the last
+        # increments land a moment after the 40th answer, so wait for the count first.
+        deadline = time.monotonic() + 30
+        while (count := healthz_count()) != 40.0:
+            assert count < 40.0 and time.monotonic() < deadline, f"/healthz counted {count}"
+            time.sleep(0.05)
+        # whichever worker answers, it reports every worker's count
+        assert {healthz_count() for _ in range(6)} == {40.0}
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
