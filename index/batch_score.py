@@ -306,7 +306,9 @@ def main(argv: list[str]) -> int:
         return 1
     cats = [] if args.categories == "all" else [c.strip() for c in args.categories.split(",")]
     if args.categories != "all" and not all(cats):
-        log.error("--categories has an empty name: 'all' or a comma-separated list of names")
+        log.error(
+            "ctl batch-score: --categories has an empty name: 'all' or a comma-separated list"
+        )
         return 2
     try:
         report = run(

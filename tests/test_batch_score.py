@@ -3,19 +3,30 @@ POST /complete-the-look answers for the same scenes, the corrupt file in the err
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_support import post_scene, scene_files, serve, settings_for, tiny_artifacts
+from broken_exif import broken_exif_photos
+from conftest import STL_DIR
+from PIL import Image
+from service_support import encode, post_scene, scene_files, serve, settings_for, tiny_artifacts
 
-from index.batch_score import read_inputs, run
+from index.batch_score import main, read_inputs, run
+from index.config import IndexSettings
 
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
 
 SCENES = 24
 K = 5
+
+
+def tiny_artifacts_for_job() -> Path:
+    if not (STL_DIR / "fashion.json").is_file():
+        pytest.skip(f"real data not found at {STL_DIR}")
+    return tiny_artifacts(STL_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +69,57 @@ def test_batch_job_matches_the_http_answers(local_ray: None, stl_dir: Path, tmp_
                 for r, p in zip(job, answer["products"], strict=True):
                     for field in ("d_star", "d_global", "d_local"):
                         assert r[field] == pytest.approx(p[field], abs=1e-5)
+
+
+def test_the_job_applies_the_service_limits_and_scores_broken_exif(
+    local_ray: None, tmp_path: Path
+) -> None:
+    """The probe's files: broken-EXIF photos are scored (the EXIF ignored, never a failed
+    job); a GIF named .jpg and a PNG over the pixel limit get error rows, as the service
+    refuses them."""
+    artifacts = tiny_artifacts_for_job()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, data in broken_exif_photos().items():
+        (photos / name).write_bytes(data)
+    (photos / "gif.jpg").write_bytes(encode(Image.new("RGB", (8, 8)), "GIF"))
+    (photos / "big.png").write_bytes(encode(Image.new("RGB", (300, 200)), "PNG"))
+    settings = IndexSettings(max_image_pixels=50_000)
+    report = run(read_inputs(photos), artifacts, tmp_path / "out", k=2, actors=1, settings=settings)
+    errors = {
+        Path(e["scene"]).name: e["error"]
+        for e in pq.read_table(tmp_path / "out" / "errors").to_pylist()
+    }
+    assert set(errors) == {"gif.jpg", "big.png"}, errors
+    assert "unsupported image format GIF" in errors["gif.jpg"]
+    assert "over the limit of 50000 pixels" in errors["big.png"]
+    scored = {
+        Path(r["scene"]).name for r in pq.read_table(tmp_path / "out" / "results").to_pylist()
+    }
+    assert scored == set(broken_exif_photos()) and report["errors"] == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (["--k", "0"], "k must be between 1 and 100, got 0"),
+        (["--k", "-3"], "k must be between 1 and 100, got -3"),
+        (["--k", "101"], "k must be between 1 and 100, got 101"),
+        (["--categories", "Nope"], "unknown categories 'Nope'; valid categories: "),
+        (["--categories", "Shoes,,Pants"], "--categories has an empty name"),
+    ],
+)
+def test_bad_options_exit_non_zero_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+    options: list[str], words: str,
+) -> None:  # fmt: skip
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(broken_exif_photos()["broken.jpg"])
+    argv = [str(photos), "--artifacts", str(tiny_artifacts_for_job()), "--out", str(tmp_path / "o")]
+    with caplog.at_level(logging.ERROR):
+        assert main([*argv, *options]) == 2
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(lines) == 1 and words in lines[0], lines
+    assert "\n" not in lines[0] and capsys.readouterr().out == ""
+    assert not (tmp_path / "o").exists()

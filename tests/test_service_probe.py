@@ -78,8 +78,10 @@ def test_a_photo_with_broken_exif_is_answered_on_every_route(
     _no_5xx(client)
 
 
-def test_repeated_query_parameters_are_422_as_on_post(client: TestClient, category: str) -> None:
-    stored = client.post("/scenes", files={"image": ("s.jpg", broken_exif_photos()["broken.jpg"])})
+def test_repeated_query_parameters_are_422_as_on_post(
+    client: TestClient, stl_dir: Path, category: str
+) -> None:
+    stored = client.post("/scenes", files={"image": ("s.jpg", scene(stl_dir, 3))})
     scene_id = stored.json()["scene_id"]
     some = client.get(f"/scenes/{scene_id}/complete-the-look/all?k=1").json()
     other = next(c for c in some["results"] if c != category)
