@@ -10,6 +10,8 @@ worker writes its values there, and ``/metrics`` from any worker merges all of t
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from pathlib import Path
 
 import prometheus_client
 from prometheus_client import (
@@ -19,6 +21,8 @@ from prometheus_client import (
     Histogram,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -94,10 +98,15 @@ class ServiceMetrics:
         self._serving: tuple[str, str] | None = None
 
     def serving(self, model_version: str, index_version: str) -> None:
-        """Mark this version pair as served (value 1) and the previous one as not."""
+        """Mark this version pair as served (value 1) and the previous one as not.
+
+        Across workers a series cannot be removed (prometheus_client warns at each try): the
+        old pair is set to 0 there, and the exposition leaves out the pairs at 0.
+        """
         if self._serving is not None:
             self.versions.labels(*self._serving).set(0)
-            self.versions.remove(*self._serving)
+            if multiprocess_dir() is None:
+                self.versions.remove(*self._serving)
         self._serving = (model_version, index_version)
         self.versions.labels(*self._serving).set(1)
 
@@ -110,6 +119,36 @@ class ServiceMetrics:
         directory = multiprocess_dir()
         if directory is None:
             return prometheus_client.generate_latest(self.registry)
+        _forget_dead_workers(directory)
         merged = CollectorRegistry()
-        multiprocess.MultiProcessCollector(merged, path=directory)
+        merged.register(_ServedOnly(multiprocess.MultiProcessCollector(None, path=directory)))
         return prometheus_client.generate_latest(merged)
+
+
+def _forget_dead_workers(directory: str) -> None:
+    """Drop the live gauges of workers that are gone: uvicorn restarts a worker that died
+    without the worker's own cleanup (``mark_process_dead`` at its shutdown), and its last
+    versions would count as served for ever."""
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(int(pid), directory)
+        except PermissionError:  # alive, another user's
+            pass
+
+
+class _ServedOnly(Collector):
+    """The merged metrics, with only the version pairs some live worker serves (value 1)."""
+
+    def __init__(self, inner: Collector) -> None:
+        self._inner = inner
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self._inner.collect():
+            if metric.name == "ctl_serving_info":
+                metric.samples = [s for s in metric.samples if s.value]
+            yield metric
