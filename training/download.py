@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import io
 import json
 import logging
 import re
@@ -21,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
 from tenacity import (
     Retrying,
     before_sleep_log,
@@ -33,6 +31,7 @@ from tenacity import (
 
 from index.atomic import write_bytes
 from index.progress import Progress
+from model.decode import DecodeError, decode_image
 from training.stl import load_pairs
 
 log = logging.getLogger(__name__)
@@ -83,14 +82,12 @@ def image_path(out: Path, job: Job) -> Path:
 
 
 def check_image(data: bytes) -> None:
-    """Raise ``FetchError`` unless ``data`` decodes fully as an image (header and pixels)."""
+    """Raise ``FetchError`` unless ``data`` decodes fully (header and pixels) by the decoder
+    that training and serving use (``model.decode``)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.verify()
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-    except Exception as exc:  # PIL raises many types for broken files
-        raise FetchError("not_an_image", f"{type(exc).__name__}: {exc}", retry=False) from exc
+        decode_image(data)
+    except DecodeError as exc:
+        raise FetchError("not_an_image", str(exc), retry=False) from exc
 
 
 def is_valid_image(path: Path) -> bool:
