@@ -1,11 +1,11 @@
-"""The one image decoder of every path: service uploads, ``ctl batch-score``, ``ctl index`` and
-the training feature cache. Numpy-free, torch-free: Pillow only.
+"""The one image decoder of every path: service uploads, ``ctl batch-score``, ``ctl index``, the
+training feature cache and ``ctl download``'s check. Torch-free: Pillow only.
 
 One contract, whatever the bytes: an RGB image with its pixels loaded, or :class:`DecodeError`
 saying what is wrong (its ``kind`` tells a caller which answer to give: the service maps it to
 415, 413 or 422). The header is checked for format and pixel count before any pixel is decoded
-(decompression bombs). A broken EXIF block is no reason to refuse a photo: its orientation is
-then ignored (the pixels are used as stored) and the problem logged at debug level.
+(decompression bombs). A broken EXIF block is no reason to refuse a photo: when its orientation
+cannot be read, the pixels are used as stored and the problem is logged at debug level.
 """
 
 from __future__ import annotations
