@@ -220,7 +220,6 @@ def run(
     device: str = "cpu",
     address: str | None = None,
     encoder_batch: int = 4,
-    settings: IndexSettings | None = None,
 ) -> dict[str, Any]:
     """Score ``inputs`` on Ray; write ``out/results/*.parquet`` and ``out/errors/*.parquet``.
 
@@ -228,13 +227,13 @@ def run(
     the encoder on ``encoder_batch`` of them at a time (docs/performance.md).
 
     ``actors`` encoder actors of ``threads`` ONNX threads each (0: one per ``threads`` cores).
-    The photos are held to the service's limits (``settings``: ``CTL_MAX_UPLOAD_BYTES``,
+    The photos are held to the service's limits (``CTL_MAX_UPLOAD_BYTES``,
     ``CTL_MAX_IMAGE_PIXELS``); ``k`` and ``categories`` are checked as the service checks them
-    (:class:`OptionError`).
+    (``CTL_MAX_K``; :class:`OptionError`).
     """
     import ray
 
-    settings = settings or IndexSettings()
+    settings = IndexSettings()
     check_options(artifacts, categories, k, settings.max_k)
 
     if not ray.is_initialized():

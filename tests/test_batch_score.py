@@ -14,7 +14,6 @@ from PIL import Image
 from service_support import encode, post_scene, scene_files, serve, settings_for, tiny_artifacts
 
 from index.batch_score import main, read_inputs, run
-from index.config import IndexSettings
 
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -72,7 +71,7 @@ def test_batch_job_matches_the_http_answers(local_ray: None, stl_dir: Path, tmp_
 
 
 def test_the_job_applies_the_service_limits_and_scores_broken_exif(
-    local_ray: None, tmp_path: Path
+    local_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The probe's files: broken-EXIF photos are scored (the EXIF ignored, never a failed
     job); a GIF named .jpg and a PNG over the pixel limit get error rows, as the service
@@ -84,8 +83,8 @@ def test_the_job_applies_the_service_limits_and_scores_broken_exif(
         (photos / name).write_bytes(data)
     (photos / "gif.jpg").write_bytes(encode(Image.new("RGB", (8, 8)), "GIF"))
     (photos / "big.png").write_bytes(encode(Image.new("RGB", (300, 200)), "PNG"))
-    settings = IndexSettings(max_image_pixels=50_000)
-    report = run(read_inputs(photos), artifacts, tmp_path / "out", k=2, actors=1, settings=settings)
+    monkeypatch.setenv("CTL_MAX_IMAGE_PIXELS", "50000")  # the service's setting, read by the job
+    report = run(read_inputs(photos), artifacts, tmp_path / "out", k=2, actors=1)
     errors = {
         Path(e["scene"]).name: e["error"]
         for e in pq.read_table(tmp_path / "out" / "errors").to_pylist()
@@ -115,7 +114,7 @@ def test_bad_options_exit_non_zero_with_one_line(
 ) -> None:  # fmt: skip
     photos = tmp_path / "photos"
     photos.mkdir()
-    (photos / "a.jpg").write_bytes(broken_exif_photos()["broken.jpg"])
+    (photos / "a.jpg").write_bytes(encode(Image.new("RGB", (64, 48)), "JPEG"))
     argv = [str(photos), "--artifacts", str(tiny_artifacts_for_job()), "--out", str(tmp_path / "o")]
     with caplog.at_level(logging.ERROR):
         assert main([*argv, *options]) == 2
