@@ -78,27 +78,6 @@ def test_in_scene_rows_are_the_product_cut_out_of_its_scene(tmp_path: Path) -> N
     assert not np.allclose(cache.array("in_scene_global", "orig")[2], whole[0], atol=1e-3)
 
 
-def test_product_and_in_scene_region_grids_are_added_when_asked_for(tmp_path: Path) -> None:
-    data = make_data(tmp_path / "data")
-    bb = build_backbone("tiny")
-    plain, _ = build_cache(data, bb, tmp_path / "cache", views=("orig",), in_scene=True)
-    assert not (plain.path / "product_regions-orig.npy").exists()
-    cache, spent = build_cache(
-        data, bb, tmp_path / "cache", views=("orig",), in_scene=True, regions=True
-    )
-    assert spent > 0 and cache.path == plain.path
-    grids = cache.array("product_regions", "orig")
-    assert grids.shape == (8, 49, bb.local_dim)
-    assert cache.array("in_scene_regions", "orig").shape == (len(cache.examples), 49, bb.local_dim)
-    img = Image.open(data.product_path(cache.products[3]))
-    _, ref = compute_features(bb, [img], engine="torch")
-    np.testing.assert_allclose(grids[3], ref[0], rtol=1e-2, atol=1e-3)
-    _, again = build_cache(
-        data, bb, tmp_path / "cache", views=("orig",), in_scene=True, regions=True
-    )
-    assert again == 0.0
-
-
 def test_backbone_change_rebuilds(tmp_path: Path) -> None:
     data = make_data(tmp_path / "data")
     first, _ = build_cache(data, Tiny(seed=0), tmp_path / "cache")

@@ -219,14 +219,12 @@ class FeatureCache:
 
     def array(self, kind: str, view: str) -> np.ndarray:
         """``scene_global`` (N, G), ``scene_regions`` (N, R, L), ``product_global`` (P, G) or
-        ``in_scene_global`` (E, G): row i is example i's product cut out of its scene; with
-        ``build_cache(regions=True)`` also ``product_regions`` (P, R, L) and
-        ``in_scene_regions`` (E, R, L)."""
+        ``in_scene_global`` (E, G): row i is example i's product cut out of its scene."""
         return np.load(self.path / f"{kind}-{view}.npy", mmap_mode="r")
 
 
 def regions_kind(kind: str) -> str:
-    """The region grids' array beside a global one: ``product_global`` -> ``product_regions``."""
+    """The region grids' array beside a global one: ``scene_global`` -> ``scene_regions``."""
     return kind.removesuffix("_global") + "_regions"
 
 
@@ -263,17 +261,16 @@ class ChunkBuilder:
         scenes: tuple[int, Callable[[int], Image.Image]],
         products: tuple[int, Callable[[int], Image.Image]],
         in_scene: tuple[int, Callable[[int], Image.Image]] | None = None,
-        regions: bool = False,
     ) -> tuple[FeatureCache, float]:
         """Every view's arrays of ``scenes``, ``products`` and ``in_scene`` (count, loader),
-        then ``meta.json``: the complete cache and the seconds spent computing. Scenes always
-        keep their region grids; products and in-scene crops only with ``regions``."""
+        then ``meta.json``: the complete cache and the seconds spent computing. Scenes keep
+        their region grids."""
         spent = 0.0
         for view in views:
             spent += self.fill("scene_global", view, *scenes, regions=True)
-            spent += self.fill("product_global", view, *products, regions=regions)
+            spent += self.fill("product_global", view, *products)
             if in_scene is not None:
-                spent += self.fill("in_scene_global", view, *in_scene, regions=regions)
+                spent += self.fill("in_scene_global", view, *in_scene)
             if view not in meta["views"]:
                 meta["views"].append(view)
         meta["seconds"] = float(meta["seconds"]) + spent
@@ -295,7 +292,7 @@ class ChunkBuilder:
         finals = [self.path / f"{kind}-{view}.npy"]
         if regions:
             finals.append(self.path / f"{regions_kind(kind)}-{view}.npy")
-        if all(f.is_file() for f in finals) or n == 0:  # n == 0: outfit photos, no compositions
+        if all(f.is_file() for f in finals) or n == 0:
             return 0.0
         self.chunk_dir.mkdir(parents=True, exist_ok=True)
         n_chunks = (n + CHUNK - 1) // CHUNK
@@ -367,12 +364,10 @@ def build_cache(
     batch_size: int = 32,
     engine: str = "auto",
     in_scene: bool = False,
-    regions: bool = False,
 ) -> tuple[FeatureCache, float]:
     """The complete cache for ``data`` and ``backbone`` (computing what is missing; with
-    ``in_scene``, the ``in_scene_global`` arrays too; with ``regions``, the products' and
-    in-scene crops' region grids), and the seconds this call spent computing features (0 when
-    all was cached)."""
+    ``in_scene``, the ``in_scene_global`` arrays too), and the seconds this call spent
+    computing features (0 when all was cached)."""
     unknown = set(views) - set(VIEWS)
     if unknown:
         raise ValueError(f"unknown views {sorted(unknown)}; choose from {list(VIEWS)}")
@@ -420,7 +415,7 @@ def build_cache(
     builder = ChunkBuilder(path, backbone, batch_size, engine)
     scenes, prods = (len(crops_list), load_crop), (len(products), load_product)
     extra = (len(examples), load_in_scene) if in_scene else None
-    return builder.fill_views(meta, views, scenes, prods, extra, regions)
+    return builder.fill_views(meta, views, scenes, prods, extra)
 
 
 def add_arguments(parser: argparse.ArgumentParser, settings: TrainingSettings) -> None:
@@ -461,9 +456,7 @@ class FeatureOptions:
         return cls(**values)
 
 
-def load_cache(
-    opts: FeatureOptions, in_scene: bool = False, regions: bool = False
-) -> tuple[FeatureCache, float]:
+def load_cache(opts: FeatureOptions, in_scene: bool = False) -> tuple[FeatureCache, float]:
     """The feature cache the options name, built where it is missing (see ``build_cache``)."""
     data = STLData.load(opts.data)
     backbone = build_backbone(opts.backbone, opts.backbone_weights)
@@ -475,7 +468,6 @@ def load_cache(
         opts.batch_size_features,
         opts.engine,
         in_scene,
-        regions,
     )
 
 
