@@ -24,7 +24,6 @@ from training.train import (
     Streams,
     Tensors,
     embed_triplets,
-    in_scene_loss,
     parse_options,
     train,
 )
@@ -124,8 +123,7 @@ def test_resume_continues_the_same_run(stl_dir: Path, tmp_path: Path) -> None:
     data_dir = small_stl(stl_dir, tmp_path / "data")
     flags = ["--data", str(data_dir), "--cache", str(tmp_path / "cache"), "--backbone", "tiny"]
     flags += ["--eval-every", "1", "--batch-size", "16", "--negatives", "hard"]
-    flags += ["--in-scene-weight", "0.5"]  # its own random stream is resumed too
-    flags += ["--members", "2"]  # and each member's triplet stream
+    flags += ["--members", "2"]  # each member's triplet stream is resumed too
     whole = train(parse_options([*flags, "--out", str(tmp_path / "whole"), "--epochs", "3"]))
     part = tmp_path / "part"
     train(parse_options([*flags, "--out", str(part), "--epochs", "2"]))
@@ -174,31 +172,6 @@ def test_mined_negatives(mode: str) -> None:
             expected.append(max(float(sim[i, j]) for j in ok))
         ref = triplet_loss(2 - sim_pos, 2 - torch.tensor(expected), 0.2)
     assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
-
-
-def test_in_scene_loss_pulls_a_street_crop_to_its_catalog_photo() -> None:
-    """Rows [crop, positive, negative]: the crops are noisy copies of their products' features,
-    so a few steps on this loss alone make each crop's nearest product its own."""
-    torch.manual_seed(0)
-    model = CTLModel(8, 4, ["A"], dim=6, hidden=16)
-    products = torch.randn(1, 10, 8)
-    crops = products[:, :8] + 0.3 * torch.randn(1, 8, 8)
-    t = Tensors(torch.zeros(1, 1, 8), torch.zeros(1, 1, 49, 4), products, crops)
-    rng = np.random.default_rng(0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(60):
-        batch = np.array([(i, i, (i + 1 + rng.integers(9)) % 10) for i in range(8)])
-        loss = in_scene_loss(model, t, batch, 0.2, rng)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
-    model.eval()
-    with torch.no_grad():
-        sims = model.product_embedding(crops[0]) @ model.product_embedding(products[0]).T
-    assert (sims.argmax(1) == torch.arange(8)).float().mean() >= 0.75
 
 
 def test_attention_targets_are_the_other_products_in_the_crop(tmp_path: Path) -> None:

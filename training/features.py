@@ -1,9 +1,7 @@
 """The frozen-backbone feature cache: the backbone runs once per image, training runs on arrays.
 
 ``ctl features --data DIR`` computes, for every CTL example (a pair whose product survives the
-crop rules), the cropped scene's global and region features (and, for ``ctl train
---in-scene-weight``, the global features of the product cut out of the scene by its bbox: the
-same product as its catalog photo, seen in a street photo), and for every catalog product its
+crop rules), the cropped scene's global and region features, and for every catalog product its
 global features, each for several views (``orig``, ``flip``: horizontally flipped, ``zoom``:
 centre 90% crop). Arrays are fp16 ``.npy`` files, memory-mapped when read. The cache directory
 is keyed by the backbone (name, weights file, layers), its preprocessing, the crop rules and
@@ -218,8 +216,7 @@ class FeatureCache:
         return list(self.meta["views"])
 
     def array(self, kind: str, view: str) -> np.ndarray:
-        """``scene_global`` (N, G), ``scene_regions`` (N, R, L), ``product_global`` (P, G) or
-        ``in_scene_global`` (E, G): row i is example i's product cut out of its scene."""
+        """``scene_global`` (N, G), ``scene_regions`` (N, R, L) or ``product_global`` (P, G)."""
         return np.load(self.path / f"{kind}-{view}.npy", mmap_mode="r")
 
 
@@ -260,17 +257,14 @@ class ChunkBuilder:
         views: Sequence[str],
         scenes: tuple[int, Callable[[int], Image.Image]],
         products: tuple[int, Callable[[int], Image.Image]],
-        in_scene: tuple[int, Callable[[int], Image.Image]] | None = None,
     ) -> tuple[FeatureCache, float]:
-        """Every view's arrays of ``scenes``, ``products`` and ``in_scene`` (count, loader),
-        then ``meta.json``: the complete cache and the seconds spent computing. Scenes keep
-        their region grids."""
+        """Every view's arrays of ``scenes`` and ``products`` (count, loader), then
+        ``meta.json``: the complete cache and the seconds spent computing. Scenes keep their
+        region grids."""
         spent = 0.0
         for view in views:
             spent += self.fill("scene_global", view, *scenes, regions=True)
             spent += self.fill("product_global", view, *products)
-            if in_scene is not None:
-                spent += self.fill("in_scene_global", view, *in_scene)
             if view not in meta["views"]:
                 meta["views"].append(view)
         meta["seconds"] = float(meta["seconds"]) + spent
@@ -363,11 +357,9 @@ def build_cache(
     views: Sequence[str] = DEFAULT_VIEWS,
     batch_size: int = 32,
     engine: str = "auto",
-    in_scene: bool = False,
 ) -> tuple[FeatureCache, float]:
-    """The complete cache for ``data`` and ``backbone`` (computing what is missing; with
-    ``in_scene``, the ``in_scene_global`` arrays too), and the seconds this call spent
-    computing features (0 when all was cached)."""
+    """The complete cache for ``data`` and ``backbone`` (computing what is missing), and the
+    seconds this call spent computing features (0 when all was cached)."""
     unknown = set(views) - set(VIEWS)
     if unknown:
         raise ValueError(f"unknown views {sorted(unknown)}; choose from {list(VIEWS)}")
@@ -406,16 +398,9 @@ def build_cache(
     def load_product(i: int) -> Image.Image:
         return rgb(data.product_path(products[i]))
 
-    examples = meta["examples"]
-
-    def load_in_scene(i: int) -> Image.Image:
-        scene = rgb(data.scene_path(examples[i]["scene"]))
-        return scene.crop(crop.pixel_box(examples[i]["bbox"], *scene.size))
-
     builder = ChunkBuilder(path, backbone, batch_size, engine)
     scenes, prods = (len(crops_list), load_crop), (len(products), load_product)
-    extra = (len(examples), load_in_scene) if in_scene else None
-    return builder.fill_views(meta, views, scenes, prods, extra)
+    return builder.fill_views(meta, views, scenes, prods)
 
 
 def add_arguments(parser: argparse.ArgumentParser, settings: TrainingSettings) -> None:
@@ -456,7 +441,7 @@ class FeatureOptions:
         return cls(**values)
 
 
-def load_cache(opts: FeatureOptions, in_scene: bool = False) -> tuple[FeatureCache, float]:
+def load_cache(opts: FeatureOptions) -> tuple[FeatureCache, float]:
     """The feature cache the options name, built where it is missing (see ``build_cache``)."""
     data = STLData.load(opts.data)
     backbone = build_backbone(opts.backbone, opts.backbone_weights)
@@ -467,7 +452,6 @@ def load_cache(opts: FeatureOptions, in_scene: bool = False) -> tuple[FeatureCac
         opts.views,
         opts.batch_size_features,
         opts.engine,
-        in_scene,
     )
 
 

@@ -3,8 +3,7 @@
 Adam, triplet loss with margin 0.2 on d*, same-category negatives drawn afresh every epoch
 (optionally the hardest valid one in the batch), an optional in-batch softmax contrastive term
 (``training.loss.CTLLoss``); the category attention told to look at the scene's other
-labelled products (``attention_nll``, on by default); optionally each training pair's product
-cut out of its street photo pulled to its catalog photo (``in_scene_loss``). ``--members N``
+labelled products (``attention_nll``, on by default). ``--members N``
 trains an ensemble of N models as one (``model.ctl.CTLModel``): each member draws its own
 triplets from its own stream, and one gather and one batched pass of the heads serve all of
 them. The scene-level val split is evaluated every N epochs by the ensemble's AUC
@@ -21,7 +20,6 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,13 +34,15 @@ from training import crop
 from training import metrics as M
 from training.config import TrainingSettings
 from training.features import FeatureCache, FeatureOptions, add_arguments, load_cache
-from training.loss import NEGATIVES, CTLLoss, attention_nll, triplet_loss
+from training.loss import NEGATIVES, CTLLoss, attention_nll
 from training.sampling import Example, TripletSampler
 from training.split import split_scenes
 from training.stl import BBox, STLData
 
 log = logging.getLogger(__name__)
 
+DEFAULT_EPOCHS = 20
+"""``--epochs``: the supervised-attention ensembles' best val AUC came by epoch 10-20 (issue 29)."""
 DEFAULT_MEMBERS = 3
 """``--members``: chosen on val with paired seeds (docs/performance.md, issue 29)."""
 DEFAULT_STL_ATTENTION = 1.0
@@ -73,7 +73,6 @@ class TrainOptions(FeatureOptions):
     temperature: float
     eval_every: int
     members: int
-    in_scene_weight: float
     stl_attention: float
     prior_weight: float
     standardize: bool
@@ -86,11 +85,6 @@ class TrainOptions(FeatureOptions):
     def loss(self) -> CTLLoss:
         return CTLLoss(self.margin, self.negatives, self.contrastive, self.temperature)
 
-    @property
-    def in_scene(self) -> bool:
-        """Whether the run needs the products cut out of their scenes."""
-        return self.in_scene_weight > 0
-
 
 @dataclass
 class Tensors:
@@ -99,11 +93,10 @@ class Tensors:
     scene_global: torch.Tensor
     scene_regions: torch.Tensor
     product_global: torch.Tensor
-    in_scene: torch.Tensor | None = None  # (V, E, G): example i's product cut out of its scene
 
     @classmethod
-    def load(cls, cache: FeatureCache, views: list[str], in_scene: bool = False) -> Tensors:
-        """The arrays every run needs; ``in_scene`` only when asked for."""
+    def load(cls, cache: FeatureCache, views: list[str]) -> Tensors:
+        """The arrays every run needs."""
 
         def stack(kind: str) -> torch.Tensor:
             return torch.from_numpy(
@@ -111,7 +104,7 @@ class Tensors:
             )
 
         g, r, p = (stack(k) for k in ("scene_global", "scene_regions", "product_global"))
-        return cls(g, r, p, stack("in_scene_global") if in_scene else None)
+        return cls(g, r, p)
 
 
 @dataclass
@@ -125,7 +118,6 @@ class Dataset:
     examples: dict[str, list[Example]]  # split -> examples
     scene_products: dict[str, set[int]]
     scene_of_row: list[str]  # the scene of each crop row of the cache
-    in_scene: list[Example]  # training split; row: the example's row of ``in_scene_global``
     # (crop row, product row) -> the crop's regions covered by the scene's other labelled
     # products (training split, only where there are some; see ``add_attention_targets``)
     attention_targets: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
@@ -145,17 +137,11 @@ class Dataset:
         split = split_scenes((e["scene"] for e in raw), seed=seed)
         examples: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
         scene_of_row = [""] * len(cache.meta["crops"])
-        in_scene = []
-        for i, e in enumerate(raw):
+        for e in raw:
             ex = Example(e["crop"], e["scene"], row[e["product"]], cat_idx[e["category"]])
             examples[split[e["scene"]]].append(ex)
             scene_of_row[e["crop"]] = e["scene"]
-            if split[e["scene"]] == "train":
-                in_scene.append(Example(i, e["scene"], ex.product, ex.category))
-        return cls(
-            categories, products, product_cat, split, examples, scene_products, scene_of_row,
-            in_scene,
-        )  # fmt: skip
+        return cls(categories, products, product_cat, split, examples, scene_products, scene_of_row)
 
     def popularity(self) -> dict[str, int]:
         counts = Counter(self.products[e.product] for e in self.examples["train"])
@@ -214,27 +200,24 @@ class Dataset:
 @dataclass
 class Streams:
     """The run's random streams, saved in ``last.pt`` so that a resumed run continues them:
-    each member's STL triplets (``rngs``; member 0's is the single model's), views (``gen``),
-    in-scene product batches (``irng``) and torch's global stream (dropout)."""
+    each member's STL triplets (``rngs``; member 0's is the single model's), views (``gen``)
+    and torch's global stream (dropout)."""
 
     rngs: list[np.random.Generator]
     gen: torch.Generator
-    irng: np.random.Generator
 
     @classmethod
     def seeded(cls, seed: int, model_seed: int, members: int = 1) -> Streams:
         torch.manual_seed(model_seed)  # the dropout stream, independent of the model's size
         gen = torch.Generator().manual_seed(seed)
         rngs = [np.random.default_rng(seed if k == 0 else [seed, 100 + k]) for k in range(members)]
-        # The side stream is its own, so that the STL stream stays as it is without it.
-        return cls(rngs, gen, np.random.default_rng([seed, 17]))
+        return cls(rngs, gen)
 
     def state(self) -> dict[str, Any]:
         return {
             "rngs": [r.bit_generator.state for r in self.rngs],
             "gen": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "irng": self.irng.bit_generator.state,
         }
 
     def load(self, state: dict[str, Any]) -> None:
@@ -242,42 +225,6 @@ class Streams:
             rng.bit_generator.state = saved
         self.gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
-        self.irng.bit_generator.state = state["irng"]
-
-
-@dataclass
-class SideBatches:
-    """Triplets of another kind (in-scene products): one weighted batch joins every STL step
-    (interleaved), a fresh epoch of them drawn whenever they run out."""
-
-    sampler: TripletSampler
-    rng: np.random.Generator
-    batch_size: int
-    weight: float
-    loss_of: Callable[[CTLModel, np.ndarray], torch.Tensor]
-    queue: list[np.ndarray] = field(default_factory=list)
-
-    def loss(self, model: CTLModel) -> torch.Tensor:
-        if not self.queue:  # batches of one would break batch normalization
-            ts, b = self.sampler.epoch(self.rng), self.batch_size
-            self.queue = [ts[j : j + b] for j in range(0, len(ts), b) if len(ts) - j >= 2][::-1]
-        return self.weight * self.loss_of(model, self.queue.pop())
-
-
-def in_scene_loss(
-    model: CTLModel, t: Tensors, batch: np.ndarray, margin: float, rng: np.random.Generator
-) -> torch.Tensor:
-    """Triplet loss through the product head: a product cut out of its street photo (rows
-    ``[example, positive, negative]``) is nearer its own catalog photo than another product of
-    its category. It pulls the two domains' features of the same garment together, which the
-    frozen ImageNet features keep apart; views drawn from ``rng``."""
-    assert t.in_scene is not None
-    v = torch.from_numpy(rng.integers(t.in_scene.shape[0], size=(3, len(batch))))
-    a, p, n = (torch.from_numpy(batch[:, k]) for k in range(3))
-    f_a = model.product_embedding(t.in_scene[v[0], a])
-    f_p = model.product_embedding(t.product_global[v[1], p])
-    f_n = model.product_embedding(t.product_global[v[2], n])
-    return triplet_loss(2 - (f_a * f_p).sum(-1), 2 - (f_a * f_n).sum(-1), margin)
 
 
 def exclusion_mask(batch: np.ndarray, ds: Dataset) -> torch.Tensor:
@@ -314,15 +261,13 @@ def train_step(
     gen: torch.Generator,
     ds: Dataset,
     cache_rows: np.ndarray | None = None,
-    side: Sequence[SideBatches] = (),
     attention_weight: float = 0.0,
 ) -> float:
     """One optimizer step on ``batch`` (M, B, 3): member k's loss on its own rows, summed over
     the members (so each member's heads get the gradient they would alone); ``cache_rows``: the
     same triplets as rows of the feature cache when ``t`` holds freshly computed features
-    instead (the end-to-end benchmark); ``side``: further loss terms of this step
-    (``SideBatches``); ``attention_weight``: of ``attention_nll`` on the dataset's attention
-    targets. Returns the loss per member."""
+    instead (the end-to-end benchmark); ``attention_weight``: of ``attention_nll`` on the
+    dataset's attention targets. Returns the loss per member."""
     rows = batch if cache_rows is None else cache_rows
     cats = torch.from_numpy(ds.product_cat[rows[..., 1]])
     q, f_pos, f_neg, att = embed_triplets(model, t, batch, cats, gen)
@@ -331,8 +276,6 @@ def train_step(
         loss = loss + loss_fn(q[k], f_pos[k], f_neg[k], cats[k], exclusion_mask(rows[k], ds))
         if attention_weight > 0 and ds.attention_targets:
             loss = loss + attention_weight * attention_nll(att[k], ds.attention_target(rows[k]))
-    for s in side:
-        loss = loss + s.loss(model)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -348,7 +291,6 @@ def train_one_epoch(
     sampler: TripletSampler,
     streams: Streams,
     batch_size: int,
-    side: Sequence[SideBatches] = (),
     attention_weight: float = 0.0,
 ) -> float:
     """One pass over a fresh draw of training triplets, each member's from its own stream;
@@ -363,7 +305,7 @@ def train_one_epoch(
         losses.append(
             train_step(
                 model, opt, loss_fn, t, batch, streams.gen, ds,
-                side=side, attention_weight=attention_weight,
+                attention_weight=attention_weight,
             )
         )  # fmt: skip
     return float(np.mean(losses)) if losses else 0.0
@@ -424,12 +366,10 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"auc": -1.0, "epoch": 0})
     seconds: float = 0.0
-    side: Sequence[SideBatches] = ()  # their queues continue across epochs, so they are kept
 
     def save(self, path: Path, model: CTLModel, opt: torch.optim.Optimizer) -> None:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": self.epoch}
         state |= self.streams.state() | {"history": self.history, "best": self.best}
-        state["side_queues"] = [s.queue for s in self.side]
         with atomic_path(path) as tmp:
             torch.save(state | {"seconds": self.seconds}, tmp)
 
@@ -440,8 +380,6 @@ class RunState:
         self.streams.load(saved)
         self.epoch, self.history = saved["epoch"], saved["history"]
         self.best, self.seconds = saved["best"], saved["seconds"]
-        for s, queue in zip(self.side, saved.get("side_queues", []), strict=False):
-            s.queue = queue
         log.info("resuming after epoch %d (best val AUC %.4f)", self.epoch, self.best["auc"])
 
 
@@ -450,7 +388,12 @@ def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctl train", description=__doc__.split("\n")[0])
     add_arguments(p, settings)
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=DEFAULT_EPOCHS,
+        help="the best val checkpoint is kept; supervised-attention ensembles peak by 10-20",
+    )
     p.add_argument("--seed", type=int, default=settings.seed)
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument(
@@ -478,13 +421,6 @@ def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
         default=DEFAULT_MEMBERS,
         help="models in the ensemble, trained as one (each its own initialization and triplet "
         "stream); the exported embeddings are members x --dim wide",
-    )
-    p.add_argument(
-        "--in-scene-weight",
-        type=float,
-        default=0.0,
-        help="weight of in-scene products (each training pair's product cut out of its scene) "
-        "against their catalog photos; 0: off",
     )
     p.add_argument(
         "--stl-attention",
@@ -544,14 +480,14 @@ def run(opts: TrainOptions) -> dict[str, Any]:
     ``eval_every`` (the best checkpoint kept), ``last.pt`` after each; then ``metrics.json``."""
     out = opts.out
     t0 = time.perf_counter()
-    cache, feature_seconds = load_cache(opts, in_scene=opts.in_scene)
+    cache, feature_seconds = load_cache(opts)
     seconds = {"features": feature_seconds, "features_wall": time.perf_counter() - t0}
     data = STLData.load(opts.data)
     ds = Dataset.build(cache, data, opts.seed)
     if opts.stl_attention > 0:
         ds.add_attention_targets(cache, data)
         log.info("attention targets: %d training crops", len(ds.attention_targets))
-    t = Tensors.load(cache, list(opts.views), opts.in_scene)
+    t = Tensors.load(cache, list(opts.views))
     model = build_model(opts, t, ds)
     config = write_run_files(opts, cache, ds, model)
     samplers = {
@@ -567,7 +503,7 @@ def run(opts: TrainOptions) -> dict[str, Any]:
     opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     loss_fn = opts.loss()
     streams = Streams.seeded(opts.seed, opts.model_seed, opts.members)
-    state = RunState(streams, side=side_batches(opts, t, ds, streams))
+    state = RunState(streams)
     if opts.resume and (out / "last.pt").is_file():
         state.resume(out / "last.pt", model, opt)
 
@@ -576,7 +512,7 @@ def run(opts: TrainOptions) -> dict[str, Any]:
             t_epoch = time.perf_counter()
             loss = train_one_epoch(
                 model, opt, loss_fn, t, ds, samplers["train"], state.streams, opts.batch_size,
-                state.side, opts.stl_attention,
+                opts.stl_attention,
             )  # fmt: skip
             state.seconds += time.perf_counter() - t_epoch
             record: dict[str, Any] = {"epoch": epoch, "loss": loss}
@@ -603,21 +539,6 @@ def run(opts: TrainOptions) -> dict[str, Any]:
         state.best["auc"], state.best["epoch"], state.seconds,
     )  # fmt: skip
     return metrics
-
-
-def side_batches(
-    opts: TrainOptions, t: Tensors, ds: Dataset, streams: Streams
-) -> list[SideBatches]:
-    """The weighted side losses the options ask for: in-scene products."""
-    if opts.in_scene_weight <= 0:
-        return []
-    sampler = TripletSampler(ds.in_scene, ds.product_cat, ds.scene_products)
-    return [
-        SideBatches(
-            sampler, streams.irng, opts.batch_size, opts.in_scene_weight,
-            lambda m, b: in_scene_loss(m, t, b, opts.margin, streams.irng),
-        )
-    ]  # fmt: skip
 
 
 def write_run_files(
