@@ -261,7 +261,7 @@ def recommend(
     q = emb.f_s + emb.attention[cat_idx] @ emb.f_i
     rows = [int(r) for r in cat.nearest(q, k, candidates, cat.bonus)]
     scored = _scored([cat.ids[r] for r in rows], category, emb, cat_idx, cat.emb[rows])
-    bonus = np.zeros(len(rows)) if cat.bonus is None else cat.bonus[rows]
+    bonus = np.zeros(len(rows)) if cat.bonus is None else cat.bonus[rows].astype(np.float64)
     order = np.argsort([s.d_star - b for s, b in zip(scored, bonus, strict=True)], kind="stable")
     return [scored[i] for i in order]
 

@@ -42,13 +42,16 @@ from training.stl import BBox, STLData
 log = logging.getLogger(__name__)
 
 DEFAULT_EPOCHS = 20
-"""``--epochs``: the supervised-attention ensembles' best val AUC came by epoch 10-20 (issue 29)."""
+"""``--epochs``: the supervised-attention ensembles' best val AUC came by epoch 10-20
+(docs/default-model-results.md)."""
 DEFAULT_MEMBERS = 3
-"""``--members``: chosen on val with paired seeds (docs/performance.md, issue 29)."""
+"""``--members``: chosen on val with paired seeds (docs/default-model-results.md)."""
 DEFAULT_STL_ATTENTION = 1.0
-"""``--stl-attention``: the heatmap follows the garments at no cost in AUC or top-10 on val."""
-DEFAULT_PRIOR_WEIGHT = 0.1
-"""``--prior-weight``: lambda chosen on val for top-10 at no AUC loss beyond the seed spread."""
+"""``--stl-attention``: no cost in val AUC or top-10 beyond the seed spread, and the heatmap
+follows the garments (docs/default-model-results.md)."""
+DEFAULT_PRIOR_WEIGHT = 0.3
+"""``--prior-weight``: lambda chosen on val for top-10 at no AUC loss
+(docs/default-model-results.md)."""
 
 
 @dataclass(frozen=True, kw_only=True)
