@@ -1,10 +1,12 @@
 """Index benchmark: catalog build time, and exact vs approximate search at 5k, 100k and 1M.
 
-Synthetic 128-d unit vectors come from ``tests/factories.py: synthetic_unit_vectors`` (Gaussian
-with a power-law spectrum, std of principal axis j = j^-0.5, randomly rotated, normalized;
-queries are independent draws of the same distribution). Each query runs alone, through the
+Synthetic unit vectors (128-d, or ``--dim``: an ensemble of N members is N x 128) come from
+``tests/factories.py: synthetic_unit_vectors`` (Gaussian with a power-law spectrum, std of
+principal axis j = j^-0.5, randomly rotated, normalized; queries are independent draws of the
+same distribution). Each query runs alone, through the
 serving path (``CategoryIndex.nearest``: FAISS search plus exact re-ranking of approximate
-candidates); recall@10 is measured against exact search.
+candidates); recall@10 is measured against exact search; memory is the serialized FAISS index
+plus the float32 embeddings kept for re-scoring.
 
     python bench/bench_index.py --artifacts artifacts --data ../shared/stl-fashion
 """
@@ -86,12 +88,12 @@ def _latencies(
 
 
 def search_bench(
-    n: int, n_queries: int, nprobes: list[int], candidates: list[int]
+    n: int, n_queries: int, nprobes: list[int], candidates: list[int], dim: int = 128
 ) -> list[dict[str, object]]:
     """Rows of the table for one database size."""
     started = time.perf_counter()
-    emb = synthetic_unit_vectors(n, seed=1)
-    queries = synthetic_unit_vectors(n_queries, seed=2)
+    emb = synthetic_unit_vectors(n, dim, seed=1)
+    queries = synthetic_unit_vectors(n_queries, dim, seed=2)
     log.info("%d vectors generated in %.1f s", n, time.perf_counter() - started)
     ids = [str(i) for i in range(n)]
     rows: list[dict[str, object]] = []
@@ -101,6 +103,7 @@ def search_bench(
         started = time.perf_counter()
         index = make_index(emb, kind)
         build_s = time.perf_counter() - started
+        mem_mb = (faiss.serialize_index(index).nbytes + emb.nbytes) / 1e6
         faiss.omp_set_num_threads(1)  # one query at a time, one thread: what a request gets
         cat = CategoryIndex("bench", ids, emb, index, kind)
         settings = [(p, c) for p in nprobes for c in candidates] if kind == IVFPQ else [(0, 0)]
@@ -118,11 +121,13 @@ def search_bench(
                 name = f"{kind} nlist={nlist} nprobe={nprobe} cand={cand}"
             row = {
                 "n": n,
+                "dim": dim,
                 "index": name,
                 "build_s": round(build_s, 1),
                 "p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 3),
                 "p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 3),
                 "recall@10": round(recall, 4),
+                "mem_mb": round(mem_mb, 1),
             }
             log.info("%s", row)
             rows.append(row)
@@ -144,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=500)
     p.add_argument("--nprobe", type=int, nargs="+", default=[DEFAULT_NPROBE])
     p.add_argument("--candidates", type=int, nargs="+", default=[DEFAULT_CANDIDATES])
+    p.add_argument("--dim", type=int, default=128, help="embedding size (members x 128)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result["catalog_build"]))
     rows: list[dict[str, object]] = []
     for n in args.sizes:
-        rows += search_bench(n, args.queries, args.nprobe, args.candidates)
+        rows += search_bench(n, args.queries, args.nprobe, args.candidates, args.dim)
     result["search"] = rows
     print(_table(rows))
     if args.out:

@@ -1,8 +1,11 @@
-"""Training throughput: triplets/s on cached features vs through the backbone at every step.
+"""Training throughput: triplets/s on cached features vs through the backbone at every step,
+and the cost of an ensemble's members trained as one.
 
 Both sides run the same heads, loss, backward and Adam step on the same real triplets; the
 end-to-end side also decodes, crops and preprocesses the three images of each triplet and runs
-the frozen backbone on them, as the published replications did at every step.
+the frozen backbone on them, as the published replications did at every step. The members
+side times one step of ``--members`` members (each on its own triplets, one batched pass)
+against one member's step, alternating the two so that a busy machine slows both alike.
 
     python bench/bench_train.py [--data DIR] [--cache DIR] [--backbone NAME]
 """
@@ -30,7 +33,7 @@ from training.features import FeatureOptions, add_arguments, load_cache, use_all
 from training.loss import CTLLoss
 from training.sampling import TripletSampler
 from training.stl import STLData, rgb
-from training.train import Dataset, Tensors, train_step
+from training.train import DEFAULT_MEMBERS, Dataset, Tensors, train_step
 
 
 def main() -> None:
@@ -40,6 +43,8 @@ def main() -> None:
     p.add_argument("--cached-steps", type=int, default=20)
     p.add_argument("--e2e-batch-size", type=int, default=32)
     p.add_argument("--e2e-steps", type=int, default=2)
+    p.add_argument("--members", type=int, default=DEFAULT_MEMBERS, help="ensemble to time")
+    p.add_argument("--rounds", type=int, default=3, help="alternations of 1 and N members")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     threads = use_all_cores()
@@ -48,24 +53,37 @@ def main() -> None:
     ds = Dataset.build(cache, data, seed=0)
     t = Tensors.load(cache, cache.views)
     loss_fn = CTLLoss()  # ctl train's defaults
-    model = CTLModel(t.scene_global.shape[-1], t.scene_regions.shape[-1], ds.categories)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    ds.add_attention_targets(cache, data)  # ctl train's default attention supervision
     sampler = TripletSampler(ds.examples["train"], ds.product_cat, ds.scene_products)
-    triplets = sampler.epoch(np.random.default_rng(0))
     gen = torch.Generator().manual_seed(0)
 
-    def step(tensors: Tensors, batch: np.ndarray, cache_rows: np.ndarray) -> None:
-        train_step(model, opt, loss_fn, tensors, batch, gen, ds, cache_rows)
+    def steps_per_s(members: int, steps: int) -> float:
+        """Optimizer steps per second of ``members`` members, each on its own triplets."""
+        model = CTLModel(
+            t.scene_global.shape[-1], t.scene_regions.shape[-1], ds.categories, members=members
+        )
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        rngs = [np.random.default_rng(k) for k in range(members)]
+        triplets = np.stack([sampler.epoch(r) for r in rngs])
+        model.train()
+        bsz = args.batch_size
+        train_step(model, opt, loss_fn, t, triplets[:, :bsz], gen, ds, attention_weight=1.0)
+        start = time.perf_counter()
+        for k in range(steps):
+            batch = triplets[:, (k * bsz) % triplets.shape[1] :][:, :bsz]
+            train_step(model, opt, loss_fn, t, batch, gen, ds, attention_weight=1.0)
+        return steps / (time.perf_counter() - start)
 
+    one, many = [], []
+    for _ in range(args.rounds):
+        one.append(steps_per_s(1, args.cached_steps))
+        many.append(steps_per_s(args.members, args.cached_steps))
+    cached_rate = float(np.median(one)) * args.batch_size
+    step_ratio = float(np.median([a / b for a, b in zip(one, many, strict=True)]))
+    model = CTLModel(t.scene_global.shape[-1], t.scene_regions.shape[-1], ds.categories)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    triplets = sampler.epoch(np.random.default_rng(0))
     model.train()
-    step(t, triplets[: args.batch_size], triplets[: args.batch_size])  # warm-up
-    start = time.perf_counter()
-    done = 0
-    for k in range(args.cached_steps):
-        batch = triplets[(k * args.batch_size) % len(triplets) :][: args.batch_size]
-        step(t, batch, batch)
-        done += len(batch)
-    cached_rate = done / (time.perf_counter() - start)
 
     backbone = build_backbone(args.backbone, args.backbone_weights)
     crops = cache.meta["crops"]
@@ -88,7 +106,8 @@ def main() -> None:
             [np.arange(len(batch)), np.arange(len(batch)), len(batch) + np.arange(len(batch))],
             axis=1,
         )
-        step(Tensors(sg[None], sr[None], pg[None]), local, batch)
+        features = Tensors(sg[None], sr[None], pg[None])
+        train_step(model, opt, loss_fn, features, local[None], gen, ds, batch[None])
         done += len(batch)
     e2e_rate = done / (time.perf_counter() - start)
     print(
@@ -101,6 +120,9 @@ def main() -> None:
                 "e2e_triplets_s": round(e2e_rate, 2),
                 "e2e_batch_size": bsz,
                 "ratio": round(cached_rate / e2e_rate, 1),
+                "members": args.members,
+                "members_step_time_ratio": round(step_ratio, 2),
+                "rounds": args.rounds,
             }
         )
     )

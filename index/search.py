@@ -3,6 +3,8 @@
 Retrieval is one inner-product search per (scene, category) with q = f_s + sum_i a_i f_i,
 because with unit vectors d*(s, p) = 2 - <q, f_p>. The candidates are then re-scored from the
 stored embeddings, which gives d_global and d_local too and repairs any approximation error.
+With a popularity prior (``index/prior.py``) the order is d* - lambda log(1 + popularity): exact
+over a flat index, over the re-ranked candidates of an approximate one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import faiss
 import numpy as np
 
+from index.prior import PopularityPrior
 from model.runtime import SceneEmbedding
 
 log = logging.getLogger(__name__)
@@ -123,25 +126,40 @@ class CategoryIndex:
         self.index = index
         self.kind = kind
         self.row = {pid: i for i, pid in enumerate(ids)}
+        self.bonus: np.ndarray | None = None  # (n,) the prior's lambda log(1 + popularity)
         if kind == IVFPQ:
             faiss.extract_index_ivf(index).nprobe = DEFAULT_NPROBE
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def nearest(self, q: np.ndarray, k: int, candidates: int = DEFAULT_CANDIDATES) -> np.ndarray:
-        """Rows of the ``k`` largest <q, f_p> for one query (D,), best first.
+    def nearest(
+        self,
+        q: np.ndarray,
+        k: int,
+        candidates: int = DEFAULT_CANDIDATES,
+        bonus: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Rows of the ``k`` largest <q, f_p> (+ ``bonus`` per row) for one query (D,), best
+        first.
 
-        Exact indexes answer directly; approximate ones return ``candidates`` rows that are
-        re-ranked by their exact inner product with the stored embeddings.
+        Exact indexes answer directly (with a bonus, from every stored embedding: a flat index
+        is a scan anyway); approximate ones return ``candidates`` rows that are re-ranked by
+        their exact inner product (+ bonus) with the stored embeddings.
         """
         n = min(k if self.kind == FLAT else max(k, candidates), len(self.ids))
         if n <= 0:
             return np.zeros(0, np.int64)
+        if bonus is not None and self.kind == FLAT:
+            exact = self.emb @ q.astype(np.float32) + bonus
+            top = np.argpartition(-exact, n - 1)[:n] if n < len(exact) else np.arange(len(exact))
+            return top[np.argsort(-exact[top], kind="stable")]
         _, rows = self.index.search(np.ascontiguousarray(q.reshape(1, -1), dtype=np.float32), n)
         found = rows[0][rows[0] >= 0]  # -1: fewer than n found
         if self.kind != FLAT:
             exact = self.emb[found] @ q.astype(np.float32)
+            if bonus is not None:
+                exact = exact + bonus[found]
             found = found[np.argsort(-exact, kind="stable")[:k]]
         return found
 
@@ -182,6 +200,12 @@ class CatalogIndex:
 
     def product(self, pid: str) -> Product | None:
         return self._products.get(pid)
+
+    def apply_prior(self, prior: PopularityPrior | None) -> None:
+        """Rank by d* - lambda log(1 + popularity) from now on (``None``: by d* alone). Each
+        category keeps the per-product array (``CategoryIndex.bonus``) in its row order."""
+        for cat in self._cats.values():
+            cat.bonus = None if prior is None else prior.bonus(cat.ids)
 
     def embeddings(self, ids: Sequence[str]) -> np.ndarray:
         """(N, D) stored product embeddings; KeyError naming the unknown ids."""
@@ -227,17 +251,19 @@ def recommend(
     k: int,
     candidates: int = DEFAULT_CANDIDATES,
 ) -> list[Scored]:
-    """The ``k`` products of ``category`` with the lowest d* for this scene.
+    """The ``k`` products of ``category`` with the lowest d* for this scene, less the
+    catalog's popularity prior when it has one (``CatalogIndex.apply_prior``).
 
     ``cat_idx`` is the category's position in the encoder's categories (the attention row).
     Approximate indexes fetch ``candidates`` (>= k) that are re-scored exactly.
     """
     cat = catalog.category(category)
     q = emb.f_s + emb.attention[cat_idx] @ emb.f_i
-    rows = [int(r) for r in cat.nearest(q, k, candidates)]
+    rows = [int(r) for r in cat.nearest(q, k, candidates, cat.bonus)]
     scored = _scored([cat.ids[r] for r in rows], category, emb, cat_idx, cat.emb[rows])
-    scored.sort(key=lambda s: s.d_star)
-    return scored
+    bonus = np.zeros(len(rows)) if cat.bonus is None else cat.bonus[rows].astype(np.float64)
+    order = np.argsort([s.d_star - b for s, b in zip(scored, bonus, strict=True)], kind="stable")
+    return [scored[i] for i in order]
 
 
 def score(

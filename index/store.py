@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from index.atomic import write_bytes, write_text
+from index.prior import PopularityPrior
 from index.search import (
     FLAT,
     IVFPQ,
@@ -254,6 +255,7 @@ class IndexStore:
             products,
             "cuda" if use_gpu else "cpu",
         )
+        catalog.apply_prior(PopularityPrior.from_artifacts(self.root.parent))
         log.info(
             "index %s loaded: %d products in %d categories, faiss on %s",
             catalog.version,

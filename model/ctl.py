@@ -8,6 +8,7 @@ of one category is an inner-product search with one query vector per (scene, cat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,24 +19,50 @@ from torch import nn
 
 
 class Head(nn.Module):
-    """g(Θ): Linear-BN-ReLU-Dropout-Linear-L2Norm, applied to the last axis of any shape."""
+    """g(Θ) of ``members`` models batched: Linear-BN-ReLU-Dropout-Linear-L2Norm, member k
+    applied to ``x[k]`` (members, ..., in) along the last axis. One batched matmul serves every
+    member; each keeps its own weights, initialization and batch-norm statistics."""
 
-    def __init__(self, in_dim: int, dim: int, hidden: int, dropout: float) -> None:
+    def __init__(
+        self, in_dim: int, dim: int, hidden: int, dropout: float, members: int = 1
+    ) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_dim, hidden)
-        self.bn = nn.BatchNorm1d(hidden)
+        self.members, self.in_dim, self.hidden = members, in_dim, hidden
+        self.w1 = nn.Parameter(torch.empty(members, hidden, in_dim))
+        self.b1 = nn.Parameter(torch.empty(members, hidden))
+        self.bn = nn.BatchNorm1d(members * hidden)
         self.drop = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.w2 = nn.Parameter(torch.empty(members, dim, hidden))
+        self.b2 = nn.Parameter(torch.empty(members, dim))
+        for w, b in ((self.w1, self.b1), (self.w2, self.b2)):  # nn.Linear's, member by member
+            for k in range(members):
+                nn.init.kaiming_uniform_(w[k], a=math.sqrt(5))
+                nn.init.uniform_(b[k], -1 / math.sqrt(w.shape[-1]), 1 / math.sqrt(w.shape[-1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        h = self.fc1(x.reshape(-1, x.shape[-1]))
-        h = self.drop(F.relu(self.bn(h)))
-        return F.normalize(self.fc2(h), dim=-1).reshape(*lead, -1)
+        n, lead = x.shape[0], x.shape[1:-1]
+        h = torch.baddbmm(
+            self.b1[:, None, :], x.reshape(n, -1, x.shape[-1]), self.w1.transpose(1, 2)
+        )
+        m = h.shape[1]  # batch norm per member and channel: members side by side as channels
+        h = self.bn(h.transpose(0, 1).reshape(m, n * self.hidden)).reshape(m, n, self.hidden)
+        h = self.drop(F.relu(h.transpose(0, 1)))
+        out = torch.baddbmm(self.b2[:, None, :], h, self.w2.transpose(1, 2))
+        return F.normalize(out, dim=-1).reshape(n, *lead, -1)
 
 
 class CTLModel(nn.Module):
-    """Scene and product embeddings, category attention and the CTL distances."""
+    """Scene and product embeddings, category attention and the CTL distances, of an ensemble
+    of ``members`` models trained as one.
+
+    Each member has its own global and local heads; the attention (key head and category
+    embeddings) is one for all, so that the scene has one heatmap and the ensemble stays one
+    query. ``member_*`` give each member's own embeddings (training, per-member metrics);
+    ``product_embedding`` and ``scene_embeddings`` give the ensemble's: the members' unit
+    vectors concatenated and scaled by 1/sqrt(members), unit length again, so that
+    d* = 2 - <q, f_p> is the mean of the members' d* (and d_global, d_local the mean of
+    theirs). With one member both are the paper's model.
+    """
 
     global_mean: torch.Tensor
     global_std: torch.Tensor
@@ -51,16 +78,20 @@ class CTLModel(nn.Module):
         hidden: int = 256,
         dropout: float = 0.5,
         input_dropout: float = 0.0,
+        members: int = 1,
     ) -> None:
         super().__init__()
         if not categories:
             raise ValueError("CTLModel needs at least one category")
+        if members < 1:
+            raise ValueError("CTLModel needs at least one member")
         self.categories = list(categories)
         self.global_dim, self.local_dim, self.dim = global_dim, local_dim, dim
+        self.members = members
         self.input_drop = nn.Dropout(input_dropout)
-        self.g_global = Head(global_dim, dim, hidden, dropout)  # g(Θg): scenes and products
-        self.g_local = Head(local_dim, dim, hidden, dropout)  # g(Θl): style of each region
-        self.g_key = Head(local_dim, dim, hidden, dropout)  # g(Θl^): attention keys
+        self.g_global = Head(global_dim, dim, hidden, dropout, members)  # g(Θg): scenes, products
+        self.g_local = Head(local_dim, dim, hidden, dropout, members)  # g(Θl): style of regions
+        self.g_key = Head(local_dim, dim, hidden, dropout)  # g(Θl^): attention keys, shared
         self.category_emb = nn.Parameter(torch.randn(len(self.categories), dim) * 0.1)
         # Per-dimension standardization of the backbone features (set from training data): the
         # concatenated taps differ in scale, and unscaled the largest ones drown the others.
@@ -68,6 +99,11 @@ class CTLModel(nn.Module):
         self.register_buffer("global_std", torch.ones(global_dim))
         self.register_buffer("local_mean", torch.zeros(local_dim))
         self.register_buffer("local_std", torch.ones(local_dim))
+
+    @property
+    def out_dim(self) -> int:
+        """The ensemble's embedding size: members x dim."""
+        return self.members * self.dim
 
     @torch.no_grad()
     def set_input_stats(self, global_feats: torch.Tensor, local_feats: torch.Tensor) -> None:
@@ -80,32 +116,54 @@ class CTLModel(nn.Module):
     def _g(self, g: torch.Tensor) -> torch.Tensor:
         return self.input_drop((g - self.global_mean) / self.global_std)
 
-    def product_embedding(self, g: torch.Tensor) -> torch.Tensor:
-        """f_p (B, D) from product global features (B, G)."""
+    def _r(self, regions: torch.Tensor) -> torch.Tensor:
+        return self.input_drop((regions - self.local_mean) / self.local_std)
+
+    def member_products(self, g: torch.Tensor) -> torch.Tensor:
+        """Each member's f_p (M, B, D) from its own product features (M, B, G)."""
         return self.g_global(self._g(g))
+
+    def member_scenes(
+        self, g: torch.Tensor, regions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each member's f_s (M, B, D), f_i (M, B, R, D) and the shared head's keys f^_i
+        (M, B, R, D) from its own scene features (M, B, G) and (M, B, R, L)."""
+        regions = self._r(regions)
+        keys = self.g_key(regions.reshape(1, -1, *regions.shape[2:])).reshape(
+            *regions.shape[:-1], -1
+        )
+        return self.g_global(self._g(g)), self.g_local(regions), keys
+
+    def _joined(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, ..., D) members -> (..., M*D) / sqrt(M): one unit vector per item."""
+        return torch.movedim(x, 0, -2).flatten(-2) / math.sqrt(self.members)
+
+    def _each(self, x: torch.Tensor) -> torch.Tensor:
+        return x[None].expand(self.members, *x.shape)
+
+    def product_embedding(self, g: torch.Tensor) -> torch.Tensor:
+        """The ensemble's f_p (B, M*D) from product global features (B, G)."""
+        return self._joined(self.member_products(self._each(g)))
 
     def scene_embeddings(
         self, g: torch.Tensor, regions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """f_s (B, D), f_i (B, R, D) and the keys f^_i (B, R, D) of a scene."""
-        regions = self._r(regions)
-        return self.g_global(self._g(g)), self.g_local(regions), self.g_key(regions)
-
-    def _r(self, regions: torch.Tensor) -> torch.Tensor:
-        return self.input_drop((regions - self.local_mean) / self.local_std)
-
-    def region_style(self, regions: torch.Tensor) -> torch.Tensor:
-        """f_i (..., R, D) of any region grid (a scene's, a product photo's), as a scene's."""
-        return self.g_local(self._r(regions))
+        """The ensemble's f_s (B, M*D), f_i (B, R, M*D) and the keys f^_i (B, R, D)."""
+        r = self._r(regions)
+        f_s = self.g_global(self._g(self._each(g)))
+        f_i = self.g_local(self._each(r))
+        keys = self.g_key(r[None])[0]
+        return self._joined(f_s), self._joined(f_i), keys
 
     def category_embeddings(self) -> torch.Tensor:
         """e^_c (C, D), unit length."""
         return F.normalize(self.category_emb, dim=-1)
 
     def attention(self, keys: torch.Tensor, cat_idx: torch.Tensor) -> torch.Tensor:
-        """a (B, R) = softmax_i(-||f^_i - e^_c||²) for each scene's target category."""
-        e = self.category_embeddings()[cat_idx]  # (B, D)
-        return torch.softmax(-((keys - e[:, None, :]) ** 2).sum(-1), dim=-1)
+        """a (..., R) = softmax_i(-||f^_i - e^_c||²) for each scene's target category: keys
+        (..., R, D), cat_idx (...)."""
+        e = self.category_embeddings()[cat_idx]  # (..., D)
+        return torch.softmax(-((keys - e[..., None, :]) ** 2).sum(-1), dim=-1)
 
     def attention_all(self, keys: torch.Tensor) -> torch.Tensor:
         """a (B, C, R) for every category at once (what the exported scene encoder returns)."""
@@ -115,10 +173,15 @@ class CTLModel(nn.Module):
 
     @staticmethod
     def query_vector(f_s: torch.Tensor, f_i: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-        """q = f_s + sum_i a_i f_i: (B, D) for att (B, R), (B, C, D) for att (B, C, R)."""
-        if att.dim() == 2:
-            return f_s + torch.einsum("br,brd->bd", att, f_i)
+        """q = f_s + sum_i a_i f_i: (..., D) for att (..., R) with f_i (..., R, D); (B, C, D)
+        for att (B, C, R) with f_i (B, R, D)."""
+        if att.dim() == f_i.dim() - 1:
+            return f_s + torch.einsum("...r,...rd->...d", att, f_i)
         return f_s[:, None, :] + torch.einsum("bcr,brd->bcd", att, f_i)
+
+    def member_slice(self, x: Any, k: int) -> Any:
+        """Member k's own vectors (unit length) out of the ensemble's (..., M*D)."""
+        return x[..., k * self.dim : (k + 1) * self.dim] * math.sqrt(self.members)
 
     def config(self) -> dict[str, Any]:
         """What ``from_config`` needs to rebuild this model."""
@@ -127,15 +190,16 @@ class CTLModel(nn.Module):
             "local_dim": self.local_dim,
             "categories": self.categories,
             "dim": self.dim,
-            "hidden": self.g_global.fc1.out_features,
+            "hidden": self.g_global.hidden,
             "dropout": self.g_global.drop.p,
             "input_dropout": self.input_drop.p,
+            "members": self.members,
         }
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> CTLModel:
         keys = ("global_dim", "local_dim", "categories", "dim", "hidden", "dropout")
-        return cls(**{k: cfg[k] for k in (*keys, "input_dropout") if k in cfg})
+        return cls(**{k: cfg[k] for k in (*keys, "input_dropout", "members") if k in cfg})
 
 
 def concat_ensemble(
@@ -169,9 +233,22 @@ def load_run(run_dir: Path | str) -> tuple[CTLModel, dict[str, Any]]:
     config: dict[str, Any] = dict(ckpt["config"])
     model = CTLModel.from_config(config["model"])
     # Runs from before input standardization lack its buffers: their identity defaults apply.
-    result = model.load_state_dict(ckpt["model"], strict=False)
+    result = model.load_state_dict(_batched_heads(ckpt["model"]), strict=False)
     stats = {"global_mean", "global_std", "local_mean", "local_std"}
     if result.unexpected_keys or set(result.missing_keys) - stats:
         raise RuntimeError(f"{ckpt_path}: checkpoint does not match its config: {result}")
     model.eval()
     return model, config
+
+
+def _batched_heads(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint of a single model from before members (``fc1``/``fc2`` Linear layers per
+    head) in the batched heads' layout; newer checkpoints as they are."""
+    out = {}
+    for key, value in state.items():
+        head, _, name = key.rpartition(".fc")
+        if head and name in ("1.weight", "1.bias", "2.weight", "2.bias"):
+            key = f"{head}.{'w' if name.endswith('weight') else 'b'}{name[0]}"
+            value = value[None]
+        out[key] = value
+    return out

@@ -2,9 +2,10 @@
 
 Two graphs with a dynamic batch axis, backbone and heads fused: ``scene.onnx`` (image -> f_s,
 f_i, attention for every category) and ``product.onnx`` (image -> f_p), plus the preprocessing
-spec and a manifest with checksums. The new artifacts are assembled and checked against torch in
-a temp directory beside ``ARTIFACTS_DIR`` and swapped in atomically, so a crash leaves the old
-ones serving; the index kept inside ``ARTIFACTS_DIR`` is carried over.
+spec, the popularity prior of the ranking (``popularity.json`` and lambda, read by
+``index/prior.py``) and a manifest with checksums. The new artifacts are assembled and checked
+against torch in a temp directory beside ``ARTIFACTS_DIR`` and swapped in atomically, so a crash
+leaves the old ones serving; the index kept inside ``ARTIFACTS_DIR`` is carried over.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 PARITY_TOL = 1e-4
+PRIOR_FILE = "popularity.json"
+"""The ranking's popularity prior beside the encoders (``index.prior.PRIOR_FILE``)."""
 
 
 class _Fused(nn.Module):
@@ -112,8 +115,10 @@ def export(
     out_dir: Path,
     run: str | None = None,
     run_metrics: dict[str, Any] | None = None,
+    prior: tuple[float, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
-    """Write the artifacts of (backbone, model) to ``out_dir`` atomically; returns the manifest."""
+    """Write the artifacts of (backbone, model) to ``out_dir`` atomically; returns the manifest.
+    ``prior``: lambda and each product's popularity, ranked by d* - lambda log(1 + popularity)."""
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     backbone.eval()
@@ -125,7 +130,7 @@ def export(
     ) / f".{out_dir.name}.export-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
-        manifest = _write(backbone, model, tmp, run, run_metrics)
+        manifest = _write(backbone, model, tmp, run, run_metrics, prior)
         images = np.random.default_rng(0).normal(
             size=(3, 3, backbone.spec.size, backbone.spec.size)
         )
@@ -150,6 +155,7 @@ def _write(
     out: Path,
     run: str | None,
     run_metrics: dict[str, Any] | None,
+    prior: tuple[float, dict[str, int]] | None,
 ) -> dict[str, Any]:
     size = backbone.spec.size
     started = time.perf_counter()
@@ -157,18 +163,23 @@ def _write(
     _export_onnx(ProductEncoder(backbone, model), size, ["f_p"], out / PRODUCT_FILE)
     log.info("ONNX graphs written in %.1f s", time.perf_counter() - started)
     backbone.spec.save(out / PREPROCESS_FILE)
-    files = {n: sha256_file(out / n) for n in (SCENE_FILE, PRODUCT_FILE, PREPROCESS_FILE)}
+    names = [SCENE_FILE, PRODUCT_FILE, PREPROCESS_FILE]
+    if prior is not None:
+        (out / PRIOR_FILE).write_text(json.dumps(prior[1], sort_keys=True) + "\n")
+        names.append(PRIOR_FILE)
+    files = {n: sha256_file(out / n) for n in names}
     version = hashlib.sha256("".join(files[n] for n in sorted(files)).encode()).hexdigest()[:12]
     manifest = {
         "version": version,
         "backbone": backbone.name,
         "backbone_weights": backbone.weights_id,
         "categories": list(model.categories),
-        "embedding_dim": model.dim,
+        "embedding_dim": model.out_dim,
         "grid": backbone.grid,
         "regions": backbone.grid * backbone.grid,
         "input_size": size,
         "files": files,
+        "prior": {"weight": prior[0], "file": PRIOR_FILE} if prior is not None else None,
         "run": run,
         "run_metrics": run_metrics or {},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -193,8 +204,11 @@ def _replace_files(new: Path, out_dir: Path) -> None:
     """File by file, the manifest last: a crash in between leaves files that fail their
     checksums (refused on load with a clear error) rather than a silently mixed model."""
     log.warning("%s is a mount point: replacing its artifacts file by file", out_dir)
-    for name in (SCENE_FILE, PRODUCT_FILE, PREPROCESS_FILE, MANIFEST_FILE):
-        os.replace(new / name, out_dir / name)
+    for name in (SCENE_FILE, PRODUCT_FILE, PREPROCESS_FILE, PRIOR_FILE, MANIFEST_FILE):
+        if (new / name).is_file():
+            os.replace(new / name, out_dir / name)
+        elif name == PRIOR_FILE:
+            (out_dir / name).unlink(missing_ok=True)
 
 
 def _swap_in(new: Path, out_dir: Path) -> None:
@@ -207,7 +221,7 @@ def _swap_in(new: Path, out_dir: Path) -> None:
         os.rename(new, out_dir)
         return
     for entry in out_dir.iterdir():
-        if entry.name in (SCENE_FILE, PRODUCT_FILE, PREPROCESS_FILE, MANIFEST_FILE):
+        if entry.name in (SCENE_FILE, PRODUCT_FILE, PREPROCESS_FILE, PRIOR_FILE, MANIFEST_FILE):
             continue
         if entry.is_dir():
             shutil.copytree(entry, new / entry.name, copy_function=os.link, symlinks=True)
@@ -216,8 +230,11 @@ def _swap_in(new: Path, out_dir: Path) -> None:
     _rename_exchange(new, out_dir)
 
 
-def export_run(run_dir: Path, out_dir: Path, weights: Path | None = None) -> dict[str, Any]:
-    """Export the best checkpoint of a training run."""
+def export_run(
+    run_dir: Path, out_dir: Path, weights: Path | None = None, prior_weight: float | None = None
+) -> dict[str, Any]:
+    """Export the best checkpoint of a training run, with its popularity prior: the run's
+    ``popularity.json`` and lambda (``prior_weight``, else the run's ``--prior-weight``)."""
     model, config = load_run(run_dir)
     backbone_weights = weights or config.get("backbone_weights")
     backbone = build_backbone(config["backbone"], backbone_weights)
@@ -228,7 +245,14 @@ def export_run(run_dir: Path, out_dir: Path, weights: Path | None = None) -> dic
         )
     metrics_path = Path(run_dir) / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    return export(backbone, model, out_dir, run=str(Path(run_dir).resolve()), run_metrics=metrics)
+    if prior_weight is None:
+        prior_weight = float(config.get("train", {}).get("prior_weight", 0.0))
+    popularity = Path(run_dir) / PRIOR_FILE
+    prior = None
+    if prior_weight > 0 and popularity.is_file():
+        prior = (prior_weight, json.loads(popularity.read_text()))
+    run = str(Path(run_dir).resolve())
+    return export(backbone, model, out_dir, run=run, run_metrics=metrics, prior=prior)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,9 +263,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", type=Path, default=ModelSettings().artifacts_dir, help="artifacts directory"
     )
     p.add_argument("--backbone-weights", type=Path, default=None)
+    p.add_argument(
+        "--prior-weight",
+        type=float,
+        default=None,
+        help="lambda of the popularity prior (default: the run's --prior-weight; 0: none)",
+    )
     args = p.parse_args(list(argv) if argv is not None else None)
     try:
-        manifest = export_run(args.run, args.out, args.backbone_weights)
+        manifest = export_run(args.run, args.out, args.backbone_weights, args.prior_weight)
     except (ArtifactError, BackboneError, FileNotFoundError, KeyError, OSError) as exc:
         sys.stderr.write(f"ctl export: error: {exc}\n")
         return 1

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import cli
+from index.prior import PopularityPrior
 from training.stl import STLData
 
 N_PAIRS = 300
@@ -109,5 +110,9 @@ def test_quickstart_pipeline_then_api(stl_dir: Path, tmp_path: Path) -> None:
         products = body["products"]
         assert 0 < len(products) <= 5
         assert all(p["category"] == category for p in products)
-        d = [p["d_star"] for p in products]
+        # Ranked as exported: d* less the run's popularity prior (lambda log(1 + training pairs)).
+        prior = PopularityPrior.from_artifacts(artifacts)
+        assert prior is not None and manifest["prior"]["weight"] == prior.weight > 0
+        bonus = prior.bonus([p["id"] for p in products])
+        d = [p["d_star"] - float(b) for p, b in zip(products, bonus, strict=True)]
         assert d == sorted(d)

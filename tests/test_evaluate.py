@@ -238,3 +238,34 @@ def test_grouping_excludes_scene_products_and_pairs_without_negatives() -> None:
     g = groups["Pants"]
     assert g.products.tolist() == [1, 2, 3] and g.pos.tolist() == [0, 2]
     assert g.exclude.tolist() == [[False, True, False], [False, False, False]]
+
+
+def test_members_and_the_prior_are_reported(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 2-member run: each member is ranked alone beside the ensemble, whose d* is the mean of
+    theirs; the prior ranks by d* - lambda log(1 + training pairs), lambda from the run or the
+    flag, and lambda 0 is the model itself."""
+    backbone = build_backbone("tiny")
+    torch.manual_seed(1)
+    model = CTLModel(backbone.global_dim, backbone.local_dim, CATEGORIES, 16, 32, members=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"model": model.eval().config(), "backbone": "tiny", "backbone_weights": None}
+    config["train"] = {"prior_weight": 0.5}
+    torch.save({"model": model.state_dict(), "config": config}, run / "checkpoint.pt")
+    (run / "popularity.json").write_text(json.dumps({"p000": 9, "p100": 5, "p200": 2}))
+    m = _evaluate(run, data_dir, tmp_path / "a")
+    assert set(m["members"]) == {"member_0", "member_1"}
+    assert m["members"]["member_0"]["mrr"] != m["members"]["member_1"]["mrr"]
+    assert m["prior"]["weight"] == 0.5 and m["prior"]["mrr"] != m["mrr"]
+    assert "member_1: AUC" in capsys.readouterr().out
+    assert "model+prior (lambda 0.5)" in (tmp_path / "a" / "report.md").read_text()
+    off = _evaluate(run, data_dir, tmp_path / "b", "--prior-weight", "0")
+    assert off["prior"]["weight"] == 0 and off["prior"]["mrr"] == off["mrr"]
+    opts = R.Options(n_boot=10, prior_weight=0.5)
+    ev = R.run_evaluation(run, data_dir, tmp_path / "a" / "cache", opts)
+    g = ev.groups["Shoes"]
+    members = [S.member_scorer(ev.scenes, ev.products, model, k)(g) for k in range(2)]
+    ensemble = S.model_scorer(ev.scenes, ev.products)(g)
+    np.testing.assert_allclose(ensemble, (members[0] + members[1]) / 2, atol=1e-5)

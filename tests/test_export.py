@@ -13,6 +13,7 @@ from conftest import STL_DIR
 from factories import make_tiny_run
 from PIL import Image
 
+from index.store import CategoryData, IndexStore
 from model.backbones import Backbone, build_backbone
 from model.ctl import CTLModel
 from model.export import check_parity, export, export_run, main
@@ -148,3 +149,35 @@ def test_cli(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["--run", str(tiny_run.parent / "missing"), "--out", str(tmp_path / "b")]) == 1
     assert "checkpoint.pt not found" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_members_and_the_popularity_prior_are_exported(tmp_path: Path) -> None:
+    """A 2-member run exports 2 x dim wide embeddings (parity checked inside ``export``) and its
+    popularity with lambda; the index loaded from those artifacts ranks with that prior; a
+    re-export without the prior leaves no stale popularity behind."""
+    backbone = build_backbone("tiny")
+    torch.manual_seed(0)
+    model = CTLModel(backbone.global_dim, backbone.local_dim, CATEGORIES, dim=16, members=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"backbone": "tiny", "backbone_weights": None, "model": model.eval().config()}
+    config["train"] = {"prior_weight": 0.2}
+    torch.save({"model": model.state_dict(), "config": config}, run / "checkpoint.pt")
+    (run / "popularity.json").write_text(json.dumps({"Shoes-1-0": 4}))
+    artifacts = tmp_path / "artifacts"
+    manifest = export_run(run, artifacts)
+    assert manifest["embedding_dim"] == 32
+    assert manifest["prior"] == {"weight": 0.2, "file": "popularity.json"}
+    assert "popularity.json" in manifest["files"]
+    enc = OnnxEncoder.from_artifacts(artifacts)  # the checksums hold
+    assert enc.dim == 32
+    store = IndexStore.for_artifacts(artifacts)
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(3, 32)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    store.publish(enc.version, 32, {"Shoes": CategoryData(["Shoes-1-0", "b", "c"], emb)}, 1000)
+    bonus = store.load().category("Shoes").bonus
+    assert bonus is not None and bonus.tolist() == pytest.approx([0.2 * np.log(5), 0.0, 0.0])
+    assert export_run(run, artifacts, prior_weight=0.0)["prior"] is None
+    assert not (artifacts / "popularity.json").exists()
+    assert store.load().category("Shoes").bonus is None

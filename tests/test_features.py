@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from model.backbones import Tiny, build_backbone
-from training import crop, features
+from training import features
 from training.features import build_cache, compute_features
 from training.stl import STLData
 
@@ -58,45 +58,6 @@ def test_cache_contents(tmp_path: Path) -> None:
     assert not np.allclose(cache.array("product_global", "orig")[0], ref[0], atol=1e-3)
     _, again = build_cache(data, bb, tmp_path / "cache")
     assert again == 0.0  # everything was cached
-
-
-def test_in_scene_rows_are_the_product_cut_out_of_its_scene(tmp_path: Path) -> None:
-    data = make_data(tmp_path / "data")
-    bb = build_backbone("tiny")
-    plain, _ = build_cache(data, bb, tmp_path / "cache", views=("orig",))
-    assert not (plain.path / "in_scene_global-orig.npy").exists()  # only when asked for
-    cache, spent = build_cache(data, bb, tmp_path / "cache", views=("orig",), in_scene=True)
-    assert spent > 0 and cache.path == plain.path  # added to the same cache
-    ex = cache.examples
-    assert cache.array("in_scene_global", "orig").shape == (len(ex), bb.global_dim)
-    scene = Image.open(data.scene_path(ex[2]["scene"])).convert("RGB")  # 60 x 90, box 0.2-0.8
-    assert crop.pixel_box(ex[2]["bbox"], *scene.size) == (12, 54, 48, 81)
-    ref, _ = compute_features(bb, [scene.crop((12, 54, 48, 81))], engine="torch")
-    got = cache.array("in_scene_global", "orig")[2]
-    np.testing.assert_allclose(got, ref[0], rtol=1e-2, atol=1e-3)
-    whole, _ = compute_features(bb, [scene], engine="torch")
-    assert not np.allclose(cache.array("in_scene_global", "orig")[2], whole[0], atol=1e-3)
-
-
-def test_product_and_in_scene_region_grids_are_added_when_asked_for(tmp_path: Path) -> None:
-    data = make_data(tmp_path / "data")
-    bb = build_backbone("tiny")
-    plain, _ = build_cache(data, bb, tmp_path / "cache", views=("orig",), in_scene=True)
-    assert not (plain.path / "product_regions-orig.npy").exists()
-    cache, spent = build_cache(
-        data, bb, tmp_path / "cache", views=("orig",), in_scene=True, regions=True
-    )
-    assert spent > 0 and cache.path == plain.path
-    grids = cache.array("product_regions", "orig")
-    assert grids.shape == (8, 49, bb.local_dim)
-    assert cache.array("in_scene_regions", "orig").shape == (len(cache.examples), 49, bb.local_dim)
-    img = Image.open(data.product_path(cache.products[3]))
-    _, ref = compute_features(bb, [img], engine="torch")
-    np.testing.assert_allclose(grids[3], ref[0], rtol=1e-2, atol=1e-3)
-    _, again = build_cache(
-        data, bb, tmp_path / "cache", views=("orig",), in_scene=True, regions=True
-    )
-    assert again == 0.0
 
 
 def test_backbone_change_rebuilds(tmp_path: Path) -> None:

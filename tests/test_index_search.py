@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from factories import synthetic_unit_vectors
 
+from index.prior import PopularityPrior
 from index.search import (
     FLAT,
     IVFPQ,
@@ -141,3 +143,42 @@ def test_set_search_threads() -> None:
         assert faiss.omp_get_max_threads() == (os.cpu_count() or 1)
     finally:
         faiss.omp_set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind", [FLAT, IVFPQ])
+def test_popularity_prior_ranks_by_d_star_minus_lambda_log_popularity(kind: str) -> None:
+    """With the prior, the order is d* - lambda log(1 + count) over the whole category (flat)
+    or the re-ranked candidates (IVF-PQ, here every product); without it, d* alone."""
+    catalog = _catalog({"Shoes": 400, "Pants": 50}, kind=kind)
+    emb = _scene(3)
+    cat = catalog.category("Shoes")
+    rng = np.random.default_rng(1)
+    counts = {
+        pid: int(c) for pid, c in zip(cat.ids, rng.integers(0, 30, len(cat.ids)), strict=True)
+    }
+    plain = [s.id for s in recommend(catalog, emb, 0, "Shoes", 10, candidates=400)]
+    catalog.apply_prior(PopularityPrior(0.3, counts))
+    assert cat.bonus is not None and cat.bonus.shape == (400,)
+    ranked = recommend(catalog, emb, 0, "Shoes", 10, candidates=400)
+    d_star = _brute_force_d_star(emb, 0, cat.emb)
+    adjusted = d_star - 0.3 * np.log1p([counts[p] for p in cat.ids])
+    assert [s.id for s in ranked] == [cat.ids[i] for i in np.argsort(adjusted)[:10]]
+    row = {pid: i for i, pid in enumerate(cat.ids)}
+    assert [s.d_star for s in ranked] == pytest.approx(
+        [d_star[row[s.id]] for s in ranked], abs=1e-5
+    )
+    assert [s.id for s in ranked] != plain  # the prior changed the order
+    catalog.apply_prior(None)
+    assert [s.id for s in recommend(catalog, emb, 0, "Shoes", 10, candidates=400)] == plain
+
+
+def test_prior_of_artifacts_is_read_from_the_manifest(tmp_path: Path) -> None:
+    assert PopularityPrior.from_artifacts(tmp_path) is None  # no manifest: no prior
+    (tmp_path / "popularity.json").write_text(json.dumps({"a": 3, "b": 0}))
+    manifest = {"prior": {"weight": 0.5, "file": "popularity.json"}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    prior = PopularityPrior.from_artifacts(tmp_path)
+    assert prior is not None and prior.weight == 0.5
+    assert prior.bonus(["a", "b", "unknown"]) == pytest.approx([0.5 * np.log(4), 0.0, 0.0])
+    (tmp_path / "manifest.json").write_text(json.dumps({"prior": None}))
+    assert PopularityPrior.from_artifacts(tmp_path) is None

@@ -159,3 +159,5 @@ def test_attention_hits_and_random_expectation() -> None:
     assert out["n"] == 2  # the scene without a relevant region is left out
     assert out["top1_hit"] == 0.5
     assert out["random_top1_hit"] == pytest.approx(0.375)
+    # cells 0, 1 and 2 are each relevant in one of the two scenes: the best fixed one hits 1/2
+    assert out["best_fixed_top1_hit"] == 0.5 and out["best_fixed_region"] == 0

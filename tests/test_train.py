@@ -19,7 +19,14 @@ from training.features import build_cache
 from training.loss import CTLLoss, triplet_loss
 from training.metrics import region_relevance
 from training.stl import STLData
-from training.train import Dataset, Tensors, embed_triplets, in_scene_loss, parse_options, train
+from training.train import (
+    Dataset,
+    Streams,
+    Tensors,
+    embed_triplets,
+    parse_options,
+    train,
+)
 
 
 def small_stl(src: Path, dst: Path, n_pairs: int = 48, n_extra: int = 40) -> Path:
@@ -116,8 +123,7 @@ def test_resume_continues_the_same_run(stl_dir: Path, tmp_path: Path) -> None:
     data_dir = small_stl(stl_dir, tmp_path / "data")
     flags = ["--data", str(data_dir), "--cache", str(tmp_path / "cache"), "--backbone", "tiny"]
     flags += ["--eval-every", "1", "--batch-size", "16", "--negatives", "hard"]
-    flags += ["--in-scene-weight", "0.5"]  # its own random stream is resumed too
-    flags += ["--region-style-weight", "0.5"]  # and this one's, on the region grids it adds
+    flags += ["--members", "2"]  # each member's triplet stream is resumed too
     whole = train(parse_options([*flags, "--out", str(tmp_path / "whole"), "--epochs", "3"]))
     part = tmp_path / "part"
     train(parse_options([*flags, "--out", str(part), "--epochs", "2"]))
@@ -147,8 +153,8 @@ def test_mined_negatives(mode: str) -> None:
     excl = torch.zeros(6, 12, dtype=torch.bool)
     excl[torch.arange(6), torch.arange(6)] = True  # a scene's own product is never its negative
     loss_fn = CTLLoss(margin=0.2, negatives=mode)
-    q, f_pos, f_neg, _ = embed_triplets(model, t, batch, cats, torch.Generator())
-    loss = loss_fn(q, f_pos, f_neg, cats, excl)
+    q, f_pos, f_neg, _ = embed_triplets(model, t, batch[None], cats[None], torch.Generator())
+    loss = loss_fn(q[0], f_pos[0], f_neg[0], cats, excl)
     with torch.no_grad():
         f_s, f_i, keys = model.scene_embeddings(t.scene_global[0, :6], t.scene_regions[0, :6])
         q = model.query_vector(f_s, f_i, model.attention(keys, cats))
@@ -166,31 +172,6 @@ def test_mined_negatives(mode: str) -> None:
             expected.append(max(float(sim[i, j]) for j in ok))
         ref = triplet_loss(2 - sim_pos, 2 - torch.tensor(expected), 0.2)
     assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
-
-
-def test_in_scene_loss_pulls_a_street_crop_to_its_catalog_photo() -> None:
-    """Rows [crop, positive, negative]: the crops are noisy copies of their products' features,
-    so a few steps on this loss alone make each crop's nearest product its own."""
-    torch.manual_seed(0)
-    model = CTLModel(8, 4, ["A"], dim=6, hidden=16)
-    products = torch.randn(1, 10, 8)
-    crops = products[:, :8] + 0.3 * torch.randn(1, 8, 8)
-    t = Tensors(torch.zeros(1, 1, 8), torch.zeros(1, 1, 49, 4), products, crops)
-    rng = np.random.default_rng(0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(60):
-        batch = np.array([(i, i, (i + 1 + rng.integers(9)) % 10) for i in range(8)])
-        loss = in_scene_loss(model, t, batch, 0.2, rng)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
-    model.eval()
-    with torch.no_grad():
-        sims = model.product_embedding(crops[0]) @ model.product_embedding(products[0]).T
-    assert (sims.argmax(1) == torch.arange(8)).float().mean() >= 0.75
 
 
 def test_attention_targets_are_the_other_products_in_the_crop(tmp_path: Path) -> None:
@@ -215,3 +196,57 @@ def test_attention_targets_are_the_other_products_in_the_crop(tmp_path: Path) ->
     rows = np.array([[ex["crop"], p0, 1], [ex["crop"] + 1, p0, 0]])
     target = ds.attention_target(rows)
     assert target[0].tolist() == expected.tolist() and not target[1].any()
+
+
+def test_members_train_as_one_with_their_own_streams(stl_dir: Path, tmp_path: Path) -> None:
+    """Three members: their own initializations and triplets (one batched step each), and the
+    exported ensemble ranks by the mean of the members' d*."""
+    data_dir = small_stl(stl_dir, tmp_path / "data")
+    flags = ["--data", str(data_dir), "--cache", str(tmp_path / "cache"), "--backbone", "tiny"]
+    flags += ["--eval-every", "1", "--batch-size", "16", "--epochs", "1", "--members", "3"]
+    metrics = train(parse_options([*flags, "--out", str(tmp_path / "run")]))
+    assert metrics["members"] == 3
+    model, config = load_run(tmp_path / "run")
+    assert model.members == 3 and config["model"]["members"] == 3 and model.out_dim == 3 * 128
+    w = model.g_global.w1.detach()
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
+    streams = Streams.seeded(0, 0, 3)
+    sampler_rows = [rng.integers(1 << 30) for rng in streams.rngs]
+    assert len(set(sampler_rows)) == 3  # each member draws its own triplets
+    single = Streams.seeded(0, 0, 1)
+    assert single.rngs[0].integers(1 << 30) == sampler_rows[0]  # member 0 = the single model's
+    g, r, p = (
+        torch.randn(4, model.global_dim),
+        torch.randn(4, 49, model.local_dim),
+        torch.randn(5, model.global_dim),
+    )
+    with torch.no_grad():
+        f_s, f_i, keys = model.scene_embeddings(g, r)
+        q = model.query_vector(f_s, f_i, model.attention_all(keys))[:, 1]
+        f_p = model.product_embedding(p)
+        ms, mi, mk = model.member_scenes(g.expand(3, *g.shape), r.expand(3, *r.shape))
+        mq = model.query_vector(ms, mi, model.attention(mk, torch.ones(3, 4, dtype=torch.long)))
+        mp = model.member_products(p.expand(3, *p.shape))
+    torch.testing.assert_close(f_s.norm(dim=-1), torch.ones(4))
+    each = 2 - torch.einsum("mbd,mpd->mbp", mq, mp)
+    torch.testing.assert_close(2 - q @ f_p.T, each.mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.member_slice(q, 2), mq[2], atol=1e-5, rtol=0)
+
+
+def test_single_model_checkpoints_from_before_members_load(tmp_path: Path) -> None:
+    """A checkpoint with one ``fc1``/``fc2`` Linear pair per head loads into the batched heads
+    and gives the same embeddings."""
+    torch.manual_seed(0)
+    model = CTLModel(8, 4, ["A", "B"], dim=6, hidden=8).eval()
+    old = {}
+    for key, value in model.state_dict().items():
+        head, _, name = key.rpartition(".")
+        if name in ("w1", "b1", "w2", "b2"):
+            key, value = f"{head}.fc{name[1]}.{'weight' if name[0] == 'w' else 'bias'}", value[0]
+        old[key] = value
+    cfg = {k: v for k, v in model.config().items() if k != "members"}
+    (tmp_path / "run").mkdir()
+    torch.save({"model": old, "config": {"model": cfg}}, tmp_path / "run" / "checkpoint.pt")
+    loaded, _ = load_run(tmp_path / "run")
+    g = torch.randn(3, 8)
+    torch.testing.assert_close(loaded.product_embedding(g), model.product_embedding(g))

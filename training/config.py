@@ -8,23 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
-
-from model.config import CHECKOUT, ModelSettings, shared_dir
-
-OUTFITS = "mango-outfits"
-OUTFITS_ENV = "CTL_OUTFITS_DIR"
-"""The environment variable of ``TrainingSettings.outfits_dir`` (named in messages)."""
+from model.config import ModelSettings
 
 
 class TrainingSettings(ModelSettings):
-    """``ModelSettings`` plus where the optional stylist outfits live (``CTL_OUTFITS_DIR``;
-    by default ``../shared/mango-outfits``, the checkout's when none exists, so messages name
-    a path)."""
-
-    outfits_dir: Path = Field(
-        default_factory=lambda: shared_dir(OUTFITS) or CHECKOUT.parent / "shared" / OUTFITS
-    )
+    """``ModelSettings`` plus where training keeps its feature caches."""
 
     @property
     def features_dir(self) -> Path:

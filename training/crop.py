@@ -82,12 +82,6 @@ def crop_box(
     return CropResult(best, "ok")
 
 
-def pixel_box(bbox: BBox, width: int, height: int) -> PixelBox:
-    """A valid normalized box in pixels, at least one pixel wide and high."""
-    left, top = min(width - 1, round(bbox[0] * width)), min(height - 1, round(bbox[1] * height))
-    return left, top, max(left + 1, round(bbox[2] * width)), max(top + 1, round(bbox[3] * height))
-
-
 def box_in_crop(bbox: BBox, crop: PixelBox, width: int, height: int) -> BBox | None:
     """Map a normalized scene box into normalized coordinates of ``crop``; ``None`` if outside."""
     cl, ct, cr, cb = crop

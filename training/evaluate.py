@@ -42,8 +42,6 @@ def evaluate(run_dir: Path, data_dir: Path, out_dir: Path, opts: Options) -> dic
     pictures = draw_pictures(ev, metrics, opts, out_dir)
     metrics["seconds"]["total"] = round(time.monotonic() - t0, 2)
     run_metrics = read_json(run_dir / "metrics.json", {})
-    # Held-out outfits (FITB, composed-scene attention) are measured by training on its split.
-    metrics["outfits"] = run_metrics.get("outfits") or {}
     write_json(out_dir / "metrics.json", metrics)
     write_text(out_dir / "report.md", render(metrics, run_metrics, SCORER_NOTES, pictures))
     return metrics
@@ -61,6 +59,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% CIs")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--samples", type=int, default=8, help="scenes in the attention picture")
+    ap.add_argument(
+        "--prior-weight",
+        type=float,
+        default=None,
+        help="lambda of the popularity prior for the model+prior ranking (default: the run's)",
+    )
     args = ap.parse_args(list(argv))
     for name in ("draws", "bootstrap", "batch_size", "samples"):
         if getattr(args, name) < 1:
@@ -71,17 +75,38 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str]) -> int:
     """``ctl evaluate``: prints the headline numbers; writes OUT_DIR/metrics.json and report.md."""
     args = parse_args(argv)
-    opts = Options(args.split, args.seed, args.draws, args.bootstrap, args.batch_size, args.samples)
+    opts = Options(
+        args.split,
+        args.seed,
+        args.draws,
+        args.bootstrap,
+        args.batch_size,
+        args.samples,
+        prior_weight=args.prior_weight,
+    )
     try:
         m = evaluate(args.run, args.data, args.out, opts)
     except (EvaluationError, BackboneError, FileNotFoundError) as exc:
         log.error("ctl evaluate: %s", exc)
         return 1
-    att = m["attention"]
+    att, prior, pop = m["attention"], m["prior"], m["baselines"]["popularity"]
     print(
         f"{m['n_pairs']} pairs vs {m['n_products']} products: AUC {m['auc']:.3f} "
         f"[{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}], MRR {m['mrr']:.3f}, "
-        f"MRR@10 {m['mrr_10']:.3f}, top-10 {m['top_k_accuracy']['10']:.3f}; attention top-1 "
-        f"{att['top1_hit']:.3f} (random {att['random_top1_hit']:.3f}); report in {args.out}"
+        f"MRR@10 {m['mrr_10']:.3f}, top-10 {m['top_k_accuracy']['10']:.3f}; with the prior "
+        f"(lambda {prior['weight']:g}): AUC {prior['auc']:.3f}, MRR {prior['mrr']:.3f}, top-10 "
+        f"{prior['top_k_accuracy']['10']:.3f}; popularity: AUC {pop['auc']:.3f}, MRR "
+        f"{pop['mrr']:.3f}, top-10 {pop['top_k_accuracy']['10']:.3f}"
+    )
+    for name, s in m["members"].items():
+        print(
+            f"  {name}: AUC {s['auc']:.3f}, MRR {s['mrr']:.3f}, "
+            f"top-10 {s['top_k_accuracy']['10']:.3f}"
+        )
+    print(
+        f"attention top-1 {att['top1_hit']:.3f} on n={att['n']} (random "
+        f"{att['random_top1_hit']:.3f}, best fixed region {att['best_fixed_top1_hit']:.3f}); "
+        f"global-only AUC {m['baselines']['global_only']['auc']:.3f}, top-10 "
+        f"{m['baselines']['global_only']['top_k_accuracy']['10']:.3f}; report in {args.out}"
     )
     return 0

@@ -1,9 +1,7 @@
 """The frozen-backbone feature cache: the backbone runs once per image, training runs on arrays.
 
 ``ctl features --data DIR`` computes, for every CTL example (a pair whose product survives the
-crop rules), the cropped scene's global and region features (and, for ``ctl train
---in-scene-weight``, the global features of the product cut out of the scene by its bbox: the
-same product as its catalog photo, seen in a street photo), and for every catalog product its
+crop rules), the cropped scene's global and region features, and for every catalog product its
 global features, each for several views (``orig``, ``flip``: horizontally flipped, ``zoom``:
 centre 90% crop). Arrays are fp16 ``.npy`` files, memory-mapped when read. The cache directory
 is keyed by the backbone (name, weights file, layers), its preprocessing, the crop rules and
@@ -218,15 +216,12 @@ class FeatureCache:
         return list(self.meta["views"])
 
     def array(self, kind: str, view: str) -> np.ndarray:
-        """``scene_global`` (N, G), ``scene_regions`` (N, R, L), ``product_global`` (P, G) or
-        ``in_scene_global`` (E, G): row i is example i's product cut out of its scene; with
-        ``build_cache(regions=True)`` also ``product_regions`` (P, R, L) and
-        ``in_scene_regions`` (E, R, L)."""
+        """``scene_global`` (N, G), ``scene_regions`` (N, R, L) or ``product_global`` (P, G)."""
         return np.load(self.path / f"{kind}-{view}.npy", mmap_mode="r")
 
 
 def regions_kind(kind: str) -> str:
-    """The region grids' array beside a global one: ``product_global`` -> ``product_regions``."""
+    """The region grids' array beside a global one: ``scene_global`` -> ``scene_regions``."""
     return kind.removesuffix("_global") + "_regions"
 
 
@@ -262,18 +257,14 @@ class ChunkBuilder:
         views: Sequence[str],
         scenes: tuple[int, Callable[[int], Image.Image]],
         products: tuple[int, Callable[[int], Image.Image]],
-        in_scene: tuple[int, Callable[[int], Image.Image]] | None = None,
-        regions: bool = False,
     ) -> tuple[FeatureCache, float]:
-        """Every view's arrays of ``scenes``, ``products`` and ``in_scene`` (count, loader),
-        then ``meta.json``: the complete cache and the seconds spent computing. Scenes always
-        keep their region grids; products and in-scene crops only with ``regions``."""
+        """Every view's arrays of ``scenes`` and ``products`` (count, loader), then
+        ``meta.json``: the complete cache and the seconds spent computing. Scenes keep their
+        region grids."""
         spent = 0.0
         for view in views:
             spent += self.fill("scene_global", view, *scenes, regions=True)
-            spent += self.fill("product_global", view, *products, regions=regions)
-            if in_scene is not None:
-                spent += self.fill("in_scene_global", view, *in_scene, regions=regions)
+            spent += self.fill("product_global", view, *products)
             if view not in meta["views"]:
                 meta["views"].append(view)
         meta["seconds"] = float(meta["seconds"]) + spent
@@ -295,7 +286,7 @@ class ChunkBuilder:
         finals = [self.path / f"{kind}-{view}.npy"]
         if regions:
             finals.append(self.path / f"{regions_kind(kind)}-{view}.npy")
-        if all(f.is_file() for f in finals) or n == 0:  # n == 0: outfit photos, no compositions
+        if all(f.is_file() for f in finals) or n == 0:
             return 0.0
         self.chunk_dir.mkdir(parents=True, exist_ok=True)
         n_chunks = (n + CHUNK - 1) // CHUNK
@@ -366,13 +357,9 @@ def build_cache(
     views: Sequence[str] = DEFAULT_VIEWS,
     batch_size: int = 32,
     engine: str = "auto",
-    in_scene: bool = False,
-    regions: bool = False,
 ) -> tuple[FeatureCache, float]:
-    """The complete cache for ``data`` and ``backbone`` (computing what is missing; with
-    ``in_scene``, the ``in_scene_global`` arrays too; with ``regions``, the products' and
-    in-scene crops' region grids), and the seconds this call spent computing features (0 when
-    all was cached)."""
+    """The complete cache for ``data`` and ``backbone`` (computing what is missing), and the
+    seconds this call spent computing features (0 when all was cached)."""
     unknown = set(views) - set(VIEWS)
     if unknown:
         raise ValueError(f"unknown views {sorted(unknown)}; choose from {list(VIEWS)}")
@@ -411,16 +398,9 @@ def build_cache(
     def load_product(i: int) -> Image.Image:
         return rgb(data.product_path(products[i]))
 
-    examples = meta["examples"]
-
-    def load_in_scene(i: int) -> Image.Image:
-        scene = rgb(data.scene_path(examples[i]["scene"]))
-        return scene.crop(crop.pixel_box(examples[i]["bbox"], *scene.size))
-
     builder = ChunkBuilder(path, backbone, batch_size, engine)
     scenes, prods = (len(crops_list), load_crop), (len(products), load_product)
-    extra = (len(examples), load_in_scene) if in_scene else None
-    return builder.fill_views(meta, views, scenes, prods, extra, regions)
+    return builder.fill_views(meta, views, scenes, prods)
 
 
 def add_arguments(parser: argparse.ArgumentParser, settings: TrainingSettings) -> None:
@@ -461,9 +441,7 @@ class FeatureOptions:
         return cls(**values)
 
 
-def load_cache(
-    opts: FeatureOptions, in_scene: bool = False, regions: bool = False
-) -> tuple[FeatureCache, float]:
+def load_cache(opts: FeatureOptions) -> tuple[FeatureCache, float]:
     """The feature cache the options name, built where it is missing (see ``build_cache``)."""
     data = STLData.load(opts.data)
     backbone = build_backbone(opts.backbone, opts.backbone_weights)
@@ -474,8 +452,6 @@ def load_cache(
         opts.views,
         opts.batch_size_features,
         opts.engine,
-        in_scene,
-        regions,
     )
 
 

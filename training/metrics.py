@@ -293,17 +293,22 @@ def random_hits(relevant: np.ndarray, k: int) -> np.ndarray:
 
 
 def attention_summary(attention: np.ndarray, relevant: np.ndarray) -> dict[str, float | int]:
-    """Top-1/top-3 attention hit rates vs random regions, over scenes with a relevant cell."""
+    """Top-1/top-3 attention hit rates vs random regions and vs the best fixed region (the one
+    cell most often relevant on these very scenes: a hindsight baseline that a heatmap
+    following the content should still beat), over scenes with a relevant cell."""
     attention = np.asarray(attention, float)
     relevant = np.asarray(relevant, bool)
     if attention.shape != relevant.shape or attention.ndim != 2:
         raise ValueError(f"attention {attention.shape} and relevance {relevant.shape} must match")
     keep = relevant.any(1)
     att, rel = attention[keep], relevant[keep]
+    per_cell = rel.mean(0) if len(rel) else np.zeros(relevant.shape[1])
     return {
         "n": int(keep.sum()),
         "top1_hit": _mean(attention_hits(att, rel, 1)),
         "top3_hit": _mean(attention_hits(att, rel, 3)),
         "random_top1_hit": _mean(random_hits(rel, 1)),
         "random_top3_hit": _mean(random_hits(rel, 3)),
+        "best_fixed_top1_hit": float(per_cell.max()) if len(rel) else math.nan,
+        "best_fixed_region": int(per_cell.argmax()),
     }

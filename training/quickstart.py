@@ -21,7 +21,6 @@ from pathlib import Path
 from index.atomic import write_json
 from model.runtime import MANIFEST_FILE, sha256_file
 from training.config import TrainingSettings
-from training.outfits import outfits_available
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +96,6 @@ def main(argv: list[str], serve: Serve | None = None) -> int:
     parser.add_argument("--seed", type=int, default=settings.seed)
     parser.add_argument("--host", default=None, help="default: the service's (CTL_HOST)")
     parser.add_argument("--port", type=int, default=None, help="default: the service's (CTL_PORT)")
-    parser.add_argument(
-        "--outfits",
-        type=Path,
-        default=settings.outfits_dir,
-        help="stylist outfits directory (default: $CTL_OUTFITS_DIR or ../shared/mango-outfits)",
-    )
     parser.add_argument("--no-serve", action="store_true", help="stop after building the index")
     args = parser.parse_args(argv)
 
@@ -121,7 +114,6 @@ def main(argv: list[str], serve: Serve | None = None) -> int:
     feat_argv = _argv(data=data, cache=cache, backbone=args.backbone)
     _run_step(stamps, "features", feat_digest, cache, features.main, feat_argv)
 
-    outfits = args.outfits.resolve()
     train_argv = _argv(
         data=data,
         out=run_dir,
@@ -129,9 +121,8 @@ def main(argv: list[str], serve: Serve | None = None) -> int:
         backbone=args.backbone,
         seed=args.seed,
         epochs=args.epochs,
-        outfits=outfits,
     )
-    train_digest = _digest(feat_digest, train_argv, outfits_available(outfits))
+    train_digest = _digest(feat_digest, train_argv)
     _run_step(stamps, "train", train_digest, run_dir / "metrics.json", train.main, train_argv)
 
     export_digest = _digest("export", sha256_file(run_dir / "checkpoint.pt"))

@@ -129,15 +129,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--data", type=Path, default=None, help="data directory (CTL_DATA_DIR)")
     parser.add_argument("--domain", choices=["fashion", "home"], default="fashion")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument(
-        "--outfits",
-        type=Path,
-        default=None,
-        help="report an outfits directory (e.g. ../shared/mango-outfits) instead of STL data",
-    )
     args = parser.parse_args(list(argv))
-    if args.outfits is not None:
-        return _outfit_stats(args.outfits, args.json)
     root = args.data if args.data is not None else TrainingSettings().data_dir
     try:
         data = STLData.load(root, args.domain)
@@ -146,15 +138,4 @@ def main(argv: Sequence[str]) -> int:
         return 2
     stats = compute_stats(data)
     print(json.dumps(stats.as_dict(), indent=2) if args.json else render(stats))
-    return 0
-
-
-def _outfit_stats(root: Path, as_json: bool) -> int:
-    from training.outfits import OutfitData, outfits_available, render_stats
-
-    if not outfits_available(root):
-        log.error("%s: no products.csv and outfits.csv (an outfits directory?)", root)
-        return 2
-    stats = OutfitData.load(root).stats()
-    print(json.dumps(stats, indent=2) if as_json else render_stats(stats))
     return 0

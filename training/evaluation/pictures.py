@@ -11,7 +11,7 @@ from training import plots
 from training.evaluation.baselines import BASELINES
 from training.evaluation.pairs import load_crop
 from training.evaluation.report import Picture
-from training.evaluation.run import Evaluation, Options
+from training.evaluation.run import PRIOR, Evaluation, Options
 from training.stl import rgb
 
 CURVE_KS = tuple(range(1, 101))
@@ -97,9 +97,9 @@ def draw_pictures(
 ) -> list[Picture]:
     """Every PNG of the evaluation, with one sentence each for the report."""
     rng = np.random.default_rng(opts.seed)
-    names = ["model", *BASELINES[::-1]]
+    names = ["model", PRIOR, *BASELINES[::-1]]
     curves = {n: ev.ranked[n].topk_curve(CURVE_KS) for n in names}
-    summaries = {"model": metrics, **metrics["baselines"]}
+    summaries = {"model": metrics, PRIOR: metrics["prior"], **metrics["baselines"]}
     counts = {c: m["n"] for c, m in metrics["per_category"].items()}
     auc_table = {
         c: {n: summaries[n]["per_category"][c]["auc"] for n in names}

@@ -62,7 +62,13 @@ def render(
 ) -> str:
     """The report as markdown text."""
     ks = list(metrics["top_k_accuracy"])
-    scorers = {"model": metrics, **metrics["baselines"]}
+    prior = metrics["prior"]
+    scorers = {
+        "model": metrics,
+        f"model+prior (lambda {prior['weight']:g})": prior,
+        **metrics["members"],
+        **metrics["baselines"],
+    }
     lines = [
         "# Evaluation report",
         "",
@@ -105,7 +111,14 @@ def render(
             for name, m in scorers.items()
         ],
     )
-    lines += [f"- **{name}**: {notes.get(name, '')}" for name in scorers] + ["", PAPER_NOTE, ""]
+    named = [
+        "model",
+        "model+prior",
+        "member_k" if metrics["members"] else "",
+        *metrics["baselines"],
+    ]
+    lines += [f"- **{name}**: {notes.get(name, '')}" for name in named]
+    lines += ["", PAPER_NOTE, ""]
     lines += ["## Per category (model)", ""]
     lines += _table(
         ["category", "pairs", "AUC", "MRR", "MRR@10", *(f"top-{k}" for k in ks)],
@@ -143,57 +156,15 @@ def render(
         [
             ["attention of the pair's category", _f(att["top1_hit"]), _f(att["top3_hit"])],
             ["random regions", _f(att["random_top1_hit"]), _f(att["random_top3_hit"])],
+            [
+                f"best fixed region (cell {att['best_fixed_region']}, chosen on these scenes)",
+                _f(att["best_fixed_top1_hit"]),
+                "–",
+            ],
         ],
     )
-    lines += _outfit_lines(run_metrics.get("outfits") or {})
     lines += ["## Pictures", ""]
     for p in pictures:
         lines += [f"### {p.title}", "", f"{p.caption[0].upper()}{p.caption[1:]}.", ""]
         lines += [f"![{p.title}]({p.filename})", ""]
     return "\n".join(lines)
-
-
-def _outfit_lines(outfits: Mapping[str, Any]) -> list[str]:
-    """Held-out stylist outfits (from the run's metrics.json), when the run measured them."""
-    if not outfits:
-        return []
-    lines: list[str] = [
-        "## Held-out outfits (composed scenes)",
-        "",
-        "Fill-in-the-blank: an outfit minus one item, composed into one scene, ranks the missing "
-        "item against 3 random products of its category outside the outfit (random 0.25; "
-        "Polyvore anchors 0.556 / 0.67). Attention: a region is relevant when mostly covered by "
-        "a composed item; hits beside the exact random chance.",
-        "",
-    ]
-    rows = [
-        [
-            split,
-            str(m.get("n", 0)),
-            _f(m.get("fitb")),
-            _f(m.get("attention_top1_hit")),
-            _f(m.get("attention_random_top1_hit")),
-            _f(m.get("attention_top3_hit")),
-            _f(m.get("attention_random_top3_hit")),
-        ]
-        for split, m in outfits.items()
-        if m.get("n")
-    ]
-    header = ["split", "outfits", "FITB", "top-1 hit", "random", "top-3 hit", "random"]
-    lines = [*lines, *_table(header, rows)] if rows else []
-    items = [
-        [split, str(m["items"]["n"]), _f(m["items"]["fitb"]), "0.250"]
-        for split, m in outfits.items()
-        if m.get("items", {}).get("n")
-    ]
-    if items:
-        lines += [
-            "## Held-out outfits (product to product)",
-            "",
-            "Fill-in-the-blank on the outfit photos: the mean of the other items' product "
-            "embeddings ranks the missing item against 3 random products of its category "
-            "outside the outfit.",
-            "",
-            *_table(["split", "blanks", "FITB", "random"], items),
-        ]
-    return lines

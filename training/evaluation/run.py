@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from index.prior import PopularityPrior
 from model.backbones import Backbone, build_backbone
 from model.ctl import load_run
 from training import metrics as M
@@ -27,12 +28,26 @@ from training.evaluation.pairs import (
     group_by_category,
     select_pairs,
 )
-from training.evaluation.scoring import Embedded, embed_all, model_scorer, rank_all
+from training.evaluation.scoring import (
+    Embedded,
+    embed_all,
+    member_scorer,
+    model_scorer,
+    rank_all,
+    with_prior,
+)
 from training.stl import BBox, STLData
 
 log = logging.getLogger(__name__)
 
-SCORER_NOTES = {"model": "the trained CTL model: d* = (d_global + d_local) / 2", **baselines.NOTES}
+PRIOR = "model+prior"
+SCORER_NOTES = {
+    "model": "the trained CTL model (the mean of its members' d* when an ensemble): "
+    "d* = (d_global + d_local) / 2",
+    PRIOR: "the model ranked as the service ranks: d* - lambda log(1 + training pairs)",
+    "member_k": "member k of the ensemble alone",
+    **baselines.NOTES,
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,7 @@ class Options:
     compat_rows: int = 4
     tsne_products: int = 1000
     tsne_scenes: int = 300
+    prior_weight: float | None = None  # lambda of the popularity prior; None: the run's
 
 
 @dataclass
@@ -64,7 +80,8 @@ class Evaluation:
     groups: dict[str, CategoryPairs]
     scenes: Embedded
     products: Embedded
-    ranked: dict[str, M.PairScores]
+    ranked: dict[str, M.PairScores]  # "model", PRIOR, "member_k", then the baselines
+    prior_weight: float
     attention: np.ndarray  # (n, R) attention of each pair's category
     relevant: np.ndarray  # (n, R) regions covered by other labelled products
     boxes: list[list[BBox]]  # other labelled products of each pair, in crop coordinates
@@ -130,7 +147,15 @@ def run_evaluation(run_dir: Path, data_dir: Path, cache: Path, opts: Options) ->
     cats = np.array([data.categories[s] for s in catalog], dtype=object)
     groups = group_by_category(eval_pairs, categories, cats, catalog_row, scene_products)
     popularity = np.array([float(counts.get(s, 0)) for s in catalog])
+    weight = opts.prior_weight
+    if weight is None:
+        weight = float(config.get("train", {}).get("prior_weight", 0.0))
     scorers = {"model": model_scorer(scenes, products)}
+    scorers[PRIOR] = with_prior(scorers["model"], PopularityPrior(weight, counts).bonus(catalog))
+    if model.members > 1:
+        scorers |= {
+            f"member_{k}": member_scorer(scenes, products, model, k) for k in range(model.members)
+        }
     scorers |= baselines.scorers(scenes, products, popularity)
     ranked = {name: rank_all(groups, fn, opts.seed, opts.draws) for name, fn in scorers.items()}
     t2 = time.monotonic()
@@ -143,7 +168,7 @@ def run_evaluation(run_dir: Path, data_dir: Path, cache: Path, opts: Options) ->
     run_splits = Counter(run_split.get(p.pair.scene, "unseen") for p in eval_pairs)
     return Evaluation(
         data, run_dir, backbone, eval_pairs, crops, crop_stats, catalog, groups, scenes,
-        products, ranked, att, relevant, boxes, dict(sorted(run_splits.items())), seconds,
+        products, ranked, weight, att, relevant, boxes, dict(sorted(run_splits.items())), seconds,
     )  # fmt: skip
 
 
@@ -155,6 +180,8 @@ def metrics_of(ev: Evaluation, opts: Options) -> dict[str, Any]:
         "n_pairs": model["n_pairs"],
         "n_products": len(ev.catalog),
         **{k: v for k, v in model.items() if k != "n_pairs"},
+        "prior": {"weight": ev.prior_weight, **summaries[PRIOR]},
+        "members": {n: s for n, s in summaries.items() if n.startswith("member_")},
         "baselines": {name: summaries[name] for name in baselines.BASELINES},
         "attention": M.attention_summary(ev.attention, ev.relevant),
         "split": opts.split,

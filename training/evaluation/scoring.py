@@ -141,6 +141,26 @@ def model_scorer(scenes: Embedded, products: Embedded) -> Scorer:
     return model
 
 
+def member_scorer(scenes: Embedded, products: Embedded, model: CTLModel, k: int) -> Scorer:
+    """Member ``k`` of the ensemble alone: its own slice of the ensemble's vectors."""
+
+    def member(g: CategoryPairs) -> np.ndarray:
+        q = model.member_slice(scenes.queries[g.crops, g.cat_idx].astype(np.float64), k)
+        return 2.0 - q @ model.member_slice(products.emb[g.products].astype(np.float64), k).T
+
+    return member
+
+
+def with_prior(scorer: Scorer, bonus: np.ndarray) -> Scorer:
+    """``scorer``'s distances less the popularity prior: d* - lambda log(1 + popularity), with
+    ``bonus`` = lambda log(1 + popularity) of every catalog product (``index.prior``)."""
+
+    def prior(g: CategoryPairs) -> np.ndarray:
+        return scorer(g) - bonus[g.products].astype(np.float64)[None, :]
+
+    return prior
+
+
 def rank_all(
     groups: dict[str, CategoryPairs], scorer: Scorer, seed: int, draws: int
 ) -> M.PairScores:
