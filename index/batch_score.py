@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
+from index.filters import FilterError, ProductFilter
 from index.search import recommend, set_search_threads
 from index.store import IndexStore
 from model.runtime import OnnxEncoder
@@ -92,8 +93,10 @@ class SceneScorer:
         threads: int,
         device: str,
         encoder_batch: int,
+        filter_json: str = "",
     ) -> None:
         self.out = Path(out)
+        self.filter = ProductFilter.parse(filter_json)
         self.encoder_batch = encoder_batch
         self.encoder = OnnxEncoder.from_artifacts(Path(artifacts), device=device, threads=threads)
         # FAISS on every core woke the OpenMP threads of both actors for each of a scene's
@@ -146,7 +149,8 @@ class SceneScorer:
         for (scene, wanted), emb in zip(good, embeddings, strict=True):
             for category in wanted:
                 cat_idx = self.encoder.categories.index(category)
-                for rank, s in enumerate(recommend(self.catalog, emb, cat_idx, category, self.k)):
+                ranked = recommend(self.catalog, emb, cat_idx, category, self.k, flt=self.filter)
+                for rank, s in enumerate(ranked):
                     row(scene, category=category, rank=rank + 1, product=s.id,
                         d=(s.d_star, s.d_global, s.d_local))  # fmt: skip
         rows, errors = write_batch(pa.table(out), self.out, [str(s) for s in batch["scene"]])
@@ -183,6 +187,7 @@ def run(
     device: str = "cpu",
     address: str | None = None,
     encoder_batch: int = 4,
+    filter_json: str = "",
 ) -> dict[str, Any]:
     """Score ``inputs`` on Ray; write ``out/results/*.parquet`` and ``out/errors/*.parquet``.
 
@@ -190,6 +195,8 @@ def run(
     the encoder on ``encoder_batch`` of them at a time (docs/performance.md).
 
     ``actors`` encoder actors of ``threads`` ONNX threads each (0: one per ``threads`` cores).
+    ``filter_json``: which products may be recommended (``index.filters.ProductFilter``, as
+    the HTTP routes' ``filter`` field; empty: in-stock products only).
     """
     import ray
 
@@ -212,6 +219,7 @@ def run(
             "threads": threads,
             "device": device,
             "encoder_batch": encoder_batch,
+            "filter_json": filter_json,
         },
         batch_size=batch_size,
         concurrency=actors,
@@ -249,7 +257,15 @@ def main(argv: list[str]) -> int:
                    help="scenes per encoder call (4 suits a CPU; more for a GPU)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--address", default=None, help="a Ray cluster (default: a local Ray)")
+    p.add_argument("--filter", default="",
+                   help="JSON, as the HTTP routes' filter field: in_stock_only (default true), "
+                   "exclude, brand, attributes, price_min, price_max")  # fmt: skip
     args = p.parse_args(argv)
+    try:
+        ProductFilter.parse(args.filter)
+    except FilterError as exc:
+        log.error("--filter: %s", exc)
+        return 2
     try:
         import ray  # noqa: F401
     except ImportError:
@@ -262,6 +278,7 @@ def main(argv: list[str]) -> int:
     report = run(
         read_inputs(args.inputs), args.artifacts, args.out, cats, args.k, args.actors,
         args.threads, args.batch_size, args.device, args.address, args.encoder_batch,
+        args.filter,
     )  # fmt: skip
     sys.stdout.write(json.dumps(report) + "\n")  # the result on stdout, like `ctl index`
     return 0
