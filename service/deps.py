@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
+from index.filters import FilterError, ProductFilter
 from service.config import Settings
 from service.recommender import Pipeline
 from service.serving import Serving, UnknownCategory
@@ -104,7 +105,22 @@ async def pipeline(request: Request, *single_fields: str) -> Pipeline:
                 )
     state = request.app.state
     serving = await get_serving(request)
-    return Pipeline(serving, state.cache, state.metrics, state.settings, state.upload_budget)
+    return Pipeline(
+        serving,
+        state.cache,
+        state.metrics,
+        state.settings,
+        state.upload_budget,
+        serving.catalog.attributes,
+    )
+
+
+def parse_filter(raw: str | None) -> ProductFilter:
+    """The ``filter`` field (JSON; absent: in-stock products only), or 422 naming the problem."""
+    try:
+        return ProductFilter.parse(raw)
+    except FilterError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
 def unique(values: list[str] | None) -> list[str]:

@@ -1,4 +1,5 @@
-"""Operator endpoints behind the admin token: reload versions, update the catalog."""
+"""Operator endpoints behind the admin token: reload versions, update the catalog and the
+products' attributes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Path, Request, status
 
+from index.attributes import AttributesBusyError, AttributesError, ProductAttributes
 from index.build import BuildError, NewProduct, add_products, remove_products
 from index.store import (
     PRODUCT_ID_PATTERN,
@@ -21,7 +23,7 @@ from service.deps import AdminDep, pipeline
 from service.errors import AUTH, UNAVAILABLE, UPLOAD, responses
 from service.images import decode_image
 from service.routes.recommend import ImageField
-from service.schemas import CatalogUpdate, Reloaded
+from service.schemas import CatalogUpdate, ProductInfo, Reloaded
 from service.serving import Serving, ServingManager
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
@@ -138,3 +140,49 @@ async def delete_product(
     except BuildError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     return await _catalog_update(request, removed=[product_id])
+
+
+@router.patch(
+    "/products/{product_id}",
+    response_model=ProductInfo,
+    responses=responses(
+        {
+            **AUTH,
+            404: "no such product",
+            409: "another write (an import) held the attribute store too long; try again",
+            422: "an unknown field, a mistyped value, or attributes over their bounds",
+            503: UNAVAILABLE,
+        }
+    ),
+)
+async def patch_product(
+    product_id: Annotated[str, Path(description=ID_FORMAT, pattern=PRODUCT_ID_PATTERN)],
+    update: ProductAttributes,
+    request: Request,
+) -> dict:
+    """Change a product's attributes (stock, price, title, ...): the fields sent, ``null``
+    resetting one; ``attributes`` keys are merged (``null`` removes a key). Nothing is
+    re-embedded and no index version is made; every replica follows within its follow bound,
+    this one before it answers."""
+    pipe = await pipeline(request)
+    if pipe.serving.catalog.product(product_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no product with id {quote(product_id)}")
+    changes = {name: getattr(update, name) for name in update.model_fields_set}
+    store = IndexStore.for_artifacts(pipe.settings.artifacts_dir).attributes
+    try:
+        _, stored = await asyncio.to_thread(store.update, {product_id: changes})
+    except AttributesError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    except AttributesBusyError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    follower = request.app.state.follower
+    await follower.sync_attributes()
+    await follower.announce()
+    p = pipe.serving.catalog.product(product_id)
+    assert p is not None
+    return {
+        "id": p.id,
+        "category": p.category,
+        "image_url": f"/products/{p.id}/image",
+        **stored[product_id],
+    }
