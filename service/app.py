@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import multiprocess
@@ -294,4 +295,11 @@ def create_app(
     app.add_middleware(BodyLimit, limit_for=limit_for)
     app.add_middleware(AdminGate, settings=settings)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    if settings.cors_origins:  # outermost: preflights are answered before any other check
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     return app

@@ -234,3 +234,31 @@ def test_ctl_catalog_set_is_followed_by_a_running_service(
     assert "no product with id 'nope'" in capsys.readouterr().err
     assert ctl(["catalog", "set", pid, "colour=red", "--artifacts", artifacts]) == 1
     assert "valid fields" in capsys.readouterr().err
+
+
+def test_cors_is_off_by_default_and_answers_preflights_when_configured(
+    stl_dir: Path, tmp_path: Path
+) -> None:
+    preflight = {
+        "Origin": "https://shop.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+    }
+    artifacts = copy_artifacts(stl_dir, tmp_path)
+    with serve(settings_for(artifacts, stl_dir)) as off:
+        r = off.options("/complete-the-look", headers=preflight)
+        assert "access-control-allow-origin" not in r.headers
+        r = off.get("/categories", headers={"Origin": "https://shop.example"})
+        assert "access-control-allow-origin" not in r.headers
+    settings = settings_for(artifacts, stl_dir, cors_origins=["https://shop.example"])
+    with serve(settings) as on:
+        r = on.options("/complete-the-look", headers=preflight)
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://shop.example"
+        assert "POST" in r.headers["access-control-allow-methods"]
+        r = on.get("/categories", headers={"Origin": "https://shop.example"})
+        assert r.headers["access-control-allow-origin"] == "https://shop.example"
+        r = on.options(
+            "/complete-the-look", headers={**preflight, "Origin": "https://evil.example"}
+        )
+        assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
