@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -195,14 +196,25 @@ class AttributeStore:
         each stored record, or replacing it (``replace``). Returns the new revision and the
         records as now stored. AttributesError (nothing written) when a merge is too big;
         AttributesBusyError when another writer held the store too long."""
+        with self.writing() as write:
+            return write(updates, replace)
+
+    @contextmanager
+    def writing(self) -> Iterator[Writer]:
+        """One write transaction: ``with store.writing() as write: write(updates, replace)``.
+        Committed when the block ends, rolled back when it raises; other writers wait (up to
+        :data:`BUSY_TIMEOUT_S`, then AttributesBusyError) until then."""
         try:
             db = self._connect()
-        except sqlite3.OperationalError as exc:
-            raise AttributesBusyError(str(exc)) from exc
-        try:
             db.execute("BEGIN IMMEDIATE")
-            try:
-                rev = _revision(db) + 1
+        except sqlite3.OperationalError as exc:  # "database is locked" after the timeout
+            raise AttributesBusyError(f"the attribute store is busy: {exc}") from exc
+        try:
+            rev = _revision(db) + 1
+
+            def write(
+                updates: Mapping[str, Mapping[str, Any]], replace: bool = False
+            ) -> tuple[int, dict[str, dict[str, Any]]]:
                 stored: dict[str, dict[str, Any]] = {}
                 for pid, update in updates.items():
                     old: dict[str, Any] = {}
@@ -221,15 +233,19 @@ class AttributeStore:
                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                     (rev,),
                 )
+                return rev, stored
+
+            try:
+                yield write
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:  # "database is locked" after the timeout
-            raise AttributesBusyError(f"the attribute store is busy: {exc}") from exc
         finally:
             db.close()
-        return rev, stored
+
+
+Writer = Callable[[Mapping[str, Mapping[str, Any]], bool], "tuple[int, dict[str, dict[str, Any]]]"]
 
 
 def _revision(db: sqlite3.Connection) -> int:

@@ -1,7 +1,9 @@
-"""``ctl catalog set``: change products' attributes (stock, price, ...) from the command line.
+"""``ctl catalog set|import``: a shop's catalog from the command line.
 
-Nothing is re-embedded and no index version is made: the attribute store gets one write, which
-running services follow within their follow interval (``CTL_FOLLOW_INTERVAL_S``).
+``set`` changes one product's attributes (stock, price, ...): nothing is re-embedded and no
+index version is made; the attribute store gets one write, which running services follow within
+their follow interval (``CTL_FOLLOW_INTERVAL_S``). ``import`` reads a product table
+(``index/catalog_import.py``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from index.attributes import AttributesBusyError, parse_update
+from index.build import BuildError
+from index.catalog_import import CatalogImportError, import_catalog
+from index.cli import encoder_options, open_store
 from index.config import IndexSettings
+from index.rows import TableError
 from index.store import IndexStore, IndexStoreError
+from model.runtime import ArtifactError
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, Any]:
@@ -69,4 +76,47 @@ def set_main(argv: list[str]) -> int:
         return 1
     result = {"id": args.id, "revision": revision, "attributes": stored[args.id]}
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def import_main(argv: list[str]) -> int:
+    """Import a product table (CSV, JSON lines, Parquet: id, category, image, attributes...)."""
+    settings = IndexSettings()
+    p = argparse.ArgumentParser(prog="ctl catalog import", description=import_main.__doc__)
+    p.add_argument("table", type=Path, help="a .csv, .jsonl or .parquet file")
+    p.add_argument(
+        "--artifacts",
+        type=Path,
+        default=settings.artifacts_dir,
+        help="artifacts directory (default: %(default)s)",
+    )
+    p.add_argument("--sync", action="store_true", help="also remove products the table lacks")
+    p.add_argument("--skip-bad", action="store_true", help="apply the good rows of a bad table")
+    p.add_argument("--workers", type=int, default=8, help="concurrent image reads and fetches")
+    p.add_argument("--retries", type=int, default=3, help="retries of a failed image URL")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per image request")
+    encoder_options(p, settings)
+    args = p.parse_args(argv)
+    try:
+        store, encoder = open_store(args)
+        report = import_catalog(
+            store,
+            encoder,
+            args.table,
+            sync=args.sync,
+            skip_bad=args.skip_bad,
+            ann_threshold=args.ann_threshold,
+            workers=args.workers,
+            timeout=args.timeout,
+            retries=args.retries,
+        )
+    except CatalogImportError as exc:
+        for error in exc.errors:
+            sys.stderr.write(f"{args.table}:{error.line}: {error.reason}\n")
+        sys.stderr.write(f"{p.prog}: error: {len(exc.errors)} bad rows, nothing applied\n")
+        return 1
+    except (ArtifactError, BuildError, IndexStoreError, TableError, AttributesBusyError) as exc:
+        sys.stderr.write(f"{p.prog}: error: {exc}\n")
+        return 1
+    sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     return 0

@@ -224,6 +224,27 @@ class Sample(BaseModel):
     url: str = Field(examples=["/samples/0009907bb8b0b7a853a8c7dd5059b751.jpg"])
 
 
+class RowProblem(BaseModel):
+    """A bad row of an import: its line and why."""
+
+    line: int
+    reason: str
+
+
+class CatalogImport(Versions):
+    """What an import did; ``index_version`` is new when products were embedded or removed."""
+
+    rows: int
+    added: int
+    reembedded: int = Field(description="products whose image bytes or category changed")
+    kept: int = Field(description="products that kept their vectors (attributes updated)")
+    removed: int
+    removed_ids: list[str]
+    errors: list[RowProblem] = Field(description="bad rows skipped (skip_bad=true)")
+    attributes_revision: int
+    seconds: float
+
+
 class CatalogUpdate(Versions):
     """A new index version with products added or removed; it is served at once."""
 
