@@ -227,3 +227,20 @@ def test_a_patch_during_an_import_is_not_lost(stl_dir: Path, artifacts: Path) ->
             assert got["price"] == 12.5
         if codes[1] == 200:
             assert got["in_stock"] is False
+
+
+def test_parquet_tables_import_like_csv(
+    stl_dir: Path, artifacts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    (a, cat, path), *_ = _new_products(stl_dir, artifacts, 1)
+    table = pa.table(
+        {"id": [a], "category": [cat], "image": [str(path)], "price": [19.0],
+         "in_stock": [False], "size": [42]}
+    )  # fmt: skip
+    pq.write_table(table, tmp_path / "catalog.parquet")
+    assert _import(artifacts, tmp_path / "catalog.parquet") == 0
+    assert json.loads(capsys.readouterr().out)["added"] == 1
+    _, records = IndexStore.for_artifacts(artifacts).attributes.read()
+    assert records[a] == {"price": 19.0, "in_stock": False, "attributes": {"size": 42}}
