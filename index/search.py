@@ -169,7 +169,7 @@ class CategoryIndex:
     def _nearest_filtered(
         self, q: np.ndarray, k: int, candidates: int, mask: np.ndarray
     ) -> np.ndarray:
-        passing = int(mask.sum())
+        passing = int(np.count_nonzero(mask))
         if passing == 0 or k <= 0:
             return np.zeros(0, np.int64)
         if self.kind == FLAT or passing <= max(EXACT_FILTERED_MAX, candidates):
