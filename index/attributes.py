@@ -296,7 +296,8 @@ class CategoryAttributes:
     ) -> CategoryAttributes:
         n = len(ids)
         out = cls(revision, np.ones(n, bool), np.full(n, np.nan), np.full(n, np.nan), {})
-        return out._filled([(row, records.get(pid) or {}) for row, pid in enumerate(ids)])
+        # Rows without a record keep the defaults set above.
+        return out._filled([(row, records[pid]) for row, pid in enumerate(ids) if pid in records])
 
     def updated(
         self, revision: int, changes: Sequence[tuple[int, Mapping[str, Any]]]
