@@ -74,6 +74,7 @@ def run(
         in_stock = np.random.default_rng(seed).random(len(cat)) < selectivity
         filtered = _stock(catalog, category, in_stock)
         passing = np.flatnonzero(in_stock)
+        passing_emb = cat.emb[passing]  # the exact ranking's operand, gathered once
         times: dict[str, list[float]] = {"filtered": [], "unfiltered": []}
         hits = 0
         for emb in queries:
@@ -83,7 +84,8 @@ def run(
                 times[name].append(time.perf_counter() - start)
                 if name == "filtered":
                     q = emb.f_s + emb.attention[cat_idx] @ emb.f_i
-                    exact = passing[np.argsort(-(cat.emb[passing] @ q), kind="stable")[:K]]
+                    scores = np.einsum("ij,j->i", passing_emb, q.astype(np.float32))
+                    exact = passing[np.argsort(-scores, kind="stable")[:K]]
                     hits += len({cat.ids[r] for r in exact} & {s.id for s in found})
                     assert len(found) == min(K, len(passing))
         p50 = {name: statistics.median(t) for name, t in times.items()}
