@@ -40,7 +40,12 @@ BUSY_TIMEOUT_S = 5.0
 FIELDS = ("title", "price", "currency", "url", "brand", "in_stock", "popularity", "attributes")
 
 AttributeKey = Annotated[str, StringConstraints(pattern=ATTRIBUTE_KEY_PATTERN)]
-AttributeValue = Annotated[str, StringConstraints(max_length=MAX_VALUE_CHARS)] | float | bool
+AttributeValue = (
+    Annotated[str, StringConstraints(max_length=MAX_VALUE_CHARS)]
+    | int
+    | Annotated[float, Field(allow_inf_nan=False)]
+    | bool
+)
 
 
 class AttributesError(ValueError):

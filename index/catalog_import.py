@@ -29,7 +29,7 @@ import numpy as np
 from index.atomic import write_json
 from index.attributes import FIELDS, AttributesError, parse_update
 from index.build import BuildError, current_groups, embed_catalog, load_image
-from index.fetch import FetchError, fetch
+from index.fetch import MAX_BYTES, FetchError, fetch
 from index.progress import Progress
 from index.rows import Row, RowError, read_rows
 from index.store import CategoryData, IndexStore, InvalidProductIdError, check_product_id
@@ -152,11 +152,15 @@ def image_bytes(source: str, base: Path, timeout: float, retries: int) -> bytes 
             return fetch(source, timeout=timeout, retries=retries)
         except FetchError as exc:
             return f"image {source[:200]}: {exc}"
-    path = Path(source)
     try:
-        return (path if path.is_absolute() else base / path).read_bytes()
-    except OSError as exc:
-        return f"image {source[:200]}: {exc.strerror or exc}"
+        path = Path(source) if Path(source).is_absolute() else base / source
+        if not path.is_file():  # not a directory, a device or a pipe
+            return f"image {source[:200]}: no such file"
+        if path.stat().st_size > MAX_BYTES:
+            return f"image {source[:200]}: over {MAX_BYTES} bytes"
+        return path.read_bytes()
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        return f"image {source[:200]}: {getattr(exc, 'strerror', None) or exc}"
 
 
 def _stored_hashes(store: IndexStore) -> dict[str, str]:

@@ -26,7 +26,12 @@ MAX_EXCLUDE = 1000
 MAX_VALUES = 100
 """Values of one equality filter (brand, or one attributes key) at most."""
 
-FilterValue = Annotated[str, StringConstraints(max_length=MAX_VALUE_CHARS)] | float | bool
+FilterValue = (
+    Annotated[str, StringConstraints(max_length=MAX_VALUE_CHARS)]
+    | int
+    | Annotated[float, Field(allow_inf_nan=False)]
+    | bool
+)
 Values = Annotated[list[FilterValue], Field(max_length=MAX_VALUES)] | FilterValue
 
 
