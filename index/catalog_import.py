@@ -196,6 +196,8 @@ def import_catalog(
     base = base_dir if base_dir is not None else Path(table).parent
     good, bad, named = read_table(read_rows(Path(table), COLUMNS), set(encoder.categories))
     n_rows = len(good) + len(bad)
+    if not n_rows:  # with --sync it would empty the catalog: surely not what was meant
+        raise CatalogImportError([RowError(0, "the table has no rows")])
     current = store.categories_of() if store.current() else {}
     hashes = _stored_hashes(store)
 
@@ -226,7 +228,7 @@ def import_catalog(
         raise CatalogImportError(bad)
     rows = [r for r in good if r.id in fetched]
     if not rows and not sync:
-        raise CatalogImportError(bad or [RowError(0, "the table has no rows")])
+        raise CatalogImportError(bad)
     report = ImportReport("", n_rows, errors=bad)
     with store.lock():
         groups = current_groups(store, encoder) if store.current() else {}

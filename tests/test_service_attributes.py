@@ -262,3 +262,10 @@ def test_cors_is_off_by_default_and_answers_preflights_when_configured(
             "/complete-the-look", headers={**preflight, "Origin": "https://evil.example"}
         )
         assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+
+
+def test_a_wrong_method_names_every_method_of_the_path(client: TestClient) -> None:
+    r = client.put("/admin/products/sku-1", headers=admin_headers())
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, PATCH"
+    r = client.delete("/categories")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"

@@ -152,6 +152,7 @@ async def delete_product(
     responses=responses(
         {
             **AUTH,
+            400: "the body is not JSON",
             404: "no such product",
             409: "another write (an import) held the attribute store too long; try again",
             422: "an unknown field, a mistyped value, or attributes over their bounds",
@@ -193,7 +194,7 @@ async def patch_product(
 
 
 IMPORT_EXAMPLE = (
-    '{"id": "sku-1", "category": "Shoes", "image": "https://shop.example/sku-1.jpg", '
+    '{"id": "sku-1", "category": "Shoes", "image": "images/products/sku-1.jpg", '
     '"price": 49.9, "in_stock": true, "color": "red"}\n'
 )
 
@@ -215,9 +216,11 @@ async def import_products(
     rows: Annotated[
         str,
         Body(
-            media_type="application/x-ndjson",
-            description="JSON lines: id, category, image (an http(s) URL, or a path on the "
-            "server, relative to CTL_DATA_DIR) and any attributes",
+            # Any content type is read as text; text/plain is what OpenAPI tools can send.
+            media_type="text/plain",
+            description="JSON lines (sent as text/plain or application/x-ndjson): id, "
+            "category, image (an http(s) URL, or a path on the server, relative to "
+            "CTL_DATA_DIR) and any attributes",
             examples=[IMPORT_EXAMPLE],
         ),
     ],
