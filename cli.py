@@ -22,6 +22,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("index", "add"): ("index.cli:add_main", "add products as a new index version"),
     ("index", "remove"): ("index.cli:remove_main", "remove products as a new index version"),
     ("index", "info"): ("index.cli:info_main", "show index versions"),
+    ("catalog", "set"): ("index.catalog_cli:set_main", "set a product's attributes (stock, ...)"),
+    ("catalog", "import"): ("index.catalog_cli:import_main", "import a product table"),
     ("serve",): ("service.main:main", "run the HTTP service"),
     ("batch-score",): ("index.batch_score:main", "score an archive of scenes (Ray Data job)"),
     ("quickstart",): ("cli:quickstart", "features, train, export, index, then serve"),

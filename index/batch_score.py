@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from index.config import IndexSettings
+from index.filters import FilterError, ProductFilter
 from index.search import recommend, set_search_threads
 from index.store import IndexStore, quote
 from model.decode import DecodeError, decode_image
@@ -96,9 +97,11 @@ class SceneScorer:
         encoder_batch: int,
         max_pixels: int,
         max_bytes: int,
+        filter_json: str = "",
     ) -> None:
         self.out = Path(out)
         self.max_pixels, self.max_bytes = max_pixels, max_bytes
+        self.filter = ProductFilter.parse(filter_json)
         self.encoder_batch = encoder_batch
         self.encoder = OnnxEncoder.from_artifacts(Path(artifacts), device=device, threads=threads)
         # FAISS on every core woke the OpenMP threads of both actors for each of a scene's
@@ -153,7 +156,8 @@ class SceneScorer:
         for (scene, wanted), emb in zip(good, embeddings, strict=True):
             for category in wanted:
                 cat_idx = self.encoder.categories.index(category)
-                for rank, s in enumerate(recommend(self.catalog, emb, cat_idx, category, self.k)):
+                ranked = recommend(self.catalog, emb, cat_idx, category, self.k, flt=self.filter)
+                for rank, s in enumerate(ranked):
                     row(scene, category=category, rank=rank + 1, product=s.id,
                         d=(s.d_star, s.d_global, s.d_local))  # fmt: skip
         rows, errors = write_batch(pa.table(out), self.out, [str(s) for s in batch["scene"]])
@@ -220,6 +224,7 @@ def run(
     device: str = "cpu",
     address: str | None = None,
     encoder_batch: int = 4,
+    filter_json: str = "",
 ) -> dict[str, Any]:
     """Score ``inputs`` on Ray; write ``out/results/*.parquet`` and ``out/errors/*.parquet``.
 
@@ -230,6 +235,8 @@ def run(
     The photos are held to the service's limits (``CTL_MAX_UPLOAD_BYTES``,
     ``CTL_MAX_IMAGE_PIXELS``); ``k`` and ``categories`` are checked as the service checks them
     (``CTL_MAX_K``; :class:`OptionError`).
+    ``filter_json``: which products may be recommended (``index.filters.ProductFilter``, as
+    the HTTP routes' ``filter`` field; empty: in-stock products only).
     """
     import ray
 
@@ -257,6 +264,7 @@ def run(
             "encoder_batch": encoder_batch,
             "max_pixels": settings.max_image_pixels,
             "max_bytes": settings.max_upload_bytes,
+            "filter_json": filter_json,
         },
         batch_size=batch_size,
         concurrency=actors,
@@ -294,7 +302,15 @@ def main(argv: list[str]) -> int:
                    help="scenes per encoder call (4 suits a CPU; more for a GPU)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--address", default=None, help="a Ray cluster (default: a local Ray)")
+    p.add_argument("--filter", default="",
+                   help="JSON, as the HTTP routes' filter field: in_stock_only (default true), "
+                   "exclude, brand, attributes, price_min, price_max")  # fmt: skip
     args = p.parse_args(argv)
+    try:
+        ProductFilter.parse(args.filter)
+    except FilterError as exc:
+        log.error("ctl batch-score: --filter: %s", exc)
+        return 2
     try:
         import ray  # noqa: F401
     except ImportError:
@@ -313,6 +329,7 @@ def main(argv: list[str]) -> int:
         report = run(
             read_inputs(args.inputs), args.artifacts, args.out, cats, args.k, args.actors,
             args.threads, args.batch_size, args.device, args.address, args.encoder_batch,
+            args.filter,
         )  # fmt: skip
     except OptionError as exc:
         log.error("ctl batch-score: %s", exc)

@@ -325,7 +325,7 @@ def _reload(data_dir: Path, pid: str) -> _Loaded:
     return loaded
 
 
-def _current_groups(store: IndexStore, encoder: Encoder) -> dict[str, CategoryData]:
+def current_groups(store: IndexStore, encoder: Encoder) -> dict[str, CategoryData]:
     """The current version's categories, refused when another model built it."""
     catalog = store.load(device="cpu")
     if catalog.model_version != encoder.version:
@@ -359,7 +359,7 @@ def add_products(
     if len(set(new_ids)) != len(new_ids):
         raise BuildError("duplicate product ids in the input")
     with store.lock():
-        groups = _current_groups(store, encoder)
+        groups = current_groups(store, encoder)
         existing = [pid for pid in new_ids if any(pid in g.ids for g in groups.values())]
         if existing:
             raise BuildError(f"products already in the index (remove them first): {existing}")
@@ -392,7 +392,7 @@ def remove_products(
     started = time.perf_counter()
     drop = set(ids)
     with store.lock():
-        groups = _current_groups(store, encoder)
+        groups = current_groups(store, encoder)
         present = {pid for g in groups.values() for pid in g.ids}
         missing = sorted(drop - present)
         if missing:

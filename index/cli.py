@@ -34,7 +34,7 @@ def _parser(prog: str, description: str, settings: IndexSettings) -> argparse.Ar
     return p
 
 
-def _encoder_options(p: argparse.ArgumentParser, settings: IndexSettings) -> None:
+def encoder_options(p: argparse.ArgumentParser, settings: IndexSettings) -> None:
     p.add_argument(
         "--ann-threshold",
         type=int,
@@ -45,7 +45,7 @@ def _encoder_options(p: argparse.ArgumentParser, settings: IndexSettings) -> Non
     p.add_argument("--threads", type=int, default=settings.inference_threads)
 
 
-def _open(args: argparse.Namespace) -> tuple[IndexStore, OnnxEncoder]:
+def open_store(args: argparse.Namespace) -> tuple[IndexStore, OnnxEncoder]:
     """The index store and the encoders of ``--artifacts`` (on ``--device``, ``--threads``)."""
     encoder = OnnxEncoder.from_artifacts(args.artifacts, args.device, args.threads)
     return IndexStore.for_artifacts(args.artifacts), encoder
@@ -79,11 +79,11 @@ def build_main(argv: list[str]) -> int:
         default=settings.work_dir,
         help="where embedding chunks are cached so that a killed build resumes",
     )
-    _encoder_options(p, settings)
+    encoder_options(p, settings)
 
     def run(a: argparse.Namespace) -> dict[str, object]:
         cache = a.work_dir / "index-embeddings"
-        return build_index(*_open(a), a.data, cache, a.batch_size, a.ann_threshold).to_dict()
+        return build_index(*open_store(a), a.data, cache, a.batch_size, a.ann_threshold).to_dict()
 
     return _run(p, argv, run)
 
@@ -116,7 +116,7 @@ def add_main(argv: list[str]) -> int:
     src.add_argument("--images", type=Path, nargs="+", help="image files or directories")
     src.add_argument("--json", type=Path, help="a JSON list of {id, category, image}")
     p.add_argument("--category", help="category of every --images product")
-    _encoder_options(p, settings)
+    encoder_options(p, settings)
 
     def run(args: argparse.Namespace) -> dict[str, object]:
         if args.images and not args.category:
@@ -128,7 +128,7 @@ def add_main(argv: list[str]) -> int:
             if not files:
                 raise BuildError(f"no images found in {args.images}")
             products = [NewProduct(f.stem, args.category, f) for f in files]
-        return add_products(*_open(args), products, args.ann_threshold).to_dict()
+        return add_products(*open_store(args), products, args.ann_threshold).to_dict()
 
     return _run(p, argv, run)
 
@@ -138,8 +138,10 @@ def remove_main(argv: list[str]) -> int:
     settings = IndexSettings()
     p = _parser("ctl index remove", remove_main.__doc__ or "", settings)
     p.add_argument("ids", nargs="+", help="product ids")
-    _encoder_options(p, settings)
-    return _run(p, argv, lambda a: remove_products(*_open(a), a.ids, a.ann_threshold).to_dict())
+    encoder_options(p, settings)
+    return _run(
+        p, argv, lambda a: remove_products(*open_store(a), a.ids, a.ann_threshold).to_dict()
+    )
 
 
 def info_main(argv: list[str]) -> int:

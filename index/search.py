@@ -23,6 +23,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import faiss
 import numpy as np
 
+from index.attributes import CatalogAttributes
+from index.filters import DEFAULT_FILTER, ProductFilter
 from index.prior import PopularityPrior
 from model.runtime import SceneEmbedding
 
@@ -34,6 +36,9 @@ DEFAULT_NPROBE = 128
 """IVF lists visited per query: bench/bench_index.py shows recall@10 >= 0.95 at 1M vectors."""
 DEFAULT_CANDIDATES = 500
 """Approximate candidates re-ranked exactly (``Settings.rerank_candidates``)."""
+EXACT_FILTERED_MAX = 20_000
+"""A filter passing at most this many rows of an approximate index is answered by an exact
+search over them: cheaper than the IVF scan, and never short of k (bench/bench_filters.py)."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ class CategoryIndex:
         self.kind = kind
         self.row = {pid: i for i, pid in enumerate(ids)}
         self.bonus: np.ndarray | None = None  # (n,) the prior's lambda log(1 + popularity)
+        self.nprobe = DEFAULT_NPROBE
         if kind == IVFPQ:
             faiss.extract_index_ivf(index).nprobe = DEFAULT_NPROBE
 
@@ -138,30 +144,82 @@ class CategoryIndex:
         q: np.ndarray,
         k: int,
         candidates: int = DEFAULT_CANDIDATES,
+        mask: np.ndarray | None = None,
         bonus: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Rows of the ``k`` largest <q, f_p> (+ ``bonus`` per row) for one query (D,), best
-        first.
+        """Rows of the ``k`` largest <q, f_p> (+ ``bonus`` per row: the popularity prior) for
+        one query (D,), best first, among the rows where ``mask`` is true (all rows without one).
 
         Exact indexes answer directly (with a bonus, from every stored embedding: a flat index
         is a scan anyway); approximate ones return ``candidates`` rows that are re-ranked by
-        their exact inner product (+ bonus) with the stored embeddings.
+        their exact inner product (+ bonus) with the stored embeddings. A mask reaches an
+        approximate index as a FAISS ``IDSelectorBitmap``; a flat index, a small passing set,
+        or an approximate search that found fewer than k passing rows is answered exactly over
+        the passing rows, so k rows come back whenever k pass.
         """
+        if mask is not None:
+            return self._nearest_filtered(q, k, candidates, mask, bonus)
         n = min(k if self.kind == FLAT else max(k, candidates), len(self.ids))
         if n <= 0:
             return np.zeros(0, np.int64)
         if bonus is not None and self.kind == FLAT:
-            exact = self.emb @ q.astype(np.float32) + bonus
-            top = np.argpartition(-exact, n - 1)[:n] if n < len(exact) else np.arange(len(exact))
-            return top[np.argsort(-exact[top], kind="stable")]
+            return self._exact_among(q, k, np.arange(len(self.ids)), bonus)
         _, rows = self.index.search(np.ascontiguousarray(q.reshape(1, -1), dtype=np.float32), n)
         found = rows[0][rows[0] >= 0]  # -1: fewer than n found
         if self.kind != FLAT:
-            exact = self.emb[found] @ q.astype(np.float32)
-            if bonus is not None:
-                exact = exact + bonus[found]
-            found = found[np.argsort(-exact, kind="stable")[:k]]
+            found = self._rerank(q, found, k, bonus)
         return found
+
+    def _rerank(
+        self, q: np.ndarray, rows: np.ndarray, k: int, bonus: np.ndarray | None
+    ) -> np.ndarray:
+        exact = np.einsum("ij,j->i", self.emb[rows], q.astype(np.float32))  # see _exact_among
+        if bonus is not None:
+            exact = exact + bonus[rows]
+        return rows[np.argsort(-exact, kind="stable")[:k]]
+
+    def _nearest_filtered(
+        self,
+        q: np.ndarray,
+        k: int,
+        candidates: int,
+        mask: np.ndarray,
+        bonus: np.ndarray | None,
+    ) -> np.ndarray:
+        passing = int(np.count_nonzero(mask))
+        if passing == 0 or k <= 0:
+            return np.zeros(0, np.int64)
+        if self.kind == FLAT or passing <= max(EXACT_FILTERED_MAX, candidates):
+            return self._exact_among(q, k, np.flatnonzero(mask), bonus)
+        bits = np.packbits(mask, bitorder="little")
+        # ``bits`` and ``selector`` stay referenced here until the search returns: FAISS keeps
+        # raw pointers to them.
+        selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
+        params = faiss.SearchParametersIVF()
+        params.sel = selector
+        params.nprobe = self.nprobe
+        n = min(max(k, candidates), passing)
+        query = np.ascontiguousarray(q.reshape(1, -1), dtype=np.float32)
+        _, rows = self.index.search(query, n, params=params)
+        found = rows[0][rows[0] >= 0]
+        if len(found) < min(k, passing):  # the probed lists held too few: search them all
+            return self._exact_among(q, k, np.flatnonzero(mask), bonus)
+        return self._rerank(q, found, k, bonus)
+
+    def _exact_among(
+        self, q: np.ndarray, k: int, rows: np.ndarray, bonus: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The ``k`` best of ``rows`` by exact inner product (+ bonus), best first."""
+        # einsum, not ``@``: OpenBLAS splits a matrix-vector product over its threads, and on a
+        # busy 2-core machine 6,000 rows took 24 ms that way against 0.3 ms, and 500 rows varied
+        # from 1 to 10 ms from call to call (bench_filters.py).
+        scores = np.einsum("ij,j->i", self.emb[rows], q.astype(np.float32))
+        if bonus is not None:
+            scores = scores + bonus[rows]
+        if len(rows) > k:
+            top = np.argpartition(-scores, k - 1)[:k]
+            rows, scores = rows[top], scores[top]
+        return rows[np.argsort(-scores, kind="stable")]
 
 
 class CatalogIndex:
@@ -182,6 +240,22 @@ class CatalogIndex:
         self._cats = categories
         self._products = products
         self.faiss_device = faiss_device
+        self.prior_weight = 0.0
+        self.attributes = self.attributes_at(0, {})
+        """The product attributes served now: swapped whole (``attributes_at``, ``.apply``)
+        when they change, so a request that took one sees one revision."""
+
+    def locate(self, pid: str) -> tuple[str, int] | None:
+        """(category, index row) of a product, or ``None``."""
+        p = self._products.get(pid)
+        if p is None:
+            return None
+        return p.category, self._cats[p.category].row[pid]
+
+    def attributes_at(self, revision: int, records: dict[str, dict]) -> CatalogAttributes:
+        """A snapshot of ``records`` (id -> attributes) laid out on this catalog's rows."""
+        rows = {name: cat.ids for name, cat in self._cats.items()}
+        return CatalogAttributes.build(revision, records, rows, self.locate)
 
     @property
     def categories(self) -> list[str]:
@@ -204,8 +278,24 @@ class CatalogIndex:
     def apply_prior(self, prior: PopularityPrior | None) -> None:
         """Rank by d* - lambda log(1 + popularity) from now on (``None``: by d* alone). Each
         category keeps the per-product array (``CategoryIndex.bonus``) in its row order."""
+        self.prior_weight = 0.0 if prior is None else prior.weight
         for cat in self._cats.values():
             cat.bonus = None if prior is None else prior.bonus(cat.ids)
+
+    def bonus(self, category: str, attributes: CatalogAttributes) -> np.ndarray | None:
+        """The prior's lambda log(1 + popularity) per row of ``category``: the shop's
+        ``popularity`` attribute where it gave one, the exported counts elsewhere; ``None``
+        without a prior."""
+        cat = self.category(category)
+        if cat.bonus is None:
+            return None
+        pop = attributes.category(category).popularity
+        given = ~np.isnan(pop)
+        if not given.any():
+            return cat.bonus
+        out = cat.bonus.copy()
+        out[given] = self.prior_weight * np.log1p(np.maximum(pop[given], 0.0))
+        return out
 
     def embeddings(self, ids: Sequence[str]) -> np.ndarray:
         """(N, D) stored product embeddings; KeyError naming the unknown ids."""
@@ -243,6 +333,19 @@ def _scored(
     ]
 
 
+def category_mask(
+    catalog: CatalogIndex,
+    category: str,
+    flt: ProductFilter,
+    attributes: CatalogAttributes | None = None,
+    exclude: tuple[str, ...] = (),
+) -> np.ndarray | None:
+    """The rows of ``category`` that pass ``flt`` (and are not in ``exclude``) under
+    ``attributes`` (default: the catalog's current ones); ``None``: every row passes."""
+    attrs = attributes if attributes is not None else catalog.attributes
+    return flt.mask(attrs.category(category), catalog.category(category).row, exclude)
+
+
 def recommend(
     catalog: CatalogIndex,
     emb: SceneEmbedding,
@@ -250,19 +353,26 @@ def recommend(
     category: str,
     k: int,
     candidates: int = DEFAULT_CANDIDATES,
+    flt: ProductFilter = DEFAULT_FILTER,
+    attributes: CatalogAttributes | None = None,
 ) -> list[Scored]:
-    """The ``k`` products of ``category`` with the lowest d* for this scene, less the
-    catalog's popularity prior when it has one (``CatalogIndex.apply_prior``).
+    """The ``k`` products of ``category`` that pass ``flt`` with the lowest d* for this scene
+    (fewer only when fewer pass), less the popularity prior when the catalog has one
+    (``CatalogIndex.apply_prior``; a shop's ``popularity`` attribute overrides the exported
+    counts).
 
     ``cat_idx`` is the category's position in the encoder's categories (the attention row).
     Approximate indexes fetch ``candidates`` (>= k) that are re-scored exactly.
     """
     cat = catalog.category(category)
     q = emb.f_s + emb.attention[cat_idx] @ emb.f_i
-    rows = [int(r) for r in cat.nearest(q, k, candidates, cat.bonus)]
+    mask = category_mask(catalog, category, flt, attributes)
+    attrs = attributes if attributes is not None else catalog.attributes
+    bonus = catalog.bonus(category, attrs)
+    rows = [int(r) for r in cat.nearest(q, k, candidates, mask, bonus)]
     scored = _scored([cat.ids[r] for r in rows], category, emb, cat_idx, cat.emb[rows])
-    bonus = np.zeros(len(rows)) if cat.bonus is None else cat.bonus[rows].astype(np.float64)
-    order = np.argsort([s.d_star - b for s, b in zip(scored, bonus, strict=True)], kind="stable")
+    prior = np.zeros(len(rows)) if bonus is None else bonus[rows].astype(np.float64)
+    order = np.argsort([s.d_star - b for s, b in zip(scored, prior, strict=True)], kind="stable")
     return [scored[i] for i in order]
 
 
@@ -287,21 +397,35 @@ def score(
 
 
 def similar(
-    catalog: CatalogIndex, vector: np.ndarray, category: str, k: int, exclude: Iterable[str] = ()
+    catalog: CatalogIndex,
+    vector: np.ndarray,
+    category: str,
+    k: int,
+    exclude: Iterable[str] = (),
+    flt: ProductFilter = DEFAULT_FILTER,
+    attributes: CatalogAttributes | None = None,
 ) -> list[Similar]:
-    """Nearest products of ``category`` to a product embedding (D,), by squared distance."""
-    skip = set(exclude)
+    """Nearest products of ``category`` that pass ``flt`` to a product embedding (D,), by
+    squared distance."""
     cat = catalog.category(category)
-    rows = [int(r) for r in cat.nearest(vector, k + len(skip)) if cat.ids[r] not in skip][:k]
+    mask = category_mask(catalog, category, flt, attributes, tuple(exclude))
+    rows = [int(r) for r in cat.nearest(vector, k, mask=mask)]
     v = vector.astype(np.float64)
     dist = ((cat.emb[rows].astype(np.float64) - v[None, :]) ** 2).sum(axis=1)
     order = np.argsort(dist, kind="stable")
     return [Similar(cat.ids[rows[i]], category, float(dist[i])) for i in order]
 
 
-def similar_to_product(catalog: CatalogIndex, pid: str, k: int) -> list[Similar]:
+def similar_to_product(
+    catalog: CatalogIndex,
+    pid: str,
+    k: int,
+    flt: ProductFilter = DEFAULT_FILTER,
+    attributes: CatalogAttributes | None = None,
+) -> list[Similar]:
     """Nearest other products of the same category as catalog product ``pid``."""
     p = catalog.product(pid)
     if p is None:
         raise KeyError(f"unknown product id {pid!r}")
-    return similar(catalog, catalog.embeddings([pid])[0], p.category, k, exclude=[pid])
+    vector = catalog.embeddings([pid])[0]
+    return similar(catalog, vector, p.category, k, [pid], flt, attributes)

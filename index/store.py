@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from index.atomic import write_bytes, write_text
+from index.attributes import AttributeStore
 from index.prior import PopularityPrior
 from index.search import (
     FLAT,
@@ -153,6 +154,11 @@ class IndexStore:
         return self.root / VERSIONS_DIR
 
     @property
+    def attributes(self) -> AttributeStore:
+        """The products' attributes (title, price, stock, ...): one file for every version."""
+        return AttributeStore.in_index(self.root)
+
+    @property
     def images_dir(self) -> Path:
         return self.root / IMAGES_DIR
 
@@ -186,6 +192,15 @@ class IndexStore:
         if not path.is_file():
             raise IndexStoreError(f"index version {version!r} not found under {self.versions_dir}")
         return dict(json.loads(path.read_text()))
+
+    def categories_of(self, version: str | None = None) -> dict[str, str]:
+        """product id -> category in a version (default: ``CURRENT``), read without loading
+        the index (checksums are checked when a version is loaded)."""
+        version = version or self.current()
+        if version is None:
+            raise IndexStoreError(f"no index version published under {self.root}")
+        raw = json.loads((self.versions_dir / version / PRODUCTS_FILE).read_text())
+        return {pid: p["category"] for pid, p in raw.items()}
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -256,6 +271,7 @@ class IndexStore:
             "cuda" if use_gpu else "cpu",
         )
         catalog.apply_prior(PopularityPrior.from_artifacts(self.root.parent))
+        catalog.attributes = catalog.attributes_at(*self.attributes.read())
         log.info(
             "index %s loaded: %d products in %d categories, faiss on %s",
             catalog.version,

@@ -10,6 +10,7 @@ import gc
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,11 +21,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import multiprocess
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -195,6 +198,29 @@ def _page(directory: Path) -> ASGIApp:
     return page
 
 
+async def http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer to an HTTP error, with a 405's ``Allow`` naming the methods of every
+    route on the path: Starlette names only the first route's, and ``/admin/products/{id}``
+    has two (DELETE, PATCH). The methods come from the OpenAPI paths (one table per app)."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        state = request.app.state
+        if getattr(state, "methods_by_path", None) is None:
+            table = []
+            for template, item in request.app.openapi()["paths"].items():
+                pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+                methods = {m.upper() for m in item}
+                if "GET" in methods:
+                    methods.add("HEAD")
+                table.append((re.compile(pattern), methods))
+            state.methods_by_path = table
+        path = request.url.path
+        allowed = {m for p, ms in state.methods_by_path if p.fullmatch(path) for m in ms}
+        if allowed:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
+    return await http_exception_handler(request, exc)
+
+
 def with_limits(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """``schema`` with the configured limits of form fields and parameters (routes are declared
     before settings exist, with the defaults)."""
@@ -271,6 +297,7 @@ def create_app(
         settings.pixel_budget_bytes, settings.upload_wait_s, "pixel"
     )
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     for module in (recommend, scenes, score, batch, products, health, admin, samples):
         app.include_router(module.router)
     if STATIC_DIR.is_dir():
@@ -297,4 +324,11 @@ def create_app(
     app.add_middleware(BodyLimit, limit_for=limit_for)
     app.add_middleware(AdminGate, settings=settings)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    if settings.cors_origins:  # outermost: preflights are answered before any other check
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     return app

@@ -63,3 +63,6 @@ class Settings(IndexSettings):
     # provider (e.g. under opentelemetry-instrument). Off, FastAPI would still look for a
     # provider on every request. /metrics (Prometheus) is there either way.
     opentelemetry: bool = False
+    # Origins whose pages may call the API from a browser (CORS), e.g. '["https://shop.example"]'
+    # or '["*"]'; empty (the default): no CORS headers, so only same-origin pages can.
+    cors_origins: list[str] = Field(default_factory=list)

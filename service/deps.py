@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.datastructures import FormData, QueryParams
 
+from index.filters import FilterError, ProductFilter
 from index.store import quote
 from service.config import Settings
 from service.errors import sent_fields
@@ -117,8 +118,22 @@ async def pipeline(request: Request, *single_fields: str) -> Pipeline:
     state = request.app.state
     serving = await get_serving(request)
     return Pipeline(
-        serving, state.cache, state.metrics, state.settings, state.upload_budget, state.pixel_budget
+        serving,
+        state.cache,
+        state.metrics,
+        state.settings,
+        state.upload_budget,
+        state.pixel_budget,
+        serving.catalog.attributes,
     )
+
+
+def parse_filter(raw: str | None) -> ProductFilter:
+    """The ``filter`` field (JSON; absent: in-stock products only), or 422 naming the problem."""
+    try:
+        return ProductFilter.parse(raw)
+    except FilterError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
 def unique(values: list[str] | None) -> list[str]:

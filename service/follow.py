@@ -7,6 +7,11 @@ every process also polls the index store's ``CURRENT`` pointer and the artifacts
 ``CTL_FOLLOW_INTERVAL_S`` seconds, which covers ``ctl index``/``ctl export`` runs, a lost
 message, and deployments without Redis. Staleness after a publish is the time to load the new
 version plus ~1 ms with Redis, or plus at most one interval without.
+
+Product attributes (``PATCH /admin/products/{id}``, ``ctl catalog``) follow the same two paths:
+the store's revision is polled and announced like a version, and a change is applied to the
+catalog served now as a new attribute snapshot (the rows changed since the one held), without
+reloading the index.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ class Follower:
         self._channel = settings.redis_prefix + CHANNEL
         self._tasks: list[asyncio.Task[None]] = []
         self._seen = published_versions(settings.artifacts_dir)
+        self._attributes = IndexStore.for_artifacts(settings.artifacts_dir).attributes
+        self._syncing = asyncio.Lock()
 
     def start(self) -> None:
         """Poll (when the interval is positive) and listen (when Redis is configured)."""
@@ -82,6 +89,7 @@ class Follower:
         """
         published = await asyncio.to_thread(published_versions, self._settings.artifacts_dir)
         if published == self._seen:
+            await self.sync_attributes()
             return False
         self._seen = published
         current = self._manager.current
@@ -98,6 +106,34 @@ class Follower:
             return False  # this process's own admin route loaded it meanwhile
         log.info("followed the published versions: model %s / index %s", *published)
         return True
+
+    async def sync_attributes(self) -> bool:
+        """Serve the attributes written since the revision the current catalog holds; True
+        when there were any. Concurrent calls run one after the other (each sees the last)."""
+        async with self._syncing:
+            current = self._manager.current
+            if current is None:
+                return False
+            catalog = current.catalog
+            held = catalog.attributes
+            try:
+                revision = await asyncio.to_thread(self._attributes.revision)
+                if revision == held.revision:
+                    return False
+                # A lower revision: the store was replaced (restored); take it whole.
+                since = held.revision if revision > held.revision else 0
+                revision, changed = await asyncio.to_thread(self._attributes.read, since)
+            except Exception as exc:  # keep serving the attributes held
+                log.warning("cannot read product attributes: %s", exc)
+                return False
+            if since == 0:
+                catalog.attributes = await asyncio.to_thread(
+                    catalog.attributes_at, revision, changed
+                )
+            else:
+                catalog.attributes = await asyncio.to_thread(held.apply, revision, changed)
+            log.debug("attributes at revision %d (%d changed)", revision, len(changed))
+            return True
 
     async def _follow(self) -> None:
         interval = self._settings.follow_interval_s

@@ -2,8 +2,11 @@
 
 A scene is embedded once per distinct image (sha256 of its bytes, per model version) and its
 embedding cached, so other categories and other k reuse it, and a stored scene (``/scenes``)
-is answered from it without an upload; results are cached per image, category, k, model version
-and index version. Decoding and encoding run off the event loop.
+is answered from it without an upload; results are cached per image, category, k, filter, model
+version, index version and the revision of the category's attributes (so a stock change is never
+served from the cache once this process follows it). Cached results hold ids and distances; the
+products' attributes are added to each answer from the snapshot the request took. Decoding and
+encoding run off the event loop.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import NamedTuple
 from fastapi import HTTPException, UploadFile, status
 from pydantic_core import from_json, to_json
 
+from index.attributes import CatalogAttributes
+from index.filters import DEFAULT_FILTER, ProductFilter
 from index.search import recommend
 from model.decode import DecodeError, decoded_bytes, open_image
 from model.runtime import SceneEmbedding
@@ -60,6 +65,8 @@ class Pipeline:
     settings: Settings
     budget: UploadBudget
     pixels: UploadBudget
+    attributes: CatalogAttributes
+    """The attribute snapshot this request filters with and shows (one revision throughout)."""
 
     @asynccontextmanager
     async def upload(self, image: UploadFile) -> AsyncIterator[Upload]:
@@ -125,18 +132,42 @@ class Pipeline:
             await self.cache.set(self._embedding_key(sha256), pack_embedding(emb))
         return emb, False
 
-    def _result_key(self, sha256: str, category: str, k: int) -> str:
+    def _result_key(self, sha256: str, category: str, k: int, flt: ProductFilter) -> str:
         s = self.serving
-        return f"ranked:{s.model_version}:{s.index_version}:{sha256}:{category}:{k}"
+        attrs = self.attributes.category(category).revision
+        return (
+            f"ranked:{s.model_version}:{s.index_version}:{attrs}:{flt.cache_key()}:"
+            f"{sha256}:{category}:{k}"
+        )
+
+    def with_attributes(self, products: list[dict]) -> list[dict]:
+        """``products`` (answers' dicts with an ``id``) with each one's attributes added."""
+        record = self.attributes.record
+        return [{**p, **record(p["id"])} for p in products]
 
     async def compute(
-        self, sha256: str, emb: SceneEmbedding, category: str, row: int, k: int
+        self,
+        sha256: str,
+        emb: SceneEmbedding,
+        category: str,
+        row: int,
+        k: int,
+        flt: ProductFilter = DEFAULT_FILTER,
     ) -> list[dict]:
-        """Search the catalog for ``category`` (the model's category ``row``) and cache the
-        result, as the answers show each product (ranked, with its image URL)."""
+        """Search the catalog for ``category`` (the model's category ``row``) among the products
+        that pass ``flt`` and cache the result, as the answers show each product (ranked, with
+        its image URL; without attributes)."""
         catalog = self.serving.catalog
         search = functools.partial(
-            recommend, catalog, emb, row, category, k, self.settings.rerank_candidates
+            recommend,
+            catalog,
+            emb,
+            row,
+            category,
+            k,
+            self.settings.rerank_candidates,
+            flt,
+            self.attributes,
         )
         # A small category's exact search (+ rescoring) costs about as much as the hop to a
         # worker thread and back, so it runs right here; big (ANN) ones go to a thread.
@@ -156,7 +187,7 @@ class Pipeline:
             }
             for rank, r in enumerate(ranked, start=1)
         ]
-        await self.cache.set(self._result_key(sha256, category, k), to_json(result))
+        await self.cache.set(self._result_key(sha256, category, k, flt), to_json(result))
         return result
 
     async def recommend(
@@ -166,15 +197,17 @@ class Pipeline:
         k: int,
         upload: Upload | None = None,
         need_embedding: bool = False,
+        flt: ProductFilter = DEFAULT_FILTER,
     ) -> Recommendations:
         """Results for each of ``categories`` (name -> the model's category row), cached where
         possible, with at most one encoder pass (of ``upload``; without one, the scene's stored
-        embedding must exist, else 404).
+        embedding must exist, else 404), among the products that pass ``flt``; each product
+        with its attributes.
 
         The cached results and the cached embedding are looked up together, in one round trip
         to Redis; the embedding found or computed is returned, so nothing is encoded twice.
         """
-        keys = [self._result_key(sha256, category, k) for category in categories]
+        keys = [self._result_key(sha256, category, k, flt) for category in categories]
         *cached, embedding = await self.cache.get_many([*keys, self._embedding_key(sha256)])
         results: dict[str, list[dict]] = {}
         missing: list[str] = []
@@ -190,9 +223,10 @@ class Pipeline:
             emb, _ = await self._embedding(sha256, upload, embedding)
             for category in missing:
                 results[category] = await self.compute(
-                    sha256, emb, category, categories[category], k
+                    sha256, emb, category, categories[category], k, flt
                 )
-        return Recommendations({c: results[c] for c in categories}, not missing, emb)
+        shown = {c: self.with_attributes(results[c]) for c in categories}
+        return Recommendations(shown, not missing, emb)
 
 
 def attention_grid(emb: SceneEmbedding, row: int) -> list[list[float]]:

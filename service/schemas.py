@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from index.attributes import ProductAttributes
+
 _PRODUCT_EXAMPLE: dict[str, JsonValue] = {
     "id": "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
     "category": "Shoes",
@@ -12,6 +14,10 @@ _PRODUCT_EXAMPLE: dict[str, JsonValue] = {
     "d_global": 0.633,
     "d_local": 0.571,
     "image_url": "/products/0a1b2c3d4e5f60718293a4b5c6d7e8f9/image",
+    "title": "Leather ankle boot",
+    "price": 89.9,
+    "currency": "EUR",
+    "in_stock": True,
 }
 
 
@@ -36,7 +42,16 @@ class Distances(BaseModel):
     d_local: float
 
 
-class Recommended(Distances):
+class Attributed(ProductAttributes):
+    """A product answer carries what the shop said about the product (``PATCH
+    /admin/products/{id}``, ``ctl catalog``); absent fields were never given."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    in_stock: bool = Field(default=True, description="false: marked out of stock")
+
+
+class Recommended(Attributed, Distances):
     """One recommended product."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [_PRODUCT_EXAMPLE]})
@@ -129,7 +144,7 @@ class BatchResponse(Versions):
     items: list[BatchItem]
 
 
-class SimilarProduct(BaseModel):
+class SimilarProduct(Attributed):
     """A visually similar product: squared distance between unit product embeddings."""
 
     id: str
@@ -147,12 +162,17 @@ class SimilarResponse(Versions):
     products: list[SimilarProduct]
 
 
-class ProductInfo(BaseModel):
+class ProductInfo(Attributed):
     """A catalog product."""
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{k: _PRODUCT_EXAMPLE[k] for k in ("id", "category", "image_url")}]
+            "examples": [
+                {
+                    k: _PRODUCT_EXAMPLE[k]
+                    for k in ("id", "category", "image_url", "title", "price", "in_stock")
+                }
+            ]
         }
     )
 
@@ -207,6 +227,27 @@ class Sample(BaseModel):
 
     name: str = Field(examples=["0009907bb8b0b7a853a8c7dd5059b751.jpg"])
     url: str = Field(examples=["/samples/0009907bb8b0b7a853a8c7dd5059b751.jpg"])
+
+
+class RowProblem(BaseModel):
+    """A bad row of an import: its line and why."""
+
+    line: int
+    reason: str
+
+
+class CatalogImport(Versions):
+    """What an import did; ``index_version`` is new when products were embedded or removed."""
+
+    rows: int
+    added: int
+    reembedded: int = Field(description="products whose image bytes or category changed")
+    kept: int = Field(description="products that kept their vectors (attributes updated)")
+    removed: int
+    removed_ids: list[str]
+    errors: list[RowProblem] = Field(description="bad rows skipped (skip_bad=true)")
+    attributes_revision: int
+    seconds: float
 
 
 class CatalogUpdate(Versions):

@@ -11,7 +11,15 @@ import pytest
 from broken_exif import broken_exif_photos
 from conftest import STL_DIR
 from PIL import Image
-from service_support import encode, post_scene, scene_files, serve, settings_for, tiny_artifacts
+from service_support import (
+    PER_CATEGORY,
+    encode,
+    post_scene,
+    scene_files,
+    serve,
+    settings_for,
+    tiny_artifacts,
+)
 
 from index.batch_score import main, read_inputs, run
 
@@ -122,3 +130,34 @@ def test_bad_options_exit_non_zero_with_one_line(
     assert len(lines) == 1 and words in lines[0], lines
     assert "\n" not in lines[0] and capsys.readouterr().out == ""
     assert not (tmp_path / "o").exists()
+
+
+def test_the_batch_job_applies_the_filter(stl_dir: Path, tmp_path: Path) -> None:
+    """The actor's scoring with --filter gives what POST /complete-the-look gives with it."""
+    import json
+
+    import numpy as np
+
+    from index.batch_score import SceneScorer, main
+
+    artifacts = tiny_artifacts(stl_dir)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "errors").mkdir()
+    scenes = scene_files(stl_dir, 2, skip=140)
+    with serve(settings_for(artifacts, stl_dir)) as client:
+        category = client.get("/categories").json()["categories"][0]["name"]
+        top = post_scene(client, scenes[0].read_bytes(), category, k=K).json()["products"]
+        flt = json.dumps({"exclude": [top[0]["id"], top[2]["id"]]})
+        want = [
+            [p["id"] for p in post_scene(client, s.read_bytes(), category, k=K, filter=flt)
+             .json()["products"]]
+            for s in scenes
+        ]  # fmt: skip
+    scorer = SceneScorer(str(artifacts), str(tmp_path), [category], K, 1, "cpu", 4, flt)
+    batch = {"scene": np.array([str(s) for s in scenes]), "categories": np.array(["", ""])}
+    assert scorer(batch)["rows"] == [2 * (PER_CATEGORY - 2)]  # 2 of each category's excluded
+    rows = pq.read_table(tmp_path / "results").to_pylist()
+    for scene, ids in zip(scenes, want, strict=True):
+        job = sorted((r for r in rows if r["scene"] == str(scene)), key=lambda r: r["rank"])
+        assert [r["product"] for r in job] == ids and top[0]["id"] not in ids
+    assert main([str(scenes[0]), "--out", str(tmp_path / "o"), "--filter", '{"colour": 1}']) == 2

@@ -57,6 +57,7 @@ class Server:
     url: str
     categories: list[str]
     scenes: list[Path]
+    artifacts: Path
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +79,13 @@ def browser_paths() -> tuple[Path, Path]:
 def server(stl_dir: Path) -> Iterator[Server]:
     """The real app under uvicorn on a free loopback port, over a tiny real catalog."""
     import uvicorn
-    from service_support import tiny_artifacts
+    from service_support import copy_artifacts
 
     from service.app import create_app
     from service.config import Settings
 
-    artifacts = tiny_artifacts(stl_dir)
+    tmp = Path(tempfile.mkdtemp(prefix="ctl-browser-"))
+    artifacts = copy_artifacts(stl_dir, tmp)  # a test here sets product attributes
     scenes_dir = stl_dir / "images" / "scenes"
     settings = Settings(
         data_dir=stl_dir,
@@ -109,11 +111,12 @@ def server(stl_dir: Path) -> Iterator[Server]:
         url = f"http://127.0.0.1:{port}/"
         with urllib.request.urlopen(url + "categories", timeout=10) as resp:
             categories = [c["name"] for c in json.load(resp)["categories"]]
-        yield Server(url, categories, sorted(scenes_dir.glob("*.jpg")))
+        yield Server(url, categories, sorted(scenes_dir.glob("*.jpg")), artifacts)
     finally:
         uv.should_exit = True
         thread.join(timeout=10)
         sock.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -439,3 +442,74 @@ def test_switching_categories_asks_about_the_stored_scene(driver: Any, server: S
     assert _requests(server, "/scenes", "POST") == uploads + 1, "the photo was sent again"
     assert _requests(server, "/scenes/{scene_id}/complete-the-look", "GET") == questions + 2
     assert _requests(server, "/complete-the-look", "POST") == 0
+
+
+CARDS = """
+const shown = (e) => (e.hidden ? null : e.innerText);
+return [...document.querySelectorAll('.product')].map(p => ({
+  id: p.dataset.productId,
+  title: shown(p.querySelector('.product-title')),
+  price: shown(p.querySelector('.price')),
+  out: !p.querySelector('.stock-badge').hidden,
+}));
+"""
+
+
+def test_titles_prices_and_the_in_stock_switch(driver: Any, server: Server) -> None:
+    """A shop's titles and prices are shown; an out-of-stock product only with the switch off."""
+    from selenium.webdriver.common.by import By
+
+    from index.store import IndexStore
+
+    open_page(driver, server)
+    category = server.categories[0]
+    choose_categories(driver, [category])
+    set_k(driver, K)
+    upload(driver, server.scenes[14])
+    ids = results_for(driver, [category], K)[0]["ids"]
+    store = IndexStore.for_artifacts(server.artifacts)
+    store.attributes.update(
+        {
+            ids[0]: {"title": "Red boot", "price": 49.9, "currency": "EUR", "in_stock": False},
+            ids[1]: {"title": "Blue bag", "price": 12.0},
+        }
+    )
+    try:
+
+        def followed() -> bool:
+            with urllib.request.urlopen(f"{server.url}products/{ids[0]}", timeout=10) as resp:
+                return json.load(resp)["in_stock"] is False
+
+        deadline = time.monotonic() + WAIT_S
+        while not followed():
+            assert time.monotonic() < deadline, "the service never saw the new attributes"
+            time.sleep(0.1)
+        driver.find_element(By.ID, "go").click()
+        wait_for(
+            driver,
+            "return !document.querySelector(`.product[data-product-id='${arguments[0]}']`)"
+            " && document.querySelectorAll('.product').length === arguments[1]",
+            "the out-of-stock product to leave the grid",
+            ids[0],
+            K,
+        )
+        cards = {c["id"]: c for c in driver.execute_script(CARDS)}
+        assert cards[ids[1]]["title"] == "Blue bag" and "12.00" in cards[ids[1]]["price"]
+        assert not cards[ids[1]]["out"]
+        screenshot(driver, "desktop-in-stock-only")
+
+        driver.find_element(By.CSS_SELECTOR, "label.stock-switch").click()
+        wait_for(
+            driver,
+            "return !!document.querySelector(`.product[data-product-id='${arguments[0]}']`)",
+            "the out-of-stock product back with the switch off",
+            ids[0],
+        )
+        cards = {c["id"]: c for c in driver.execute_script(CARDS)}
+        red = cards[ids[0]]
+        assert red["title"] == "Red boot" and "49.90" in red["price"] and red["out"], red
+        screenshot(driver, "desktop-out-of-stock-shown")
+    finally:
+        store.attributes.update({ids[0]: {}, ids[1]: {}}, replace=True)
+        if not driver.find_element(By.ID, "in-stock").is_selected():
+            driver.find_element(By.CSS_SELECTOR, "label.stock-switch").click()

@@ -238,3 +238,42 @@ def test_without_redis_a_version_published_by_ctl_is_followed(
         took = _eventually(lambda: client.get("/readyz").json()["index_version"] == published, 5.0)
         assert took is not None, "the service never followed the new version"
         assert client.get("/products/published-by-ctl").status_code == 200
+
+
+def _recommend(url: str, photo: bytes, category: str) -> list[str]:
+    r = httpx.post(
+        f"{url}/complete-the-look",
+        files={"image": ("scene.jpg", photo, "image/jpeg")},
+        data={"category": category, "k": "3"},
+        timeout=60.0,
+    )
+    assert r.status_code == 200, r.text
+    return [p["id"] for p in r.json()["products"]]
+
+
+@pytest.mark.redis
+def test_a_stock_flip_through_one_replica_filters_the_answers_of_the_others(
+    replicas: list[str], stl_dir: Path
+) -> None:
+    a, b, c = replicas
+    category = httpx.get(f"{a}/categories").json()["categories"][0]["name"]
+    photo = sorted((stl_dir / "images" / "scenes").glob("*.jpg"))[0].read_bytes()
+    before = {url: _recommend(url, photo, category) for url in replicas}
+    assert len({tuple(v) for v in before.values()}) == 1  # and each one's cache now holds it
+    out = before[a][0]
+    version = httpx.get(f"{a}/readyz").json()["index_version"]
+    r = httpx.patch(
+        f"{a}/admin/products/{out}", json={"in_stock": False}, headers=admin_headers(), timeout=30
+    )
+    assert r.status_code == 200, r.text
+    assert out not in _recommend(a, photo, category)
+    for other in (b, c):
+        took = _eventually(
+            lambda o=other: out not in _recommend(o, photo, category), STALENESS_BOUND_S
+        )
+        assert took is not None, f"{other} still recommends {out} after {STALENESS_BOUND_S} s"
+        log.info("stock flip through one replica, filtered by %s after %.3f s", other, took)
+        assert httpx.get(f"{other}/products/{out}").json()["in_stock"] is False
+        assert _recommend(other, photo, category) == _recommend(a, photo, category)
+    # No index version was made: the flip touched no FAISS file.
+    assert {httpx.get(f"{u}/readyz").json()["index_version"] for u in replicas} == {version}

@@ -7,52 +7,26 @@ A rerun skips what is already on disk and decodes, so an interrupted download re
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import logging
 import re
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from tenacity import (
-    Retrying,
-    before_sleep_log,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
-
 from index.atomic import write_bytes
+from index.fetch import FetchError, check_image, fetch_once, retrier
 from index.progress import Progress
-from model.decode import DecodeError, decode_image
 from training.stl import load_pairs
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "http://i.pinimg.com/400x"
 FAILURES_FILE = "download-failures.jsonl"
-MAX_BYTES = 20 * 1024 * 1024
-"""No STL image comes near this; a bigger answer is not an image we want."""
 _SIGNATURE = re.compile(r"[0-9A-Za-z]{6,64}")
-_NO_RETRY_STATUS = frozenset(range(400, 500)) - {408, 425, 429}
-"""Client errors other than these are final: asking again gives the same answer."""
-
-
-class FetchError(Exception):
-    """A failed download, with a short ``reason`` used to group failures in the summary."""
-
-    def __init__(self, reason: str, detail: str = "", retry: bool = True) -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-        self.retry = retry
 
 
 @dataclass(frozen=True)
@@ -81,15 +55,6 @@ def image_path(out: Path, job: Job) -> Path:
     return out / "images" / job.kind / f"{job.sig}.jpg"
 
 
-def check_image(data: bytes) -> None:
-    """Raise ``FetchError`` unless ``data`` decodes fully (header and pixels) by the decoder
-    that training and serving use (``model.decode``)."""
-    try:
-        decode_image(data)
-    except DecodeError as exc:
-        raise FetchError("not_an_image", str(exc), retry=False) from exc
-
-
 def is_valid_image(path: Path) -> bool:
     """Whether a file already on disk decodes, so a rerun can skip it."""
     try:
@@ -97,31 +62,6 @@ def is_valid_image(path: Path) -> bool:
     except (OSError, FetchError):
         return False
     return True
-
-
-def fetch_once(url: str, timeout: float) -> bytes:
-    """GET ``url``; raise ``FetchError`` with a reason on any failure."""
-    request = urllib.request.Request(url, headers={"User-Agent": "complete-the-look/0.1"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            data: bytes = response.read(MAX_BYTES + 1)
-    except urllib.error.HTTPError as exc:
-        raise FetchError(
-            f"http_{exc.code}", str(exc.reason), retry=exc.code not in _NO_RETRY_STATUS
-        ) from exc
-    except TimeoutError as exc:
-        raise FetchError("timeout", str(exc)) from exc
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, TimeoutError):
-            raise FetchError("timeout", str(exc.reason)) from exc
-        raise FetchError("connection_error", str(exc.reason)) from exc
-    except (http.client.HTTPException, OSError) as exc:
-        raise FetchError("connection_error", f"{type(exc).__name__}: {exc}") from exc
-    if len(data) > MAX_BYTES:
-        raise FetchError("too_large", f"over {MAX_BYTES} bytes", retry=False)
-    if not data:
-        raise FetchError("empty_response")
-    return data
 
 
 @dataclass(frozen=True)
@@ -141,15 +81,7 @@ class Fetcher:
         dest = image_path(self.out, job)
         if dest.is_file() and is_valid_image(dest):
             return Outcome(job, "skipped")
-        # Exponential backoff from ``backoff`` s, plus up to ``backoff`` s of jitter so that the
-        # workers that failed together do not all ask again at the same moment.
-        retrying = Retrying(
-            stop=stop_after_attempt(self.retries + 1),
-            wait=wait_exponential(multiplier=self.backoff) + wait_random(0, self.backoff),
-            retry=retry_if_exception(lambda e: isinstance(e, FetchError) and e.retry),
-            before_sleep=before_sleep_log(log, logging.DEBUG),
-            reraise=True,
-        )
+        retrying = retrier(self.retries, self.backoff)
         try:
             retrying(self._fetch, image_url(self.base_url, job.sig), dest)
         except FetchError as exc:

@@ -1,13 +1,19 @@
-"""Operator endpoints behind the admin token: reload versions, update the catalog."""
+"""Operator endpoints behind the admin token: reload versions, update the catalog and the
+products' attributes."""
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from pathlib import Path as FilePath
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Path, Request, status
+from fastapi import APIRouter, Body, Form, HTTPException, Path, Query, Request, status
 
+from index.attributes import AttributesBusyError, AttributesError, ProductAttributes
 from index.build import BuildError, NewProduct, add_products, remove_products
+from index.catalog_import import CatalogImportError, import_catalog
+from index.rows import TableError
 from index.store import (
     PRODUCT_ID_PATTERN,
     IndexStore,
@@ -22,7 +28,7 @@ from service.errors import AUTH, UNAVAILABLE, UPLOAD, responses
 from service.follow import published_versions
 from service.images import decode_upload
 from service.routes.recommend import ImageField
-from service.schemas import CatalogUpdate, Reloaded
+from service.schemas import CatalogImport, CatalogUpdate, ProductInfo, Reloaded
 from service.serving import Serving, ServingManager
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
@@ -146,3 +152,118 @@ async def delete_product(
     except BuildError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     return await _catalog_update(request, removed=[product_id])
+
+
+@router.patch(
+    "/products/{product_id}",
+    response_model=ProductInfo,
+    responses=responses(
+        {
+            **AUTH,
+            400: "the body is not JSON",
+            404: "no such product",
+            409: "another write (an import) held the attribute store too long; try again",
+            422: "an unknown field, a mistyped value, or attributes over their bounds",
+            503: UNAVAILABLE,
+        }
+    ),
+)
+async def patch_product(
+    product_id: Annotated[str, Path(description=ID_FORMAT, pattern=PRODUCT_ID_PATTERN)],
+    update: ProductAttributes,
+    request: Request,
+) -> dict:
+    """Change a product's attributes (stock, price, title, ...): the fields sent, ``null``
+    resetting one; ``attributes`` keys are merged (``null`` removes a key). Nothing is
+    re-embedded and no index version is made; every replica follows within its follow bound,
+    this one before it answers."""
+    pipe = await pipeline(request)
+    if pipe.serving.catalog.product(product_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no product with id {quote(product_id)}")
+    changes = {name: getattr(update, name) for name in update.model_fields_set}
+    store = IndexStore.for_artifacts(pipe.settings.artifacts_dir).attributes
+    try:
+        _, stored = await asyncio.to_thread(store.update, {product_id: changes})
+    except AttributesError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    except AttributesBusyError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    follower = request.app.state.follower
+    await follower.sync_attributes()
+    await follower.announce()
+    p = pipe.serving.catalog.product(product_id)
+    assert p is not None
+    return {
+        "id": p.id,
+        "category": p.category,
+        "image_url": f"/products/{p.id}/image",
+        **stored[product_id],
+    }
+
+
+IMPORT_EXAMPLE = (
+    '{"id": "sku-1", "category": "Shoes", "image": "images/products/sku-1.jpg", '
+    '"price": 49.9, "in_stock": true, "color": "red"}\n'
+)
+
+
+@router.post(
+    "/catalog/import",
+    response_model=CatalogImport,
+    responses=responses(
+        {
+            **AUTH,
+            409: "another catalog write held the store too long, or the update failed",
+            422: "bad rows (each with its line and reason; nothing applied unless skip_bad)",
+            503: UNAVAILABLE,
+        }
+    ),
+)
+async def import_products(
+    request: Request,
+    rows: Annotated[
+        str,
+        Body(
+            # Any content type is read as text; text/plain is what OpenAPI tools can send.
+            media_type="text/plain",
+            description="JSON lines (sent as text/plain or application/x-ndjson): id, "
+            "category, image (an http(s) URL, or a path on the server, relative to "
+            "CTL_DATA_DIR) and any attributes",
+            examples=[IMPORT_EXAMPLE],
+        ),
+    ],
+    sync: Annotated[bool, Query(description="also remove products the rows lack")] = False,
+    skip_bad: Annotated[bool, Query(description="apply the good rows of a bad table")] = False,
+) -> dict:
+    """``ctl catalog import`` for a running service: embeds new products and changed images,
+    sets attributes, makes at most one index version, then serves it."""
+    pipe = await pipeline(request)
+    settings = pipe.settings
+    store = IndexStore.for_artifacts(settings.artifacts_dir)
+    with tempfile.TemporaryDirectory(prefix="ctl-import-") as tmp:
+        table = FilePath(tmp) / "rows.jsonl"
+        table.write_text(rows)
+        try:
+            report = await asyncio.to_thread(
+                import_catalog,
+                store,
+                pipe.serving.encoder,
+                table,
+                sync=sync,
+                skip_bad=skip_bad,
+                ann_threshold=settings.ann_threshold,
+                base_dir=settings.data_dir,
+            )
+        except CatalogImportError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        except TableError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        except (AttributesBusyError, BuildError) as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    if report.version != pipe.serving.index_version:
+        _, now = await _switch(request, reload_encoder=False)
+    else:
+        await request.app.state.follower.sync_attributes()
+        await request.app.state.follower.announce()
+        now = pipe.serving
+    return {**report.to_dict(), **now.versions()}

@@ -11,10 +11,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, status
 
-from service.deps import DEFAULT_K, check_categories, check_k, pipeline
+from index.filters import ProductFilter
+from service.deps import DEFAULT_K, check_categories, check_k, parse_filter, pipeline
 from service.images import MAX_NAME
 from service.recommender import Pipeline
-from service.routes.recommend import ERRORS, KField
+from service.routes.recommend import ERRORS, FilterField, KField
 from service.schemas import BatchResponse
 
 router = APIRouter(tags=["recommend"])
@@ -59,13 +60,14 @@ async def _one(
     image: UploadFile,
     categories: list[str],
     k: int,
+    flt: ProductFilter,
 ) -> dict:
     name = (image.filename or f"image {index}")[:MAX_NAME]
     try:
         wanted = check_categories(pipe.serving, list(dict.fromkeys(categories)))
         # A few files of the batch in memory at a time (and each within the upload budget).
         async with window, pipe.upload(image) as upload:
-            found = await pipe.recommend(upload.sha256, wanted, k, upload)
+            found = await pipe.recommend(upload.sha256, wanted, k, upload, flt=flt)
             sha256 = upload.sha256
     except HTTPException as exc:
         return {
@@ -105,13 +107,16 @@ async def batch_complete_the_look(
         ),
     ] = None,
     k: KField = DEFAULT_K,
+    filter: FilterField = None,
 ) -> dict:
     """Recommendations for each uploaded scene; per-item errors do not fail the batch.
+    One filter applies to every item.
 
     The files are read a few at a time (as many as one encoder call takes), never all at once.
     """
-    pipe = await pipeline(request, "categories", "k")
+    pipe = await pipeline(request, "categories", "k", "filter")
     check_k(k, pipe.settings)
+    flt = parse_filter(filter)
     limit = pipe.settings.max_batch_items
     if len(images) > limit:
         raise HTTPException(
@@ -122,7 +127,7 @@ async def batch_complete_the_look(
     window = asyncio.Semaphore(pipe.serving.batcher.max_size)
     items = await asyncio.gather(
         *(
-            _one(pipe, window, i, img, cats, k)
+            _one(pipe, window, i, img, cats, k, flt)
             for i, (img, cats) in enumerate(zip(images, per_image, strict=True))
         )
     )

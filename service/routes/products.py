@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, HTTPException, Request, status
 from fastapi.responses import FileResponse
 
+from index.attributes import CatalogAttributes
 from index.search import Product, Similar, similar, similar_to_product
 from index.store import quote
 from service.deps import (
@@ -16,11 +17,19 @@ from service.deps import (
     check_category,
     check_k,
     check_single,
+    parse_filter,
     pipeline,
 )
 from service.errors import UNAVAILABLE, responses
 from service.images import decode_upload
-from service.routes.recommend import ERRORS, ImageField, KField, KQuery
+from service.routes.recommend import (
+    ERRORS,
+    FilterField,
+    FilterQuery,
+    ImageField,
+    KField,
+    KQuery,
+)
 from service.schemas import Categories, ProductInfo, SimilarResponse
 from service.serving import Serving
 
@@ -37,7 +46,9 @@ def _product(serving: Serving, product_id: str) -> Product:
     return product
 
 
-def _similar_response(serving: Serving, category: str, k: int, found: list[Similar]) -> dict:
+def _similar_response(
+    serving: Serving, attrs: CatalogAttributes, category: str, k: int, found: list[Similar]
+) -> dict:
     return {
         **serving.versions(),
         "category": category,
@@ -49,6 +60,7 @@ def _similar_response(serving: Serving, category: str, k: int, found: list[Simil
                 "rank": rank,
                 "distance": s.distance,
                 "image_url": f"/products/{s.id}/image",
+                **attrs.record(s.id),
             }
             for rank, s in enumerate(found, start=1)
         ],
@@ -68,7 +80,12 @@ async def categories(serving: ServingDep) -> dict:
 async def get_product(product_id: str, serving: ServingDep) -> dict:
     """One catalog product."""
     p = _product(serving, product_id)
-    return {"id": p.id, "category": p.category, "image_url": f"/products/{p.id}/image"}
+    return {
+        "id": p.id,
+        "category": p.category,
+        "image_url": f"/products/{p.id}/image",
+        **serving.catalog.attributes.record(p.id),
+    }
 
 
 @router.get(
@@ -90,12 +107,17 @@ async def similar_products(
     request: Request,
     serving: ServingDep,
     k: KQuery = DEFAULT_K,
+    filter: FilterQuery = None,
 ) -> dict:
-    """Visually similar products of the same category (the product itself excluded)."""
-    check_single(request.query_params, ("k",))
+    """Visually similar products of the same category that pass the filter (the product
+    itself excluded)."""
+    check_single(request.query_params, ("k", "filter"))
     check_k(k, request.app.state.settings)
+    flt = parse_filter(filter)
     p = _product(serving, product_id)
-    return _similar_response(serving, p.category, k, similar_to_product(serving.catalog, p.id, k))
+    attrs = serving.catalog.attributes
+    found = similar_to_product(serving.catalog, p.id, k, flt, attrs)
+    return _similar_response(serving, attrs, p.category, k, found)
 
 
 @router.post(
@@ -108,10 +130,12 @@ async def similar_to_photo(
     image: ImageField,
     category: Annotated[str, Form(description="the category to search", examples=["Shoes"])],
     k: KField = DEFAULT_K,
+    filter: FilterField = None,
 ) -> dict:
-    """Products of ``category`` that look like the uploaded product photo."""
-    pipe = await pipeline(request, "image", "category", "k")
+    """Products of ``category`` that pass the filter and look like the uploaded product photo."""
+    pipe = await pipeline(request, "image", "category", "k", "filter")
     check_k(k, pipe.settings)
+    flt = parse_filter(filter)
     check_category(pipe.serving, category)
     encoder, max_pixels = pipe.serving.encoder, pipe.settings.max_image_pixels
     async with pipe.upload(image) as upload, pipe.decoding(upload, encoder.input_size):
@@ -121,5 +145,7 @@ async def similar_to_photo(
             lambda: encoder.prepare(decode_upload(upload, max_pixels, encoder.input_size))
         )
     vector = await pipe.serving.embed_product(photo)
-    found = await asyncio.to_thread(similar, pipe.serving.catalog, vector, category, k)
-    return _similar_response(pipe.serving, category, k, found)
+    found = await asyncio.to_thread(
+        similar, pipe.serving.catalog, vector, category, k, (), flt, pipe.attributes
+    )
+    return _similar_response(pipe.serving, pipe.attributes, category, k, found)

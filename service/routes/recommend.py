@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
-from service.deps import DEFAULT_K, check_categories, check_k, pipeline, unique
+from service.deps import DEFAULT_K, check_categories, check_k, parse_filter, pipeline, unique
 from service.errors import UPLOAD, responses
 from service.recommender import Pipeline, Recommendations, attention_grid
 from service.schemas import CompleteTheLook, CompleteTheLookAll
@@ -37,6 +37,14 @@ KQuery = Annotated[
         json_schema_extra={"minimum": 1, "maximum": 100},
     ),
 ]
+FILTER = (
+    "JSON object: which products may be recommended. Keys: in_stock_only (default true), "
+    "exclude (product ids), brand (a value or a list), attributes (key -> a value or a list), "
+    "price_min, price_max. Absent: in-stock products only"
+)
+FILTER_EXAMPLE = '{"brand": ["acme", "zeta"], "price_max": 100, "exclude": ["sku-1"]}'
+FilterField = Annotated[str | None, Form(description=FILTER, examples=[FILTER_EXAMPLE])]
+FilterQuery = Annotated[str | None, Query(description=FILTER, examples=[FILTER_EXAMPLE])]
 ERRORS = responses(UPLOAD)
 
 
@@ -51,16 +59,21 @@ async def complete_the_look(
     category: Annotated[str, Form(description="a category name", examples=["Shoes"])],
     k: KField = DEFAULT_K,
     explain: Annotated[bool, Form(description=EXPLAIN)] = False,
+    filter: FilterField = None,
 ) -> dict:
-    """Products of ``category`` that complete the look of the uploaded scene, best first.
+    """Products of ``category`` that complete the look of the uploaded scene, best first
+    (k of them whenever k pass the filter).
 
     For several questions about one photo, upload it once (``POST /scenes``) and ask with GET.
     """
-    pipe = await pipeline(request, "image", "category", "k", "explain")
+    pipe = await pipeline(request, "image", "category", "k", "explain", "filter")
     check_k(k, pipe.settings)
+    flt = parse_filter(filter)
     wanted = check_categories(pipe.serving, [category])
     async with pipe.upload(image) as upload:
-        found = await pipe.recommend(upload.sha256, wanted, k, upload, need_embedding=explain)
+        found = await pipe.recommend(
+            upload.sha256, wanted, k, upload, need_embedding=explain, flt=flt
+        )
     return one_category(pipe, upload.sha256, category, wanted[category], k, found, explain)
 
 
@@ -113,11 +126,13 @@ async def complete_the_look_all(
         Form(description=CATEGORIES, examples=[["Shoes", "Handbags, Wallets & Cases"]]),
     ] = None,
     k: KField = DEFAULT_K,
+    filter: FilterField = None,
 ) -> dict:
     """Recommendations for every category (or the listed ones) from one encoder pass."""
-    pipe = await pipeline(request, "image", "k")
+    pipe = await pipeline(request, "image", "k", "filter")
     check_k(k, pipe.settings)
+    flt = parse_filter(filter)
     wanted = check_categories(pipe.serving, unique(categories) or list(pipe.serving.categories))
     async with pipe.upload(image) as upload:
-        found = await pipe.recommend(upload.sha256, wanted, k, upload)
+        found = await pipe.recommend(upload.sha256, wanted, k, upload, flt=flt)
     return all_categories(pipe, upload.sha256, k, found)

@@ -12,12 +12,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
-from service.deps import DEFAULT_K, check_categories, check_k, pipeline, unique
+from service.deps import DEFAULT_K, check_categories, check_k, parse_filter, pipeline, unique
 from service.errors import UNAVAILABLE, responses
 from service.routes.recommend import (
     CATEGORIES,
     ERRORS,
     EXPLAIN,
+    FilterQuery,
     ImageField,
     KQuery,
     all_categories,
@@ -81,12 +82,14 @@ async def scene_complete_the_look(
     category: Annotated[str, Query(description="a category name", examples=["Shoes"])],
     k: KQuery = DEFAULT_K,
     explain: Annotated[bool, Query(description=EXPLAIN)] = False,
+    filter: FilterQuery = None,
 ) -> dict:
     """``POST /complete-the-look`` for a stored scene."""
-    pipe = await pipeline(request, "category", "k", "explain")
+    pipe = await pipeline(request, "category", "k", "explain", "filter")
     check_k(k, pipe.settings)
+    flt = parse_filter(filter)
     wanted = check_categories(pipe.serving, [category])
-    found = await pipe.recommend(scene_id, wanted, k, need_embedding=explain)
+    found = await pipe.recommend(scene_id, wanted, k, need_embedding=explain, flt=flt)
     return one_category(pipe, scene_id, category, wanted[category], k, found, explain)
 
 
@@ -98,9 +101,12 @@ async def scene_complete_the_look_all(
     scene_id: SceneId,
     categories: Annotated[list[str] | None, Query(description=CATEGORIES)] = None,
     k: KQuery = DEFAULT_K,
+    filter: FilterQuery = None,
 ) -> dict:
     """``POST /complete-the-look/all`` for a stored scene."""
-    pipe = await pipeline(request, "k")
+    pipe = await pipeline(request, "k", "filter")
     check_k(k, pipe.settings)
+    flt = parse_filter(filter)
     wanted = check_categories(pipe.serving, unique(categories) or list(pipe.serving.categories))
-    return all_categories(pipe, scene_id, k, await pipe.recommend(scene_id, wanted, k))
+    found = await pipe.recommend(scene_id, wanted, k, flt=flt)
+    return all_categories(pipe, scene_id, k, found)

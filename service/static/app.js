@@ -2,7 +2,8 @@
 // doubles as an example: GET /categories, GET /samples, POST /scenes (the photo, uploaded once),
 // then GET /scenes/{id}/complete-the-look (one category; explain=true adds its attention map)
 // and GET /scenes/{id}/complete-the-look/all (several categories) for every question about it,
-// and the product images at /products/{id}/image.
+// with filter={"in_stock_only": false} when the "in stock only" switch is off, and the product
+// images at /products/{id}/image.
 
 const $ = (id) => document.getElementById(id);
 
@@ -22,6 +23,7 @@ const els = {
   form: $("query"),
   categories: $("categories"),
   k: $("k"),
+  inStock: $("in-stock"),
   go: $("go"),
   message: $("message"),
   status: $("status"),
@@ -143,11 +145,13 @@ async function askScene(path, params) {
  * One category: complete-the-look with its attention map; several: one /all call.
  */
 async function fetchRecommendations(categories, k) {
+  // The service recommends products in stock unless told otherwise.
+  const filter = els.inStock.checked ? [] : [["filter", JSON.stringify({ in_stock_only: false })]];
   if (categories.length === 1) {
-    const params = [["category", categories[0]], ["k", k], ["explain", "true"]];
+    const params = [["category", categories[0]], ["k", k], ["explain", "true"], ...filter];
     return [await askScene("complete-the-look", params)];
   }
-  const params = [["k", k], ...categories.map((c) => ["categories", c])];
+  const params = [["k", k], ...categories.map((c) => ["categories", c]), ...filter];
   const body = await askScene("complete-the-look/all", params);
   return Object.entries(body.results).map(([category, products]) => ({
     category,
@@ -394,7 +398,34 @@ function productCard(p) {
     `Distance to the scene, lower is a better match: d* ${p.d_star.toFixed(4)} = ` +
     `global ${p.d_global.toFixed(4)} + local ${p.d_local.toFixed(4)}`;
   card.querySelector(".product-id").textContent = p.id;
+  if (p.title) {
+    const title = card.querySelector(".product-title");
+    title.textContent = p.title;
+    title.hidden = false;
+    img.alt = p.title;
+  }
+  if (typeof p.price === "number") {
+    const price = card.querySelector(".price");
+    price.textContent = formatPrice(p.price, p.currency);
+    price.hidden = false;
+  }
+  if (p.in_stock === false) {
+    card.classList.add("out-of-stock");
+    card.querySelector(".stock-badge").hidden = false;
+  }
   return card;
+}
+
+/** A price in the shop's currency where the browser knows it, else the number and its code. */
+function formatPrice(value, currency) {
+  if (currency) {
+    try {
+      return new Intl.NumberFormat(undefined, { style: "currency", currency }).format(value);
+    } catch {
+      return `${value.toFixed(2)} ${currency}`;
+    }
+  }
+  return value.toFixed(2);
 }
 
 // ---------------------------------------------------------------- the attention heatmap
@@ -506,6 +537,9 @@ els.file.addEventListener("change", async () => {
 els.form.addEventListener("submit", (event) => {
   event.preventDefault();
   run();
+});
+els.inStock.addEventListener("change", () => {
+  if (state.image && els.results.childElementCount > 0) run();
 });
 els.showHeatmap.addEventListener("change", showHeatmap);
 els.heatmapCategory.addEventListener("change", showHeatmap);
