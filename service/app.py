@@ -209,10 +209,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
             table = []
             for template, item in request.app.openapi()["paths"].items():
                 pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
-                methods = {m.upper() for m in item}
-                if "GET" in methods:
-                    methods.add("HEAD")
-                table.append((re.compile(pattern), methods))
+                table.append((re.compile(pattern), {m.upper() for m in item}))
             state.methods_by_path = table
         path = request.url.path
         allowed = {m for p, ms in state.methods_by_path if p.fullmatch(path) for m in ms}

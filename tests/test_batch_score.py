@@ -153,7 +153,10 @@ def test_the_batch_job_applies_the_filter(stl_dir: Path, tmp_path: Path) -> None
              .json()["products"]]
             for s in scenes
         ]  # fmt: skip
-    scorer = SceneScorer(str(artifacts), str(tmp_path), [category], K, 1, "cpu", 4, flt)
+    limits = {"max_pixels": 40_000_000, "max_bytes": 20 * 1024 * 1024}
+    scorer = SceneScorer(
+        str(artifacts), str(tmp_path), [category], K, 1, "cpu", 4, **limits, filter_json=flt
+    )
     batch = {"scene": np.array([str(s) for s in scenes]), "categories": np.array(["", ""])}
     assert scorer(batch)["rows"] == [2 * (PER_CATEGORY - 2)]  # 2 of each category's excluded
     rows = pq.read_table(tmp_path / "results").to_pylist()
