@@ -61,6 +61,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% CIs")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--samples", type=int, default=8, help="scenes in the attention picture")
+    ap.add_argument(
+        "--artifacts",
+        type=Path,
+        default=None,
+        help="rank through these exported encoders (ONNX Runtime) instead of torch",
+    )
     args = ap.parse_args(list(argv))
     for name in ("draws", "bootstrap", "batch_size", "samples"):
         if getattr(args, name) < 1:
@@ -71,7 +77,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str]) -> int:
     """``ctl evaluate``: prints the headline numbers; writes OUT_DIR/metrics.json and report.md."""
     args = parse_args(argv)
-    opts = Options(args.split, args.seed, args.draws, args.bootstrap, args.batch_size, args.samples)
+    opts = Options(
+        args.split,
+        args.seed,
+        args.draws,
+        args.bootstrap,
+        args.batch_size,
+        args.samples,
+        artifacts=args.artifacts,
+    )
     try:
         m = evaluate(args.run, args.data, args.out, opts)
     except (EvaluationError, BackboneError, FileNotFoundError) as exc:
