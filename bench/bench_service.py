@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO))
 
 from model.runtime import OnnxEncoder  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.images import Upload, decode_image  # noqa: E402
+from service.images import Upload, decode_upload  # noqa: E402
 from service.serving import encoder_lanes  # noqa: E402
 
 log = logging.getLogger("bench_service")
@@ -271,7 +271,7 @@ class BareEncoder:
     def _decode(self, photo: bytes) -> Image.Image:
         """As the service decodes an upload (without hashing it: the service's own work)."""
         upload = Upload("scene.jpg", photo, sha256="")
-        return decode_image(upload, self.max_pixels, self.encoder.input_size)
+        return decode_upload(upload, self.max_pixels, self.encoder.input_size)
 
     def seconds(self, photo: bytes) -> tuple[float, float]:
         """One photo at batch 1: (decoding it as the service does, encoding the pixels)."""

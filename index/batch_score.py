@@ -28,11 +28,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image, ImageOps
+from PIL import Image
 
+from index.config import IndexSettings
 from index.search import recommend, set_search_threads
-from index.store import IndexStore
-from model.runtime import OnnxEncoder
+from index.store import IndexStore, quote
+from model.decode import DecodeError, decode_image
+from model.runtime import MANIFEST_FILE, OnnxEncoder
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +67,17 @@ def read_inputs(source: Path) -> list[dict[str, str]]:
     return rows
 
 
-def decode_scene(path: Path, min_size: int) -> Image.Image | str:
-    """The photo as the service decodes an upload (a big JPEG at a reduced DCT scale never
-    below the model input, EXIF orientation applied, RGB), or why it cannot be read: job and
-    service then see the same pixels."""
+def decode_scene(path: Path, min_size: int, max_pixels: int, max_bytes: int) -> Image.Image | str:
+    """The photo as the service decodes an upload (the one decoder, ``model.decode``, with the
+    service's limits: ``max_bytes`` of file, ``max_pixels``, its formats), or why it cannot be
+    read: job and service then see the same pixels and refuse the same files."""
     try:
-        with Image.open(path) as im:
-            if im.format == "JPEG":
-                im.draft("RGB", (min_size, min_size))
-            im.load()
-            return ImageOps.exif_transpose(im).convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        if path.stat().st_size > max_bytes:
+            return f"unreadable: {path.name}: the file is over the limit of {max_bytes} bytes"
+        return decode_image(path.read_bytes(), max_pixels, min_size, path.name)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    except DecodeError as exc:
         return f"unreadable: {exc}"
 
 
@@ -92,8 +94,11 @@ class SceneScorer:
         threads: int,
         device: str,
         encoder_batch: int,
+        max_pixels: int,
+        max_bytes: int,
     ) -> None:
         self.out = Path(out)
+        self.max_pixels, self.max_bytes = max_pixels, max_bytes
         self.encoder_batch = encoder_batch
         self.encoder = OnnxEncoder.from_artifacts(Path(artifacts), device=device, threads=threads)
         # FAISS on every core woke the OpenMP threads of both actors for each of a scene's
@@ -127,7 +132,9 @@ class SceneScorer:
         good: list[tuple[str, list[str]]] = []
         images = []
         for scene, listed in zip(batch["scene"], batch["categories"], strict=True):
-            loaded = decode_scene(Path(str(scene)), self.encoder.input_size)
+            loaded = decode_scene(
+                Path(str(scene)), self.encoder.input_size, self.max_pixels, self.max_bytes
+            )
             if isinstance(loaded, str):
                 row(str(scene), error=loaded)
                 continue
@@ -171,6 +178,36 @@ def write_batch(table: pa.Table, out: Path, scenes: list[str]) -> tuple[int, int
     return results.num_rows, errors.num_rows
 
 
+class OptionError(ValueError):
+    """A ``k`` or category the service would refuse: the job does not start."""
+
+
+def served_categories(artifacts: Path) -> list[str]:
+    """The categories the service answers for: the current index's that the model knows."""
+    model = json.loads((artifacts / MANIFEST_FILE).read_text())["categories"]
+    store = IndexStore.for_artifacts(artifacts)
+    version = store.current()
+    if version is None:
+        raise OptionError(f"no index version published under {store.root}")
+    return [c for c in store.manifest(version)["categories"] if c in model]
+
+
+def check_options(artifacts: Path, categories: Sequence[str], k: int, max_k: int) -> None:
+    """The service's checks of ``k`` (1..max_k) and of the category names, before any work."""
+    if not 1 <= k <= max_k:
+        raise OptionError(f"k must be between 1 and {max_k}, got {k}")
+    try:
+        served = served_categories(artifacts)
+    except (OSError, ValueError, KeyError) as exc:
+        raise OptionError(f"cannot read the artifacts in {artifacts}: {exc}") from None
+    unknown = [c for c in categories if c not in served]
+    if unknown:
+        raise OptionError(
+            f"unknown categories {', '.join(quote(c) for c in unknown)}; "
+            f"valid categories: {', '.join(served)}"
+        )
+
+
 def run(
     inputs: list[dict[str, str]],
     artifacts: Path,
@@ -183,6 +220,7 @@ def run(
     device: str = "cpu",
     address: str | None = None,
     encoder_batch: int = 4,
+    settings: IndexSettings | None = None,
 ) -> dict[str, Any]:
     """Score ``inputs`` on Ray; write ``out/results/*.parquet`` and ``out/errors/*.parquet``.
 
@@ -190,8 +228,14 @@ def run(
     the encoder on ``encoder_batch`` of them at a time (docs/performance.md).
 
     ``actors`` encoder actors of ``threads`` ONNX threads each (0: one per ``threads`` cores).
+    The photos are held to the service's limits (``settings``: ``CTL_MAX_UPLOAD_BYTES``,
+    ``CTL_MAX_IMAGE_PIXELS``); ``k`` and ``categories`` are checked as the service checks them
+    (:class:`OptionError`).
     """
     import ray
+
+    settings = settings or IndexSettings()
+    check_options(artifacts, categories, k, settings.max_k)
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -212,6 +256,8 @@ def run(
             "threads": threads,
             "device": device,
             "encoder_batch": encoder_batch,
+            "max_pixels": settings.max_image_pixels,
+            "max_bytes": settings.max_upload_bytes,
         },
         batch_size=batch_size,
         concurrency=actors,
@@ -258,10 +304,17 @@ def main(argv: list[str]) -> int:
     if not args.inputs.exists():
         log.error("%s does not exist", args.inputs)
         return 1
-    cats = [] if args.categories == "all" else [c for c in args.categories.split(",") if c]
-    report = run(
-        read_inputs(args.inputs), args.artifacts, args.out, cats, args.k, args.actors,
-        args.threads, args.batch_size, args.device, args.address, args.encoder_batch,
-    )  # fmt: skip
+    cats = [] if args.categories == "all" else [c.strip() for c in args.categories.split(",")]
+    if args.categories != "all" and not all(cats):
+        log.error("--categories has an empty name: 'all' or a comma-separated list of names")
+        return 2
+    try:
+        report = run(
+            read_inputs(args.inputs), args.artifacts, args.out, cats, args.k, args.actors,
+            args.threads, args.batch_size, args.device, args.address, args.encoder_batch,
+        )  # fmt: skip
+    except OptionError as exc:
+        log.error("ctl batch-score: %s", exc)
+        return 2
     sys.stdout.write(json.dumps(report) + "\n")  # the result on stdout, like `ctl index`
     return 0

@@ -30,10 +30,13 @@ from index.store import (
     UnknownProductError,
     check_product_id,
 )
+from model.decode import MAX_IMAGE_PIXELS, DecodeError, decode_image
 from model.runtime import Encoder
 
 log = logging.getLogger(__name__)
 
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+"""How every JPEG file starts (MPO ones too): those bytes are stored as they are."""
 CHUNK = 512
 """Images per cached chunk: the most work a killed build loses."""
 
@@ -85,22 +88,19 @@ class _Loaded:
     jpeg: bytes | None
 
 
-def load_image(source: Path | bytes) -> _Loaded | str:
-    """The decoded RGB image and its bytes, or the reason it cannot be used."""
+def load_image(source: Path | bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> _Loaded | str:
+    """The decoded RGB image (``model.decode``, the decoder of every path) and its bytes, or
+    the reason it cannot be used."""
     try:
         raw = source if isinstance(source, bytes) else Path(source).read_bytes()
     except OSError as exc:
         return f"missing: {exc.strerror or exc}"
+    name = "image" if isinstance(source, bytes) else Path(source).name
     try:
-        with Image.open(io.BytesIO(raw)) as im:
-            im.load()
-            is_jpeg = im.format == "JPEG"
-            image = im.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        return f"corrupt: {exc}"
-    if image.width < 1 or image.height < 1:
-        return "corrupt: empty image"
-    return _Loaded(image, raw if is_jpeg else None)
+        image = decode_image(raw, max_pixels, name=name)
+    except DecodeError as exc:
+        return f"{'too large' if exc.kind == 'too_large' else 'corrupt'}: {exc}"
+    return _Loaded(image, raw if raw.startswith(JPEG_SIGNATURE) else None)
 
 
 def embed_catalog(

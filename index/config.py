@@ -9,4 +9,5 @@ class IndexSettings(ModelSettings):
     """``ModelSettings`` plus the index knobs (``CTL_ANN_THRESHOLD``, ...)."""
 
     ann_threshold: int = 50_000
+    max_k: int = 100  # products per category and scene, the service's and `ctl batch-score`'s
     rerank_candidates: int = 500  # approximate-index candidates re-scored exactly (recall@10)

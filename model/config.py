@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.decode import MAX_IMAGE_PIXELS
+
 CHECKOUT = Path(__file__).resolve().parent.parent
 
 
@@ -41,3 +43,7 @@ class ModelSettings(BaseSettings):
     # Where the encoders run.
     device: str = "auto"  # auto | cpu | cuda
     inference_threads: int = 0  # ONNX Runtime threads of an encoder call that runs alone (0: all)
+
+    # The limits of the one decoder (model/decode.py), the same for the service and the jobs.
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = MAX_IMAGE_PIXELS

@@ -267,6 +267,9 @@ def create_app(
     app.state.metrics = metrics
     app.state.samples = samples.find_samples(settings)
     app.state.upload_budget = UploadBudget(settings.upload_budget_bytes, settings.upload_wait_s)
+    app.state.pixel_budget = UploadBudget(
+        settings.pixel_budget_bytes, settings.upload_wait_s, "pixel"
+    )
     app.add_exception_handler(RequestValidationError, validation_error)
     for module in (recommend, scenes, score, batch, products, health, admin, samples):
         app.include_router(module.router)

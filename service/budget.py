@@ -6,6 +6,10 @@ reads its files a few at a time), yet nothing bounded them together: four batche
 at once took the process from 0.7 to 2.2 GB. A request now takes its file's size from this
 budget before reading it and gives it back when it is done; one that finds no room waits (in
 arrival order) up to ``wait_s``, then gets a 503 with ``Retry-After``.
+
+A second budget of the same kind holds decoded pixels (``CTL_PIXEL_BUDGET_BYTES``): a 131 KB
+PNG of 6000x6600 decodes into 160 MB, so bounding the upload bytes alone left 32 such requests
+free to take the process from 0.3 to 5 GB.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ from fastapi import HTTPException, status
 class UploadBudget:
     """A byte count shared by all requests of one event loop (no locks needed)."""
 
-    def __init__(self, capacity: int, wait_s: float) -> None:
+    def __init__(self, capacity: int, wait_s: float, what: str = "upload") -> None:
         if capacity < 1:
-            raise ValueError(f"the upload budget must be at least 1 byte, got {capacity}")
-        self.capacity, self.wait_s = capacity, wait_s
+            raise ValueError(f"the {what} budget must be at least 1 byte, got {capacity}")
+        self.capacity, self.wait_s, self.what = capacity, wait_s, what
         self.held = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
@@ -69,7 +73,7 @@ class UploadBudget:
             if isinstance(exc, TimeoutError):
                 raise HTTPException(
                     status.HTTP_503_SERVICE_UNAVAILABLE,
-                    "too many uploads in flight: the upload memory budget is spent; "
+                    f"too many uploads in flight: the {self.what} memory budget is spent; "
                     "try again shortly",
                     headers={"Retry-After": str(max(1, math.ceil(self.wait_s)))},
                 ) from None

@@ -28,13 +28,13 @@ class Settings(IndexSettings):
     cache_size: int = Field(default=2048, ge=0)
     cache_ttl_s: int = 24 * 3600
     admin_token: str | None = None
-    max_upload_bytes: int = 10 * 1024 * 1024
     # Upload bytes held in memory at once by all requests together (service/budget.py); a
     # request that finds no room waits up to upload_wait_s, then gets 503 + Retry-After.
     upload_budget_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     upload_wait_s: float = Field(default=10.0, ge=0)
-    max_image_pixels: int = 40_000_000
-    max_k: int = 100
+    # Decoded pixels held at once by all requests together (the same kind of budget, the same
+    # wait): a small PNG can decode into hundreds of MB.
+    pixel_budget_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     max_batch_items: int = 32
     # Scenes per encoder call; 0: 4 when calls run on several CPU lanes (a lane's batch is
     # decoded and encoded on one core, so small batches spread the work; docs/performance.md),

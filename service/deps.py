@@ -8,8 +8,11 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
+from starlette.datastructures import FormData, QueryParams
 
+from index.store import quote
 from service.config import Settings
+from service.errors import sent_fields
 from service.recommender import Pipeline
 from service.serving import Serving, UnknownCategory
 
@@ -66,7 +69,7 @@ def check_k(k: int, settings: Settings) -> int:
     if not 1 <= k <= settings.max_k:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"k must be between 1 and {settings.max_k}, got {k}",
+            f"k must be between 1 and {settings.max_k}, got {quote(str(k))}",
         )
     return k
 
@@ -85,26 +88,37 @@ def check_categories(serving: Serving, categories: list[str]) -> dict[str, int]:
     return {category: check_category(serving, category) for category in categories}
 
 
+def check_single(params: FormData | QueryParams, names: tuple[str, ...]) -> None:
+    """422 when one of the fields ``names`` was sent more than once, or sent empty: FastAPI
+    keeps the last of repeated values silently (a client that sent two images would get an
+    answer for one of them without knowing which), and takes an empty form value for a missing
+    one (an empty ``k`` meant 10). The one check of single fields, form (POST) or query (GET).
+    """
+    for name in names:
+        values = params.getlist(name)
+        if len(values) > 1:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"{name}: sent {len(values)} times; send it once",
+            )
+        if values and isinstance(values[0], str) and not values[0].strip():
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: is empty")
+
+
 async def pipeline(request: Request, *single_fields: str) -> Pipeline:
-    """The request's pipeline; 422 when one of the form fields ``single_fields`` was sent more
-    than once (FastAPI keeps the last of repeated values silently: a client that sent two
-    images would get an answer for one of them without knowing which).
+    """The request's pipeline; 422 when one of the fields ``single_fields`` (form or query)
+    was sent more than once or empty (:func:`check_single`).
 
     Called by the routes rather than declared as a dependency: FastAPI solves each dependency
     anew on every request, a measurable share of a cached answer (docs/performance.md).
     """
     if single_fields:
-        form = await request.form()  # the form FastAPI parsed already (cached on the request)
-        for name in single_fields:
-            count = len(form.getlist(name))
-            if count > 1:
-                raise HTTPException(
-                    status.HTTP_422_UNPROCESSABLE_CONTENT,
-                    f"{name}: sent {count} times; send it once",
-                )
+        check_single(await sent_fields(request), single_fields)
     state = request.app.state
     serving = await get_serving(request)
-    return Pipeline(serving, state.cache, state.metrics, state.settings, state.upload_budget)
+    return Pipeline(
+        serving, state.cache, state.metrics, state.settings, state.upload_budget, state.pixel_budget
+    )
 
 
 def unique(values: list[str] | None) -> list[str]:

@@ -14,6 +14,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.datastructures import FormData, QueryParams
 
 from index.store import quote
 
@@ -59,14 +60,28 @@ def responses(codes: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
     return documented
 
 
-def describe(exc: RequestValidationError) -> str:
-    """``field: problem`` for each error, ``; ``-joined; values quoted by a bounded prefix."""
+async def sent_fields(request: Request) -> FormData | QueryParams:
+    """The request's fields: its query on a GET, else its form (parsed already by FastAPI and
+    cached on the request)."""
+    return request.query_params if request.method == "GET" else await request.form()
+
+
+def _empty(sent: FormData | QueryParams | None, name: str) -> bool:
+    values = sent.getlist(name) if sent is not None else []
+    return bool(values) and all(isinstance(v, str) and not v.strip() for v in values)
+
+
+def describe(exc: RequestValidationError, sent: FormData | QueryParams | None = None) -> str:
+    """``field: problem`` for each error, ``; ``-joined; values quoted by a bounded prefix. A
+    field ``sent`` empty is said to be empty (FastAPI calls an empty form value missing)."""
     parts = []
     for error in exc.errors():
         loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")]
         where = ".".join(loc) or "request"
         message = str(error.get("msg", "invalid"))
-        if error.get("type") == "string_pattern_mismatch" and isinstance(error.get("input"), str):
+        if loc and _empty(sent, loc[-1]):
+            message = "is empty"
+        elif error.get("type") == "string_pattern_mismatch" and isinstance(error.get("input"), str):
             message += f" (got {quote(error['input'])})"
         parts.append(f"{where}: {message}")
     detail = "; ".join(parts) or "invalid request"
@@ -76,4 +91,8 @@ def describe(exc: RequestValidationError) -> str:
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     """The 422 of a request FastAPI could not validate, in the one error body."""
     assert isinstance(exc, RequestValidationError)
-    return JSONResponse({"detail": describe(exc)}, status_code=422)
+    try:
+        sent = await sent_fields(request)
+    except Exception:  # a body that is no form: nothing was sent empty
+        sent = None
+    return JSONResponse({"detail": describe(exc, sent)}, status_code=422)

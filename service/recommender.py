@@ -19,11 +19,12 @@ from fastapi import HTTPException, UploadFile, status
 from pydantic_core import from_json, to_json
 
 from index.search import recommend
+from model.decode import DecodeError, decoded_bytes, open_image
 from model.runtime import SceneEmbedding
 from service.budget import UploadBudget
 from service.cache import Cache, pack_embedding, unpack_embedding
 from service.config import Settings
-from service.images import Upload, decode_image, read_upload, too_large
+from service.images import Upload, decode_upload, read_upload, too_large
 from service.metrics import ServiceMetrics
 from service.serving import Serving
 
@@ -58,6 +59,7 @@ class Pipeline:
     metrics: ServiceMetrics
     settings: Settings
     budget: UploadBudget
+    pixels: UploadBudget
 
     @asynccontextmanager
     async def upload(self, image: UploadFile) -> AsyncIterator[Upload]:
@@ -70,6 +72,19 @@ class Pipeline:
         size = max(1, image.size if image.size is not None else limit)
         async with self.budget.hold(size):
             yield await read_upload(image, limit)
+
+    @asynccontextmanager
+    async def decoding(self, upload: Upload, min_size: int = 0) -> AsyncIterator[None]:
+        """Room in the pixel budget for ``upload`` decoded (as its header says, at the scale
+        ``min_size`` allows), held for the block: decode and prepare the image inside it."""
+        try:
+            image = open_image(upload.data, self.settings.max_image_pixels, min_size)
+        except DecodeError:
+            need = 1  # the decode inside the block says what is wrong
+        else:
+            need = decoded_bytes(image)
+        async with self.pixels.hold(need):
+            yield
 
     def _embedding_key(self, sha256: str) -> str:
         return f"emb:{self.serving.model_version}:{sha256}"
@@ -92,9 +107,10 @@ class Pipeline:
         if upload is None:
             raise unknown_scene(sha256)
         max_pixels, encoder = self.settings.max_image_pixels, self.serving.encoder
-        emb = await self.serving.batcher.submit(
-            upload, lambda u: encoder.prepare(decode_image(u, max_pixels, encoder.input_size))
-        )
+        async with self.decoding(upload, encoder.input_size):
+            emb = await self.serving.batcher.submit(
+                upload, lambda u: encoder.prepare(decode_upload(u, max_pixels, encoder.input_size))
+            )
         await self.cache.set(self._embedding_key(sha256), pack_embedding(emb))
         return emb, False
 

@@ -28,7 +28,7 @@ from service_support import (
 from index.store import IndexStore
 from model.runtime import OnnxEncoder
 from service.app import STATIC_DIR, create_app
-from service.images import Upload, decode_image
+from service.images import Upload, decode_upload
 from service.schemas import CompleteTheLook, CompleteTheLookAll, Recommended
 
 
@@ -89,7 +89,7 @@ def test_complete_the_look_matches_exhaustive_d_star(
     encoder = OnnxEncoder.from_artifacts(artifacts, device="cpu")
     catalog = IndexStore.for_artifacts(artifacts).load()
     # Decoded as the service decodes it (a photo twice the model input or more at reduced scale).
-    photo = decode_image(Upload("s.jpg", data, sha256=""), 10**8, encoder.input_size)
+    photo = decode_upload(Upload("s.jpg", data, sha256=""), 10**8, encoder.input_size)
     emb = encoder.embed_scenes([photo])[0]
     ids = catalog.category(category).ids
     f_p = catalog.embeddings(ids).astype(np.float64)
@@ -447,7 +447,7 @@ def test_mpo_photos_are_decoded_as_their_first_jpeg_frame(
 ) -> None:
     data = _mpo(stl_dir)
     assert Image.open(io.BytesIO(data)).format == "MPO"
-    decoded = decode_image(Upload("m.jpg", data, "x"), 40_000_000)
+    decoded = decode_upload(Upload("m.jpg", data, "x"), 40_000_000)
     assert decoded.size == Image.open(io.BytesIO(scene(stl_dir, 3))).size
     assert post_scene(client, data, categories[0]).status_code == 200  # the fast lane
     r = client.post(  # FastAPI's route (a field the fast lane leaves to it)

@@ -11,7 +11,7 @@ from PIL import Image
 from service_support import scene_files, tiny_artifacts
 
 from model.runtime import OnnxEncoder
-from service.images import Upload, decode_image
+from service.images import Upload, decode_upload
 
 
 def _upload(data: bytes) -> Upload:
@@ -25,13 +25,13 @@ def test_exif_orientation_is_applied() -> None:
     exif[0x0112] = 6
     buf = io.BytesIO()
     img.save(buf, "JPEG", exif=exif.tobytes())
-    assert decode_image(_upload(buf.getvalue()), max_pixels=10_000).size == (20, 40)
+    assert decode_upload(_upload(buf.getvalue()), max_pixels=10_000).size == (20, 40)
 
 
 def test_grayscale_png_becomes_rgb() -> None:
     buf = io.BytesIO()
     Image.new("L", (9, 7), 128).save(buf, "PNG")
-    out = decode_image(_upload(buf.getvalue()), max_pixels=10_000)
+    out = decode_upload(_upload(buf.getvalue()), max_pixels=10_000)
     assert out.mode == "RGB" and out.size == (9, 7)
 
 
@@ -44,22 +44,22 @@ def _jpeg(image: Image.Image, **params: object) -> bytes:
 def test_a_big_jpeg_is_decoded_at_a_reduced_scale_never_below_min_size() -> None:
     big = Image.new("RGB", (2000, 1000), (30, 140, 200))
     # min(2000 // 224, 1000 // 224) = 4: decoded at 1/4 scale
-    assert decode_image(_upload(_jpeg(big)), 10_000_000, min_size=224).size == (500, 250)
-    assert decode_image(_upload(_jpeg(big)), 10_000_000).size == (2000, 1000)
+    assert decode_upload(_upload(_jpeg(big)), 10_000_000, min_size=224).size == (500, 250)
+    assert decode_upload(_upload(_jpeg(big)), 10_000_000).size == (2000, 1000)
     exif = Image.Exif()
     exif[0x0112] = 6
-    upright = decode_image(_upload(_jpeg(big, exif=exif.tobytes())), 10_000_000, min_size=224)
+    upright = decode_upload(_upload(_jpeg(big, exif=exif.tobytes())), 10_000_000, min_size=224)
     assert upright.size == (250, 500)
     png = io.BytesIO()
     big.save(png, "PNG")
-    assert decode_image(_upload(png.getvalue()), 10_000_000, min_size=224).size == (2000, 1000)
+    assert decode_upload(_upload(png.getvalue()), 10_000_000, min_size=224).size == (2000, 1000)
 
 
 def test_photos_under_twice_min_size_decode_exactly_as_before(stl_dir: Path) -> None:
     """Every training photo is under 448 px on a side: serving decodes them bit for bit."""
     for path in scene_files(stl_dir, 5):
         data = path.read_bytes()
-        reduced = np.asarray(decode_image(_upload(data), 10_000_000, min_size=224))
+        reduced = np.asarray(decode_upload(_upload(data), 10_000_000, min_size=224))
         full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         np.testing.assert_array_equal(reduced, full)
 
@@ -68,8 +68,8 @@ def test_a_reduced_decode_embeds_like_the_full_one(stl_dir: Path) -> None:
     encoder = OnnxEncoder.from_artifacts(tiny_artifacts(stl_dir), device="cpu")
     scene = Image.open(scene_files(stl_dir, 1)[0]).convert("RGB")
     data = _jpeg(scene.resize((scene.width * 4, scene.height * 4), Image.Resampling.BICUBIC))
-    reduced = decode_image(_upload(data), 10_000_000, min_size=encoder.input_size)
-    full = decode_image(_upload(data), 10_000_000)
+    reduced = decode_upload(_upload(data), 10_000_000, min_size=encoder.input_size)
+    full = decode_upload(_upload(data), 10_000_000)
     assert reduced.width < full.width
     a, b = (encoder.embed_scenes([encoder.prepare(im)])[0].f_s for im in (reduced, full))
     cosine = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))

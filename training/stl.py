@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from index import catalog
+from model.decode import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,9 @@ class Pair:
 
 
 def rgb(path: Path) -> Image.Image:
-    """The image file at ``path`` decoded to RGB (and closed again)."""
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    """The image file at ``path`` decoded to RGB by the decoder of every path (upright, the
+    default pixel limit; ``model.decode.DecodeError`` when it cannot be)."""
+    return decode_image(path.read_bytes(), name=path.name)
 
 
 def load_pairs(path: Path) -> list[Pair]:

@@ -19,7 +19,7 @@ from index.store import (
 from model.runtime import ArtifactError
 from service.deps import AdminDep, pipeline
 from service.errors import AUTH, UNAVAILABLE, UPLOAD, responses
-from service.images import decode_image
+from service.images import decode_upload
 from service.routes.recommend import ImageField
 from service.schemas import CatalogUpdate, Reloaded
 from service.serving import Serving, ServingManager
@@ -93,8 +93,8 @@ async def add_product(
             f"unknown category {quote(category)}; valid: {', '.join(serving.encoder.categories)}",
         )
     store = IndexStore.for_artifacts(settings.artifacts_dir)
-    async with pipe.upload(image) as upload:
-        await asyncio.to_thread(decode_image, upload, settings.max_image_pixels)
+    async with pipe.upload(image) as upload, pipe.decoding(upload):
+        await asyncio.to_thread(decode_upload, upload, settings.max_image_pixels)
         product = NewProduct(product_id, category, upload.data)
         try:
             await asyncio.to_thread(

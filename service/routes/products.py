@@ -10,9 +10,16 @@ from fastapi.responses import FileResponse
 
 from index.search import Product, Similar, similar, similar_to_product
 from index.store import quote
-from service.deps import DEFAULT_K, ServingDep, check_category, check_k, pipeline
+from service.deps import (
+    DEFAULT_K,
+    ServingDep,
+    check_category,
+    check_k,
+    check_single,
+    pipeline,
+)
 from service.errors import UNAVAILABLE, responses
-from service.images import decode_image
+from service.images import decode_upload
 from service.routes.recommend import ERRORS, ImageField, KField, KQuery
 from service.schemas import Categories, ProductInfo, SimilarResponse
 from service.serving import Serving
@@ -85,6 +92,7 @@ async def similar_products(
     k: KQuery = DEFAULT_K,
 ) -> dict:
     """Visually similar products of the same category (the product itself excluded)."""
+    check_single(request.query_params, ("k",))
     check_k(k, request.app.state.settings)
     p = _product(serving, product_id)
     return _similar_response(serving, p.category, k, similar_to_product(serving.catalog, p.id, k))
@@ -105,9 +113,12 @@ async def similar_to_photo(
     pipe = await pipeline(request, "image", "category", "k")
     check_k(k, pipe.settings)
     check_category(pipe.serving, category)
-    async with pipe.upload(image) as upload:
+    encoder, max_pixels = pipe.serving.encoder, pipe.settings.max_image_pixels
+    async with pipe.upload(image) as upload, pipe.decoding(upload, encoder.input_size):
+        # Decoded and shrunk to the model input in one go: the full-size pixels live only
+        # inside the pixel budget's block, not while the photo waits for the encoder.
         photo = await asyncio.to_thread(
-            decode_image, upload, pipe.settings.max_image_pixels, pipe.serving.encoder.input_size
+            lambda: encoder.prepare(decode_upload(upload, max_pixels, encoder.input_size))
         )
     vector = await pipe.serving.embed_product(photo)
     found = await asyncio.to_thread(similar, pipe.serving.catalog, vector, category, k)

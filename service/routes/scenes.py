@@ -80,7 +80,7 @@ async def scene_complete_the_look(
     explain: Annotated[bool, Query(description=EXPLAIN)] = False,
 ) -> dict:
     """``POST /complete-the-look`` for a stored scene."""
-    pipe = await pipeline(request)
+    pipe = await pipeline(request, "category", "k", "explain")
     check_k(k, pipe.settings)
     wanted = check_categories(pipe.serving, [category])
     found = await pipe.recommend(scene_id, wanted, k, need_embedding=explain)
@@ -97,7 +97,7 @@ async def scene_complete_the_look_all(
     k: KQuery = DEFAULT_K,
 ) -> dict:
     """``POST /complete-the-look/all`` for a stored scene."""
-    pipe = await pipeline(request)
+    pipe = await pipeline(request, "k")
     check_k(k, pipe.settings)
     wanted = check_categories(pipe.serving, unique(categories) or list(pipe.serving.categories))
     return all_categories(pipe, scene_id, k, await pipe.recommend(scene_id, wanted, k))
