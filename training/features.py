@@ -409,7 +409,7 @@ def build_cache(
         return rgb(data.scene_path(crops_list[i].scene)).crop(crops_list[i].box)
 
     def load_product(i: int) -> Image.Image:
-        return rgb(data.product_path(products[i]))
+        return rgb(data.product_path(products[i]), backbone.spec.size)
 
     examples = meta["examples"]
 
