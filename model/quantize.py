@@ -1,4 +1,5 @@
-"""Static int8 quantization of an exported encoder (ONNX Runtime's quantization tools).
+"""Lower-precision versions of an exported encoder: static int8 (ONNX Runtime's quantization
+tools) for CPUs, fp16 for GPUs.
 
 QDQ format, per-channel int8 weights, uint8 activations whose ranges come from calibration
 images (MinMax). Only the backbone (the nodes the exporter named under ``/backbone/``) is
@@ -25,6 +26,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
+from onnxruntime.transformers.float16 import convert_float_to_float16
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +93,10 @@ def _quantize(fp32: Path, out: Path, images: np.ndarray, exclude: list[str]) -> 
         # gigabytes (the calibrator keeps all of them until it computes the ranges).
         extra_options={"CalibStridedMinMax": 1},
     )
+
+
+def to_fp16(path: Path) -> None:
+    """Convert the encoder at ``path`` to fp16 in place; its input and outputs stay float32,
+    so callers (and the manifest's interface check) see no difference."""
+    converted = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+    onnx.save(converted, str(path))

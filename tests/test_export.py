@@ -207,3 +207,17 @@ def test_int8_needs_calibration(
     assert main([*argv, "--data", str(tmp_path), "--calibration-images", "6"], calibrate) == 0
     assert calls == [(tiny_run, 6)]
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["precision"] == "int8"
+
+
+def test_fp16_export_for_gpus(tiny_run: Path, tmp_path: Path) -> None:
+    import onnx
+
+    manifest = export_run(tiny_run, tmp_path / "fp16", precision="fp16")
+    assert manifest["precision"] == "fp16" and manifest["version"].endswith("-fp16")
+    graph = onnx.load(str(tmp_path / "fp16" / "scene.onnx")).graph
+    assert {i.data_type for i in graph.initializer} >= {onnx.TensorProto.FLOAT16}
+    enc = OnnxEncoder.from_artifacts(tmp_path / "fp16", device="cpu")
+    model, _ = load_run(tiny_run)
+    backbone = build_backbone("tiny")
+    err = check_parity(backbone, model, enc, to_batch(_images(3), backbone.spec))
+    assert 0 < err < 1e-2  # not bit-identical to fp32, within fp16's tolerance
