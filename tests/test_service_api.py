@@ -68,6 +68,7 @@ def test_categories_and_readiness(
     assert ready["faiss_device"] == "cpu" and ready["cache"] == "memory"
     assert ready["warnings"] == [], "CPU builds on a CPU machine: nothing to warn of"
     assert ready["index_version"] == IndexStore.for_artifacts(artifacts).current()
+    assert ready["precision"] == "fp32" and ready["model_version"].endswith("-fp32")
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
