@@ -21,7 +21,7 @@ class Versions(BaseModel):
     model_version: str = Field(
         description="the exported model's version: 12 hex digits of its files' checksums and "
         "its precision (fp32 or int8)",
-        examples=["3f2a9c1d7b6e-int8"],
+        examples=["3f2a9c1d7b6e-fp32"],
     )
     index_version: str = Field(
         description="the index version (UTC time to the microsecond and a random suffix)",
