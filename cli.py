@@ -17,7 +17,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("features",): ("training.features:main", "cache frozen-backbone features"),
     ("train",): ("training.train:main", "train the CTL heads on cached features"),
     ("evaluate",): ("training.evaluate:main", "metrics, baselines, pictures, report"),
-    ("export",): ("model.export:main", "export the encoders to ONNX"),
+    ("export",): ("cli:export", "export the encoders to ONNX (fp32 or int8)"),
     ("index", "build"): ("index.cli:build_main", "embed the catalog into a new index version"),
     ("index", "add"): ("index.cli:add_main", "add products as a new index version"),
     ("index", "remove"): ("index.cli:remove_main", "remove products as a new index version"),
@@ -34,6 +34,15 @@ def _serve(argv: list[str]) -> int:
     from service import main as service_main
 
     return service_main.main(argv)
+
+
+def export(argv: list[str]) -> int:
+    """``ctl export``: the model layer's exporter, given training's calibration images (int8),
+    which it cannot import itself."""
+    from model.export import main as export_main
+    from training.calibration import calibration_images
+
+    return export_main(argv, calibrate=calibration_images)
 
 
 def quickstart(argv: list[str]) -> int:

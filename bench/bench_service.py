@@ -20,10 +20,22 @@ varies from machine to machine:
 - FastAPI alone (``floor_app`` with ``FLOOR_APP=fastapi``, served the same way): the hit routes'
   own signatures and a fixed answer, so the ratio to it is the service's own share of a hit.
 
+- Today's path (``--today-artifacts``, the fp32 export): full decoding and that encoder, in this
+  process, as the service ran before reduced-size decoding and int8. At 1 client it alternates
+  with the bare encoder and the requests on the same photos; before each concurrent level, its
+  best images/s. Targets: STL photos' miss p50 at most 0.65x of it (from int8 alone: they are
+  400 px wide, under the reduced scale); phone photos' at most 0.35x, and their throughput at
+  32 clients at least 2.5x.
+
+Two photo sets: the STL scene photos (each sent once), and phone photos made from them here
+(upscaled to 12 MP and re-encoded as quality-90 JPEG, never stored), which are what a shopper
+uploads. Hits, GETs and the floors use the STL photos.
+
 Each level also reports the server process's CPU time per request: with one event loop, the
 hit rate cannot pass 1 / that, so at 32 clients the hit p50 is about 32 times it.
 
-    python bench/bench_service.py --artifacts artifacts --scenes ../shared/stl-fashion/images/scenes
+    python bench/bench_service.py --artifacts artifacts --today-artifacts artifacts-fp32 \
+        --scenes ../shared/stl-fashion/images/scenes
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import io
 import json
 import logging
 import math
@@ -257,9 +270,13 @@ def measure(port: int, pid: int, mode: str, requests: list[bytes], clients: int)
 
 
 class BareEncoder:
-    """The same encoder the server loads (lanes included), run directly in this process."""
+    """The same encoder the server loads (lanes included), run directly in this process.
 
-    def __init__(self, settings: Settings) -> None:
+    ``full_decoding``: decode photos at full size, as the service did before reduced-size
+    decoding (with the fp32 export, today's path: the baseline of the phone-photo targets).
+    """
+
+    def __init__(self, settings: Settings, full_decoding: bool = False) -> None:
         self.encoder = OnnxEncoder.from_artifacts(
             settings.artifacts_dir,
             device=settings.device,
@@ -267,11 +284,12 @@ class BareEncoder:
             lanes=encoder_lanes(settings),
         )
         self.max_pixels = settings.max_image_pixels
+        self.min_size = 0 if full_decoding else self.encoder.input_size
 
     def _decode(self, photo: bytes) -> Image.Image:
         """As the service decodes an upload (without hashing it: the service's own work)."""
         upload = Upload("scene.jpg", photo, sha256="")
-        return decode_upload(upload, self.max_pixels, self.encoder.input_size)
+        return decode_upload(upload, self.max_pixels, self.min_size)
 
     def seconds(self, photo: bytes) -> tuple[float, float]:
         """One photo at batch 1: (decoding it as the service does, encoding the pixels)."""
@@ -308,13 +326,21 @@ class BareEncoder:
 
 
 def interleaved(
-    port: int, pid: int, photos: list[bytes], requests: list[bytes], bare: BareEncoder
-) -> tuple[Row, list[float], list[float]]:
-    """One client, alternating a bare encoder call and a request for each photo, so that both
-    see the same machine load (the CPU is shared); the row, the bare encoder's seconds and
-    the seconds of decoding the photos."""
+    port: int,
+    pid: int,
+    photos: list[bytes],
+    requests: list[bytes],
+    bare: BareEncoder,
+    today: BareEncoder,
+    mode: str = "miss",
+) -> tuple[Row, list[float], list[float], list[float]]:
+    """One client, alternating a bare encoder call, a call of today's path and a request for
+    each photo, so that all three see the same machine load (the CPU is shared); the row, the
+    bare encoder's seconds, the seconds of decoding the photos, and today's path's seconds
+    (decoding and encoding)."""
     bare_s: list[float] = []
     decode_s: list[float] = []
+    today_s: list[float] = []
 
     async def run() -> tuple[list[float], int, float]:
         latencies: list[float] = []
@@ -325,6 +351,7 @@ def interleaved(
                 decoding, encoding = bare.seconds(photo)
                 decode_s.append(decoding)
                 bare_s.append(encoding)
+                today_s.append(sum(today.seconds(photo)))
                 start = time.perf_counter()
                 errors += await _exchange(reader, writer, request) != 200
                 latencies.append(time.perf_counter() - start)
@@ -332,7 +359,72 @@ def interleaved(
             writer.close()
         return latencies, errors, sum(latencies)  # req/s counts the requests' own time only
 
-    return level(port, pid, "miss", 1, lambda: asyncio.run(run())), bare_s, decode_s
+    row = level(port, pid, mode, 1, lambda: asyncio.run(run()))
+    return row, bare_s, decode_s, today_s
+
+
+def phone_photos(files: list[Path], megapixels: float, quality: int = 90) -> list[bytes]:
+    """Scene photos as a shopper's phone sends them: upscaled (bicubic) to ``megapixels`` and
+    re-encoded as JPEG at ``quality``. Made here, never stored: the STL photos are 400 px wide,
+    which hides the decoding cost of a real upload."""
+    out = []
+    for f in files:
+        with Image.open(f) as im:
+            scale = math.sqrt(megapixels * 1e6 / (im.width * im.height))
+            size = (round(im.width * scale), round(im.height * scale))
+            big = im.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        big.save(buf, "JPEG", quality=quality)
+        out.append(buf.getvalue())
+    return out
+
+
+def today_throughput(today: BareEncoder, photos: list[bytes], batch_sizes: list[int]) -> float:
+    """Today's path's best images/s on ``photos`` (full decoding in each call, the fp32
+    encoder), over the batch sizes, with one call at a time and with the encoder's lanes."""
+    best = 0.0
+    for callers in sorted({1, today.encoder.lanes}):
+        sweep = today.throughput(photos, batch_sizes, callers, decoding=True)
+        log.info("today's path, %d caller(s), images/s by batch: %s", callers, sweep)
+        best = max(best, *sweep.values())
+    return best
+
+
+TARGETS = {  # photo set -> (1-client miss p50 at most x today's, 32-client throughput at least)
+    "stl": (0.65, None),
+    "phone": (0.35, 2.5),
+}
+
+
+def today_lines(
+    rows: list[Row],
+    today_s: dict[str, list[float]],
+    today_best: dict[str, dict[int, float]],
+    artifacts: Path,
+) -> list[str]:
+    """The service's misses against today's path (full decoding, the fp32 encoder, in this
+    process), measured in the same run on the same photos."""
+    lines = [f"today's path: full decoding + the encoder of {artifacts}, in process"]
+    for name, label, mode in (
+        ("stl", "STL photos", "miss"),
+        ("phone", "phone photos", "phone-miss"),
+    ):
+        if name not in today_s:
+            continue
+        miss = {r.clients: r for r in rows if r.mode == mode}
+        p50 = 1000 * statistics.median(today_s[name])
+        at_most, at_least = TARGETS[name]
+        lines.append(
+            f"{label}, 1 client: miss p50 {miss[1].p50_ms:.1f} ms, today's path {p50:.1f} ms: "
+            f"ratio {miss[1].p50_ms / p50:.2f} (target <= {at_most})"
+        )
+        for c, ips in today_best[name].items():
+            target = f" (target >= {at_least})" if at_least and c >= 32 else ""
+            lines.append(
+                f"{label}, {c} clients: misses {miss[c].rps:.1f} req/s, today's path {ips:.1f} "
+                f"images/s at its best: ratio {miss[c].rps / ips:.2f}{target}"
+            )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,6 +442,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--env", action="append", default=[], metavar="CTL_X=V", help="server setting (repeat)"
     )
+    parser.add_argument(
+        "--today-artifacts",
+        type=Path,
+        default=None,
+        help="the fp32 export for today's path (full decoding, in process); default --artifacts",
+    )
+    parser.add_argument(
+        "--phone-requests", type=int, default=32, help="phone photos per level (x2 at 32; 0: none)"
+    )
+    parser.add_argument("--phone-megapixels", type=float, default=12.0)
+    parser.add_argument(
+        "--today-batch-sizes",
+        default="1,8",
+        help="batch sizes of today's path's throughput sweep (full decoding dominates it)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -362,6 +469,17 @@ def main(argv: list[str] | None = None) -> int:
     if len(files) < sum(sizes):
         raise SystemExit(f"need {sum(sizes)} distinct scenes in {args.scenes}, found {len(files)}")
     photos = [f.read_bytes() for f in files[: sum(sizes)]]
+    phone_sizes = [args.phone_requests * (2 if c >= 32 else 1) for c in levels]
+    started = time.perf_counter()
+    phone = phone_photos(files[: sum(phone_sizes)], args.phone_megapixels)
+    if phone:
+        log.info(
+            "%d phone photos of %.0f MP made in %.0f s, median %.0f KB",
+            len(phone),
+            args.phone_megapixels,
+            time.perf_counter() - started,
+            statistics.median(len(p) for p in phone) / 1024,
+        )
 
     load_before = os.getloadavg()[0]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -373,12 +491,16 @@ def main(argv: list[str] | None = None) -> int:
     # measured just before the level
     bare_best: dict[int, dict[tuple[int, bool], tuple[int, float]]] = {}
     # The server's settings (CTL_* of this process plus --env), so both run the same encoder.
-    bare = BareEncoder(
-        Settings(
-            **{k.removeprefix("CTL_").lower(): v for k, v in server_env.items()},
-            artifacts_dir=args.artifacts,
-        )
+    server_settings = {k.removeprefix("CTL_").lower(): v for k, v in server_env.items()}
+    bare = BareEncoder(Settings(**server_settings, artifacts_dir=args.artifacts))
+    today = BareEncoder(
+        Settings(**server_settings, artifacts_dir=args.today_artifacts or args.artifacts),
+        full_decoding=True,
     )
+    today_batches = [int(b) for b in args.today_batch_sizes.split(",")]
+    # photo set -> today's path: seconds per photo at 1 client; best images/s before each level
+    today_s: dict[str, list[float]] = {}
+    today_best: dict[str, dict[int, float]] = {"stl": {}, "phone": {}}
     try:
         base = f"http://127.0.0.1:{port}"
         category = args.category or httpx.get(f"{base}/categories").json()["categories"][0]["name"]
@@ -395,8 +517,11 @@ def main(argv: list[str] | None = None) -> int:
             batch = photos[offset : offset + n]
             offset += n
             if clients == 1:
-                row, bare_s, decode_s = interleaved(port, server.pid, batch, build(batch), bare)
+                row, bare_s, decode_s, today_s["stl"] = interleaved(
+                    port, server.pid, batch, build(batch), bare, today
+                )
             else:
+                today_best["stl"][clients] = today_throughput(today, batch, today_batches)
                 bare_best[clients] = {}
                 for callers in sorted({1, bare.encoder.lanes}):
                     for decoding in (True, False):
@@ -411,6 +536,19 @@ def main(argv: list[str] | None = None) -> int:
                             sweep,
                         )
                 row = measure(port, server.pid, "miss", build(batch), clients)
+            rows.append(row)
+            log.info("%s", rows[-1])
+        offset = 0
+        for clients, n in zip(levels, phone_sizes if phone else [], strict=False):
+            batch = phone[offset : offset + n]
+            offset += n
+            if clients == 1:
+                row, _, _, today_s["phone"] = interleaved(
+                    port, server.pid, batch, build(batch), bare, today, "phone-miss"
+                )
+            else:
+                today_best["phone"][clients] = today_throughput(today, batch, today_batches)
+                row = measure(port, server.pid, "phone-miss", build(batch), clients)
             rows.append(row)
             log.info("%s", rows[-1])
         hits = build([photos[0]]) * args.hit_requests
@@ -498,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
             for c, by_run in bare_best.items()
         ),
         *hit_lines,
+        *today_lines(rows, today_s, today_best, args.today_artifacts or args.artifacts),
     ]
     print("\n".join(lines))
     if args.out:
@@ -516,6 +655,13 @@ def main(argv: list[str] | None = None) -> int:
                     },
                     "overhead_ratio_decoding_charged_to_service": ratio_decoding_in_service,
                     "overhead_ratio_decoding_charged_to_encoder": ratio_decoding_in_encoder,
+                    "today": {
+                        name: {
+                            "p50_ms_batch1": 1000 * statistics.median(today_s[name]),
+                            "best_images_per_s_before_level": today_best[name],
+                        }
+                        for name in today_s
+                    },
                 },
                 indent=2,
             )

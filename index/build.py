@@ -88,16 +88,19 @@ class _Loaded:
     jpeg: bytes | None
 
 
-def load_image(source: Path | bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> _Loaded | str:
-    """The decoded RGB image (``model.decode``, the decoder of every path) and its bytes, or
-    the reason it cannot be used."""
+def load_image(
+    source: Path | bytes, max_pixels: int = MAX_IMAGE_PIXELS, min_size: int = 0
+) -> _Loaded | str:
+    """The decoded RGB image (``model.decode``, the decoder of every path; ``min_size``: the
+    model input, for a big JPEG's reduced-scale decoding) and its bytes, or the reason it
+    cannot be used."""
     try:
         raw = source if isinstance(source, bytes) else Path(source).read_bytes()
     except OSError as exc:
         return f"missing: {exc.strerror or exc}"
     name = "image" if isinstance(source, bytes) else Path(source).name
     try:
-        image = decode_image(raw, max_pixels, name=name)
+        image = decode_image(raw, max_pixels, min_size, name)
     except DecodeError as exc:
         return f"{'too large' if exc.kind == 'too_large' else 'corrupt'}: {exc}"
     return _Loaded(image, raw if raw.startswith(JPEG_SIGNATURE) else None)
@@ -179,7 +182,9 @@ def _embed_chunk(
             ids.extend(pid for pid, _ in batch)
             batch.clear()
 
-    for (pid, _), loaded in zip(chunk, pool.map(lambda it: load_image(it[1]), chunk), strict=True):
+    size = encoder.input_size
+    loads = pool.map(lambda it: load_image(it[1], min_size=size), chunk)
+    for (pid, _), loaded in zip(chunk, loads, strict=True):
         if isinstance(loaded, str):
             log.warning("skipping product %s: %s", pid, loaded)
             skipped[pid] = loaded

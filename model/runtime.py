@@ -62,6 +62,11 @@ class Encoder(Protocol):
     def providers(self) -> list[str]: ...
 
     @property
+    def precision(self) -> str:
+        """The exported encoders' number format: fp32 or int8."""
+        ...
+
+    @property
     def lanes(self) -> int:
         """How many ``embed_scenes`` calls may run at once, each on its own cores."""
         ...
@@ -218,9 +223,10 @@ class OnnxEncoder:
         enc = cls(scene, product, spec, manifest, extra)
         enc._check_io()
         log.info(
-            "encoders %s (%s, %d categories) loaded from %s on %s, %d lane(s)",
+            "encoders %s (%s, %s, %d categories) loaded from %s on %s, %d lane(s)",
             enc.version,
             manifest["backbone"],
+            enc.precision,
             len(enc.categories),
             artifacts_dir,
             enc.providers,
@@ -251,6 +257,10 @@ class OnnxEncoder:
     @property
     def version(self) -> str:
         return str(self.manifest["version"])
+
+    @property
+    def precision(self) -> str:
+        return str(self.manifest.get("precision", "fp32"))  # exports before int8 were fp32
 
     @property
     def providers(self) -> list[str]:

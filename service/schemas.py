@@ -25,8 +25,9 @@ class Versions(BaseModel):
     """Which model and index produced an answer (results are cached per version pair)."""
 
     model_version: str = Field(
-        description="the exported model's version (12 hex digits of its files' checksums)",
-        examples=["3f2a9c1d7b6e"],
+        description="the exported model's version: 12 hex digits of its files' checksums and "
+        "its precision (fp32 or int8)",
+        examples=["3f2a9c1d7b6e-fp32"],
     )
     index_version: str = Field(
         description="the index version (UTC time to the microsecond and a random suffix)",
@@ -204,6 +205,7 @@ class Ready(Versions):
     """Model and index are loaded; where they run."""
 
     status: str = Field(examples=["ready"])
+    precision: str = Field(description="the encoders' number format", examples=["int8"])
     providers: list[str] = Field(examples=[["CPUExecutionProvider"]])
     faiss_device: str = Field(description="where FAISS searches: cpu or cuda", examples=["cpu"])
     warnings: list[str] = Field(

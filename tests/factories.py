@@ -145,6 +145,10 @@ class FakeEncoder:
         return ["FakeExecutionProvider"]
 
     @property
+    def precision(self) -> str:
+        return "fp32"
+
+    @property
     def lanes(self) -> int:
         return 1
 

@@ -269,3 +269,51 @@ def test_members_and_the_prior_are_reported(
     members = [S.member_scorer(ev.scenes, ev.products, model, k)(g) for k in range(2)]
     ensemble = S.model_scorer(ev.scenes, ev.products)(g)
     np.testing.assert_allclose(ensemble, (members[0] + members[1]) / 2, atol=1e-5)
+
+
+def test_ranking_through_exported_encoders_matches_torch(
+    run_dir: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    from model.export import export_run
+    from training.calibration import calibration_images
+
+    export_run(run_dir, tmp_path / "fp32")
+    by_torch = _evaluate(run_dir, data_dir, tmp_path / "t")
+    by_onnx = _evaluate(run_dir, data_dir, tmp_path / "o", "--artifacts", str(tmp_path / "fp32"))
+    assert (by_torch["encoders"], by_onnx["encoders"]) == ("torch", str(tmp_path / "fp32"))
+    # The same model; torch's side reads backbone features stored in float16.
+    assert by_onnx["auc"] == pytest.approx(by_torch["auc"], abs=0.02)
+    assert by_onnx["mrr"] == pytest.approx(by_torch["mrr"], abs=0.02)
+    assert by_onnx["attention"]["top1_hit"] == pytest.approx(
+        by_torch["attention"]["top1_hit"], abs=0.05
+    )
+    # int8, calibrated on the run's training split only (scenes s04-s11 here).
+    scenes, products = calibration_images(run_dir, data_dir, 6)
+    assert len(scenes) == 6 and len(products) == 6
+    export_run(run_dir, tmp_path / "int8", precision="int8", calibration=(scenes, products))
+    by_int8 = _evaluate(run_dir, data_dir, tmp_path / "i", "--artifacts", str(tmp_path / "int8"))
+    assert by_int8["n_pairs"] == by_torch["n_pairs"]
+
+
+def test_calibration_images_come_from_the_training_split_only(
+    run_dir: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training import calibration
+
+    seen: list[str] = []
+    original = calibration.load_crop
+
+    def spy(data: STLData, crop: P.Crop) -> Image.Image:
+        seen.append(crop.scene)
+        return original(data, crop)
+
+    monkeypatch.setattr(calibration, "load_crop", spy)
+    split = json.loads((run_dir / "split.json").read_text())
+    scenes, products = calibration.calibration_images(run_dir, data_dir, 100)
+    assert len(scenes) == len(seen) > 0 and all(split[s] == "train" for s in seen)
+    held_out = {p.product for p in STLData.load(data_dir).pairs if split.get(p.scene) != "train"}
+    assert len(products) == len(
+        {p.product for p in STLData.load(data_dir).pairs if split.get(p.scene) == "train"}
+        - held_out
+        - {"dress0"}
+    )

@@ -15,8 +15,8 @@ from PIL import Image
 
 from index.store import CategoryData, IndexStore
 from model.backbones import Backbone, build_backbone
-from model.ctl import CTLModel
-from model.export import check_parity, export, export_run, main
+from model.ctl import CTLModel, load_run
+from model.export import INT8_MIN_COSINE, check_parity, export, export_run, main, min_cosine
 from model.preprocess import to_batch
 from model.runtime import ArtifactError, OnnxEncoder
 
@@ -181,3 +181,76 @@ def test_members_and_the_popularity_prior_are_exported(tmp_path: Path) -> None:
     assert export_run(run, artifacts, prior_weight=0.0)["prior"] is None
     assert not (artifacts / "popularity.json").exists()
     assert store.load().category("Shoes").bonus is None
+
+
+def test_int8_export_keeps_parity_and_records_its_precision(tiny_run: Path, tmp_path: Path) -> None:
+    images = _images(12)
+    calibration = (images[:8], images[4:])
+    manifest = export_run(tiny_run, tmp_path / "int8", precision="int8", calibration=calibration)
+    assert manifest["precision"] == "int8"
+    assert manifest["version"].endswith("-int8")
+    enc = OnnxEncoder.from_artifacts(tmp_path / "int8", device="cpu")
+    assert enc.precision == "int8"
+    assert enc.version == manifest["version"]
+    # The graphs really are quantized (QDQ pairs around the backbone), the heads are not.
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "int8" / "scene.onnx")).graph
+    quantized = {n.name for n in graph.node if n.op_type == "DequantizeLinear"}
+    assert quantized
+    heads = [n for n in graph.node if n.name.startswith("/g_") and n.op_type == "Gemm"]
+    assert heads and all(n.input[1] in {i.name for i in graph.initializer} for n in heads)
+    model, _ = load_run(tiny_run)
+    backbone = build_backbone("tiny")
+    x = to_batch(images[:4], backbone.spec)
+    cosines = min_cosine(backbone, model, enc, x, x)
+    assert all(cosines[k] >= tol for k, tol in INT8_MIN_COSINE.items())
+    fp32 = export_run(tiny_run, tmp_path / "fp32")
+    assert fp32["precision"] == "fp32" and fp32["version"].endswith("-fp32")
+
+
+def test_int8_export_fails_its_parity_check_when_quantization_breaks_the_model(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = _images(8)
+    # Calibrated on black images, real photos' activations are clipped: the parity check on the
+    # held-out quarter (the last 2, real) must catch it.
+    bad = [Image.new("RGB", im.size) for im in images[:6]] + images[6:]
+    # The tiny backbone is mostly pooling and survives that at 0.97: a stricter tolerance.
+    monkeypatch.setitem(INT8_MIN_COSINE, "f_i", 0.99)
+    with pytest.raises(ArtifactError, match="int8 encoders differ from torch"):
+        export_run(tiny_run, tmp_path / "bad", precision="int8", calibration=(bad, bad))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_int8_needs_calibration(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ArtifactError, match="calibration"):
+        export_run(tiny_run, tmp_path / "a", precision="int8")
+    assert main(["--run", str(tiny_run), "--out", str(tmp_path / "a"), "--precision", "int8"]) == 1
+    assert "int8 export needs" in capsys.readouterr().err
+    calls = []
+
+    def calibrate(run: Path, data: Path, n: int) -> tuple[list[Image.Image], list[Image.Image]]:
+        calls.append((run, n))
+        return _images(n), _images(n)
+
+    argv = ["--run", str(tiny_run), "--out", str(tmp_path / "b"), "--precision", "int8"]
+    assert main([*argv, "--data", str(tmp_path), "--calibration-images", "6"], calibrate) == 0
+    assert calls == [(tiny_run, 6)]
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["precision"] == "int8"
+
+
+def test_fp16_export_for_gpus(tiny_run: Path, tmp_path: Path) -> None:
+    import onnx
+
+    manifest = export_run(tiny_run, tmp_path / "fp16", precision="fp16")
+    assert manifest["precision"] == "fp16" and manifest["version"].endswith("-fp16")
+    graph = onnx.load(str(tmp_path / "fp16" / "scene.onnx")).graph
+    assert {i.data_type for i in graph.initializer} >= {onnx.TensorProto.FLOAT16}
+    enc = OnnxEncoder.from_artifacts(tmp_path / "fp16", device="cpu")
+    model, _ = load_run(tiny_run)
+    backbone = build_backbone("tiny")
+    err = check_parity(backbone, model, enc, to_batch(_images(3), backbone.spec))
+    assert 0 < err < 1e-2  # not bit-identical to fp32, within fp16's tolerance

@@ -37,7 +37,7 @@ class SlowEncoder:
         self._inner, self._delay = inner, delay_s
         self.categories, self.dim = inner.categories, inner.dim
         self.version, self.providers, self.lanes = inner.version, inner.providers, inner.lanes
-        self.input_size = inner.input_size
+        self.input_size, self.precision = inner.input_size, inner.precision
 
     def prepare(self, image: Image.Image) -> Image.Image:
         return self._inner.prepare(image)

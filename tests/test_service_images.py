@@ -7,6 +7,8 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
+from fastapi import HTTPException
 from PIL import Image
 from service_support import scene_files, tiny_artifacts
 
@@ -41,18 +43,25 @@ def _jpeg(image: Image.Image, **params: object) -> bytes:
     return buf.getvalue()
 
 
-def test_a_big_jpeg_is_decoded_at_a_reduced_scale_never_below_min_size() -> None:
+def test_a_big_jpeg_is_decoded_at_a_reduced_scale_never_below_twice_min_size() -> None:
     big = Image.new("RGB", (2000, 1000), (30, 140, 200))
-    # min(2000 // 224, 1000 // 224) = 4: decoded at 1/4 scale
-    assert decode_upload(_upload(_jpeg(big)), 10_000_000, min_size=224).size == (500, 250)
+    # min(2000 // 448, 1000 // 448) = 2: decoded at 1/2 scale (1/4 would be under 448 high)
+    assert decode_upload(_upload(_jpeg(big)), 10_000_000, min_size=224).size == (1000, 500)
+    # min(2000 // 224, 1000 // 224) = 4: 1/4 scale
+    assert decode_upload(_upload(_jpeg(big)), 10_000_000, min_size=112).size == (500, 250)
     assert decode_upload(_upload(_jpeg(big)), 10_000_000).size == (2000, 1000)
     exif = Image.Exif()
     exif[0x0112] = 6
-    upright = decode_upload(_upload(_jpeg(big, exif=exif.tobytes())), 10_000_000, min_size=224)
+    upright = decode_upload(_upload(_jpeg(big, exif=exif.tobytes())), 10_000_000, min_size=112)
     assert upright.size == (250, 500)
     png = io.BytesIO()
     big.save(png, "PNG")
     assert decode_upload(_upload(png.getvalue()), 10_000_000, min_size=224).size == (2000, 1000)
+    # The pixel limit still guards every format, whatever the reduced scale would be.
+    for data in (png.getvalue(), _jpeg(big)):
+        with pytest.raises(HTTPException) as refused:
+            decode_upload(_upload(data), 1_000_000, min_size=224)
+        assert refused.value.status_code == 413
 
 
 def test_photos_under_twice_min_size_decode_exactly_as_before(stl_dir: Path) -> None:

@@ -152,6 +152,7 @@ class RenamedEncoder:
         self._inner, self.version = inner, version
         self.categories, self.dim = inner.categories, inner.dim
         self.providers, self.lanes, self.input_size = inner.providers, inner.lanes, inner.input_size
+        self.precision = inner.precision
         self.calls = 0
 
     def prepare(self, image: Image.Image) -> Image.Image:

@@ -65,6 +65,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=None,
         help="lambda of the popularity prior for the model+prior ranking (default: the run's)",
     )
+    ap.add_argument(
+        "--artifacts",
+        type=Path,
+        default=None,
+        help="rank through these exported encoders (ONNX Runtime) instead of torch",
+    )
     args = ap.parse_args(list(argv))
     for name in ("draws", "bootstrap", "batch_size", "samples"):
         if getattr(args, name) < 1:
@@ -83,6 +89,7 @@ def main(argv: Sequence[str]) -> int:
         args.batch_size,
         args.samples,
         prior_weight=args.prior_weight,
+        artifacts=args.artifacts,
     )
     try:
         m = evaluate(args.run, args.data, args.out, opts)

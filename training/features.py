@@ -396,7 +396,7 @@ def build_cache(
         return rgb(data.scene_path(crops_list[i].scene)).crop(crops_list[i].box)
 
     def load_product(i: int) -> Image.Image:
-        return rgb(data.product_path(products[i]))
+        return rgb(data.product_path(products[i]), backbone.spec.size)
 
     builder = ChunkBuilder(path, backbone, batch_size, engine)
     scenes, prods = (len(crops_list), load_crop), (len(products), load_product)

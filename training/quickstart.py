@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -102,6 +103,7 @@ def main(argv: list[str], serve: Serve | None = None) -> int:
     from index import cli as index_cli
     from model import export
     from training import features, train
+    from training.calibration import calibration_images
 
     data = ensure_data(args.data, settings).resolve()
     work: Path = args.work
@@ -125,9 +127,12 @@ def main(argv: list[str], serve: Serve | None = None) -> int:
     train_digest = _digest(feat_digest, train_argv)
     _run_step(stamps, "train", train_digest, run_dir / "metrics.json", train.main, train_argv)
 
-    export_digest = _digest("export", sha256_file(run_dir / "checkpoint.pt"))
+    export_digest = _digest(
+        "export", sha256_file(run_dir / "checkpoint.pt"), export.DEFAULT_PRECISION
+    )
     export_argv = _argv(run=run_dir, out=artifacts)
-    _run_step(stamps, "export", export_digest, artifacts / MANIFEST_FILE, export.main, export_argv)
+    export_main = functools.partial(export.main, calibrate=calibration_images)
+    _run_step(stamps, "export", export_digest, artifacts / MANIFEST_FILE, export_main, export_argv)
 
     index_digest = _digest("index", sha256_file(artifacts / MANIFEST_FILE), str(data))
     index_argv = _argv(artifacts=artifacts, data=data, work_dir=work)

@@ -33,10 +33,12 @@ class Pair:
     bbox: BBox
 
 
-def rgb(path: Path) -> Image.Image:
+def rgb(path: Path, min_size: int = 0) -> Image.Image:
     """The image file at ``path`` decoded to RGB by the decoder of every path (upright, the
-    default pixel limit; ``model.decode.DecodeError`` when it cannot be)."""
-    return decode_image(path.read_bytes(), name=path.name)
+    default pixel limit; ``model.decode.DecodeError`` when it cannot be). ``min_size``: the
+    model input, when the whole photo goes to the model (a big JPEG then decodes at reduced
+    scale, as the service decodes it); 0 for photos that are cropped first."""
+    return decode_image(path.read_bytes(), min_size=min_size, name=path.name)
 
 
 def load_pairs(path: Path) -> list[Pair]:

@@ -25,6 +25,7 @@ async def readyz(request: Request, serving: ServingDep) -> dict:
     return {
         **serving.versions(),
         "status": "ready",
+        "precision": serving.encoder.precision,
         "providers": serving.encoder.providers,
         "faiss_device": serving.catalog.faiss_device,
         "warnings": serving.warnings,

@@ -16,6 +16,7 @@ import numpy as np
 from index.prior import PopularityPrior
 from model.backbones import Backbone, build_backbone
 from model.ctl import load_run
+from model.runtime import OnnxEncoder
 from training import metrics as M
 from training.crop import CropStats
 from training.evaluation import attention, baselines
@@ -31,6 +32,7 @@ from training.evaluation.pairs import (
 from training.evaluation.scoring import (
     Embedded,
     embed_all,
+    embed_onnx,
     member_scorer,
     model_scorer,
     rank_all,
@@ -64,6 +66,7 @@ class Options:
     tsne_products: int = 1000
     tsne_scenes: int = 300
     prior_weight: float | None = None  # lambda of the popularity prior; None: the run's
+    artifacts: Path | None = None  # rank through these exported encoders instead of torch
 
 
 @dataclass
@@ -138,6 +141,17 @@ def run_evaluation(run_dir: Path, data_dir: Path, cache: Path, opts: Options) ->
     products, scenes = embed_all(
         config, backbone, model, data, catalog, crops, cache, opts.batch_size
     )
+    if opts.artifacts is not None:
+        encoder = OnnxEncoder.from_artifacts(opts.artifacts, device="cpu")
+        if encoder.categories != list(categories):
+            raise EvaluationError(
+                f"{opts.artifacts} serves the categories {encoder.categories}, the run has "
+                f"{list(categories)}: export this run first"
+            )
+        log.info("ranking through the exported encoders %s", encoder.version)
+        products, scenes = embed_onnx(
+            encoder, data, catalog, crops, products, scenes, opts.batch_size
+        )
     t1 = time.monotonic()
 
     scene_boxes: dict[str, list[tuple[str, BBox]]] = {}
@@ -190,6 +204,7 @@ def metrics_of(ev: Evaluation, opts: Options) -> dict[str, Any]:
         "run": str(ev.run_dir),
         "data": str(ev.data.root),
         "backbone": ev.backbone.name,
+        "encoders": str(opts.artifacts) if opts.artifacts else "torch",
         "n_crops": len(ev.crops),
         "pairs_by_run_split": ev.run_splits,
         "crops": ev.crop_stats.as_dict(),

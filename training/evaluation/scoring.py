@@ -17,6 +17,7 @@ from PIL import Image
 
 from model.backbones import Backbone
 from model.ctl import CTLModel
+from model.runtime import Encoder
 from training import metrics as M
 from training.evaluation.pairs import CategoryPairs, Crop, load_crop
 from training.features import ChunkBuilder, FeatureCache, cache_key
@@ -129,6 +130,37 @@ def embed_all(
     crop_keys = [_crop_key(c.scene, c.box) for c in crops]
     scenes = features("scenes", crop_keys, lambda i: load_crop(data, crops[i]))
     return apply_heads(model, *products, scenes=False), apply_heads(model, *scenes, scenes=True)
+
+
+def embed_onnx(
+    encoder: Encoder,
+    data: STLData,
+    catalog: list[str],
+    crops: list[Crop],
+    torch_products: Embedded,
+    torch_scenes: Embedded,
+    bs: int,
+) -> tuple[Embedded, Embedded]:
+    """Products and scene crops through exported encoders (``ctl evaluate --artifacts``), so
+    what is ranked is what the service would answer (an int8 export's accuracy). The backbone
+    vectors (``raw``, the baselines' input) stay torch's."""
+
+    def run(n: int, load: Callable[[int], Image.Image], embed: Callable[..., Any]) -> list[Any]:
+        out: list[Any] = []
+        for start in range(0, n, bs):
+            out.extend(embed([load(i) for i in range(start, min(n, start + bs))]))
+            if (start // bs) % 20 == 0:
+                log.info("ONNX embedding: %d/%d", min(n, start + bs), n)
+        return out
+
+    f_p = run(len(catalog), lambda i: rgb(data.product_path(catalog[i])), encoder.embed_products)
+    scenes = run(len(crops), lambda i: load_crop(data, crops[i]), encoder.embed_scenes)
+    f_s = np.stack([e.f_s for e in scenes])
+    f_i = np.stack([e.f_i for e in scenes])
+    att = np.stack([e.attention for e in scenes])
+    queries = f_s[:, None, :] + np.einsum("ncr,nrd->ncd", att, f_i)
+    products = Embedded(torch_products.raw, np.stack(f_p), np.zeros(0), np.zeros(0))
+    return products, Embedded(torch_scenes.raw, f_s, queries, att)
 
 
 def model_scorer(scenes: Embedded, products: Embedded) -> Scorer:
