@@ -198,7 +198,7 @@ def test_int8_export_keeps_parity_and_records_its_precision(tiny_run: Path, tmp_
     graph = onnx.load(str(tmp_path / "int8" / "scene.onnx")).graph
     quantized = {n.name for n in graph.node if n.op_type == "DequantizeLinear"}
     assert quantized
-    heads = [n for n in graph.node if n.name.startswith("/g_") and n.op_type == "Gemm"]
+    heads = [n for n in graph.node if n.name.startswith("/g_") and n.op_type in ("Gemm", "MatMul")]
     assert heads and all(n.input[1] in {i.name for i in graph.initializer} for n in heads)
     model, _ = load_run(tiny_run)
     backbone = build_backbone("tiny")
