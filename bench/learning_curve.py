@@ -141,7 +141,7 @@ def summarize(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
                 "train_pairs_mean": float(np.mean([r["train_pairs"] for r in rs])),
                 **{
                     f"{k}_{stat}": float(fn([r[k] for r in rs]))
-                    for k in ("val_auc", "val_top10")
+                    for k in ("val_auc", "val_top10", "popularity_top10")
                     for stat, fn in (("mean", np.mean), ("min", np.min), ("max", np.max))
                 },
             }
@@ -165,7 +165,6 @@ def summarize(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
         "split_seed": args.split_seed,
         "seeds": sorted({r["seed"] for r in runs}),
         "val_pairs": runs[0]["val_pairs"],
-        "popularity_val_top10": runs[0]["popularity_top10"],
         "paper_pairs": PAPER_PAIRS,
         "paper_pairs_note": "an extrapolation of the log2 fit far beyond the measured range",
         "fits": fits,
@@ -229,8 +228,13 @@ def plot(summary: dict[str, Any], path: Path) -> None:
             fontsize=8,
         )
         if key == "val_top10":
-            pop = summary["popularity_val_top10"]
-            ax.axhline(pop, ls=":", color="tab:green", label="popularity baseline")
+            ax.plot(
+                [m["train_pairs_mean"] for m in means],
+                [m["popularity_top10_mean"] for m in means],
+                "s:",
+                color="tab:green",
+                label="popularity (the run's training counts)",
+            )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("training pairs (log2 scale)")
         ax.set_ylabel(label)
@@ -289,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"fraction {m['fraction']:>5}: {m['train_pairs_mean']:7.0f} pairs, val AUC "
             f"{m['val_auc_mean']:.3f} [{m['val_auc_min']:.3f}, {m['val_auc_max']:.3f}], top-10 "
-            f"{m['val_top10_mean']:.3f} [{m['val_top10_min']:.3f}, {m['val_top10_max']:.3f}]"
+            f"{m['val_top10_mean']:.3f} [{m['val_top10_min']:.3f}, {m['val_top10_max']:.3f}] "
+            f"(popularity {m['popularity_top10_mean']:.3f})"
         )
     for key, fit in summary["fits"].items():
         print(
