@@ -33,6 +33,7 @@ from tenacity import (
 
 from index.atomic import write_bytes
 from index.progress import Progress
+from index.store import PRODUCT_ID_PATTERN
 from training.stl import load_pairs
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ DEFAULT_BASE_URL = "http://i.pinimg.com/400x"
 FAILURES_FILE = "download-failures.jsonl"
 MAX_BYTES = 20 * 1024 * 1024
 """No STL image comes near this; a bigger answer is not an image we want."""
-_SIGNATURE = re.compile(r"[0-9A-Za-z]{6,64}")
+_SIGNATURE = re.compile(PRODUCT_ID_PATTERN)
+"""STL signatures and shops' product ids alike: the project's one id format."""
 _NO_RETRY_STATUS = frozenset(range(400, 500)) - {408, 425, 429}
 """Client errors other than these are final: asking again gives the same answer."""
 
@@ -58,10 +60,15 @@ class FetchError(Exception):
 
 @dataclass(frozen=True)
 class Job:
-    """One image to fetch: ``kind`` is ``scenes`` or ``products``."""
+    """One image to fetch into ``images/KIND/SIG.jpg``: ``kind`` is ``scenes`` or ``products``;
+    ``url`` (http(s) or file) where it is, by default the STL URL of ``sig``."""
 
     kind: str
     sig: str
+    url: str | None = None
+
+    def source(self, base_url: str) -> str:
+        return self.url or image_url(base_url, self.sig)
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,8 @@ def fetch_once(url: str, timeout: float) -> bytes:
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, TimeoutError):
             raise FetchError("timeout", str(exc.reason)) from exc
+        if url.startswith("file:") and isinstance(exc.reason, OSError):
+            raise FetchError("no_such_file", str(exc.reason), retry=False) from exc
         raise FetchError("connection_error", str(exc.reason)) from exc
     except (http.client.HTTPException, OSError) as exc:
         raise FetchError("connection_error", f"{type(exc).__name__}: {exc}") from exc
@@ -154,7 +163,7 @@ class Fetcher:
             reraise=True,
         )
         try:
-            retrying(self._fetch, image_url(self.base_url, job.sig), dest)
+            retrying(self._fetch, job.source(self.base_url), dest)
         except FetchError as exc:
             attempts = retrying.statistics["attempt_number"]
             return Outcome(job, "failed", exc.reason, exc.detail, attempts)
@@ -232,7 +241,7 @@ def write_failures(path: Path, failures: Iterable[Outcome], base_url: str) -> No
             {
                 "kind": o.job.kind,
                 "sig": o.job.sig,
-                "url": image_url(base_url, o.job.sig),
+                "url": o.job.source(base_url),
                 "reason": o.reason,
                 "detail": o.detail,
                 "attempts": o.attempts,
