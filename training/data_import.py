@@ -164,8 +164,7 @@ def read_products(path: Path, problems: list[Problem]) -> dict[str, Product]:
 def read_looks(
     path: Path, products: dict[str, Product], problems: list[Problem]
 ) -> tuple[list[Look], dict[str, str]]:
-    """The looks table's good rows (boxes checked where their image size is known) and each
-    scene id's source."""
+    """The looks table's good rows (boxes in [0, 1], checked) and each scene id's source."""
     looks: list[Look] = []
     sources: dict[str, str] = {}
     for row in read_rows(path, LOOK_COLUMNS):
