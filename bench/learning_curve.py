@@ -40,6 +40,7 @@ PAPER_PAIRS = 72_198
 """STL-Fashion's pairs in the paper (Kang et al. 2019), where its model reached AUC 0.753."""
 LOG2_PAPER = math.log2(PAPER_PAIRS)
 FRACTIONS = "1/16,1/8,1/4,1/2,1"
+PER_RUN_OPTIONS = frozenset({"data", "cache", "out", "resume", "init_seed", "train_fraction"})
 RECIPE_NOTE = "ctl train's defaults at the commit named in 'commit', with the flags in 'train_args'"
 
 
@@ -157,10 +158,13 @@ def summarize(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
             "extrapolated_at_paper_pairs": f.at_paper,
             "extrapolated_at_paper_pairs_seeds": [a + b * LOG2_PAPER for b, a in f.seed_lines],
         }
+    first = args.out / "runs" / run_name(Fraction(runs[0]["fraction"]), runs[0]["seed"])
+    options = read_json(first / "config.json", {}).get("train", {})
     return {
         "recipe": RECIPE_NOTE,
         "commit": git_commit(),
         "train_args": args.train_args,
+        "train_options": {k: v for k, v in options.items() if k not in PER_RUN_OPTIONS},
         "epochs": args.epochs,
         "split_seed": args.split_seed,
         "seeds": sorted({r["seed"] for r in runs}),

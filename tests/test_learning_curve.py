@@ -34,6 +34,7 @@ def test_a_small_curve_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str
     summary = json.loads((out / "learning_curve.json").read_text())
     assert summary["complete"] and summary["seeds"] == [0, 1]
     assert summary["train_args"] == ["--backbone", "tiny", "--batch-size", "4"]
+    assert summary["train_options"]["epochs"] == 1 and summary["train_options"]["seed"] == 0
     assert [m["train_pairs_mean"] for m in summary["by_fraction"]] == [8, 32]
     assert len(summary["runs"]) == 4 and summary["val_pairs"] == 4
     assert len(summary["fits"]["val_auc"]["seed_lines"]) == 2
