@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("download",): ("training.download:main", "fetch STL images from the released pairs file"),
     ("data", "stats"): ("training.stats:main", "counts of pairs, images, crops and drops"),
+    ("data", "import"): ("training.data_import:main", "a shop's looks and products as data"),
     ("features",): ("training.features:main", "cache frozen-backbone features"),
     ("train",): ("training.train:main", "train the CTL heads on cached features"),
     ("evaluate",): ("training.evaluate:main", "metrics, baselines, pictures, report"),

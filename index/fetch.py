@@ -65,6 +65,8 @@ def fetch_once(url: str, timeout: float) -> bytes:
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, TimeoutError):
             raise FetchError("timeout", str(exc.reason)) from exc
+        if url.startswith("file:") and isinstance(exc.reason, OSError):
+            raise FetchError("no_such_file", str(exc.reason), retry=False) from exc
         raise FetchError("connection_error", str(exc.reason)) from exc
     except (http.client.HTTPException, OSError) as exc:
         raise FetchError("connection_error", f"{type(exc).__name__}: {exc}") from exc

@@ -137,7 +137,7 @@ def _json_lines_rows(path: Path) -> Iterator[Row | RowError]:
             yield RowError(number, "not UTF-8 text")
             continue
         try:
-            value = json.loads(text)
+            value = json.loads(text.rstrip("\r\n"))  # so that an error names its column
         except json.JSONDecodeError as exc:
             yield RowError(number, f"malformed JSON: {exc.msg} at column {exc.colno}")
             continue

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from training.split import split_scenes
+from training.split import UNUSED, keep_train_fraction, split_scenes
 
 SCENES = [f"scene{i:04d}" for i in range(1000)]
 
@@ -32,3 +32,26 @@ def test_other_fractions() -> None:
 def test_bad_fractions(fractions: tuple[float, ...]) -> None:
     with pytest.raises(ValueError, match="fractions"):
         split_scenes(SCENES, fractions, seed=0)  # type: ignore[arg-type]
+
+
+def test_train_fraction_keeps_val_and_test_and_nests() -> None:
+    split = split_scenes(SCENES, seed=0)
+    half = keep_train_fraction(split, 0.5, seed=1)
+    eighth = keep_train_fraction(split, 0.125, seed=1)
+    assert Counter(half.values()) == {"train": 400, UNUSED: 400, "val": 100, "test": 100}
+    assert Counter(eighth.values())["train"] == 100
+    for s, k in split.items():
+        if k != "train":
+            assert half[s] == eighth[s] == k  # val and test untouched
+    kept = {s for s, k in eighth.items() if k == "train"}
+    assert kept <= {s for s, k in half.items() if k == "train"}  # more data adds scenes
+    assert keep_train_fraction(split, 0.5, seed=1) == half
+    assert keep_train_fraction(split, 0.5, seed=2) != half
+    assert keep_train_fraction(split, 1.0, seed=5) == split
+    assert Counter(keep_train_fraction(split, 1e-6, seed=0).values())["train"] == 1
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])
+def test_bad_train_fraction(fraction: float) -> None:
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        keep_train_fraction(split_scenes(SCENES, seed=0), fraction, seed=0)

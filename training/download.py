@@ -20,21 +20,28 @@ from pathlib import Path
 from index.atomic import write_bytes
 from index.fetch import FetchError, check_image, fetch_once, retrier
 from index.progress import Progress
+from index.store import PRODUCT_ID_PATTERN
 from training.stl import load_pairs
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "http://i.pinimg.com/400x"
 FAILURES_FILE = "download-failures.jsonl"
-_SIGNATURE = re.compile(r"[0-9A-Za-z]{6,64}")
+_SIGNATURE = re.compile(PRODUCT_ID_PATTERN)
+"""STL signatures and shops' product ids alike: the project's one id format."""
 
 
 @dataclass(frozen=True)
 class Job:
-    """One image to fetch: ``kind`` is ``scenes`` or ``products``."""
+    """One image to fetch into ``images/KIND/SIG.jpg``: ``kind`` is ``scenes`` or ``products``;
+    ``url`` (http(s) or file) where it is, by default the STL URL of ``sig``."""
 
     kind: str
     sig: str
+    url: str | None = None
+
+    def source(self, base_url: str) -> str:
+        return self.url or image_url(base_url, self.sig)
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,7 @@ class Fetcher:
             return Outcome(job, "skipped")
         retrying = retrier(self.retries, self.backoff)
         try:
-            retrying(self._fetch, image_url(self.base_url, job.sig), dest)
+            retrying(self._fetch, job.source(self.base_url), dest)
         except FetchError as exc:
             attempts = retrying.statistics["attempt_number"]
             return Outcome(job, "failed", exc.reason, exc.detail, attempts)
@@ -161,7 +168,7 @@ def write_failures(path: Path, failures: Iterable[Outcome], base_url: str) -> No
             {
                 "kind": o.job.kind,
                 "sig": o.job.sig,
-                "url": image_url(base_url, o.job.sig),
+                "url": o.job.source(base_url),
                 "reason": o.reason,
                 "detail": o.detail,
                 "attempts": o.attempts,

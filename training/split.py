@@ -23,3 +23,19 @@ def split_scenes(
     for i, scene in enumerate(unique):
         out[scene] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
     return out
+
+
+UNUSED = "unused"
+"""A training scene left out by ``keep_train_fraction``: in no split, never seen by the run."""
+
+
+def keep_train_fraction(split: dict[str, str], fraction: float, seed: int) -> dict[str, str]:
+    """``split`` with only a seeded ``fraction`` of its training scenes kept (the rest
+    ``UNUSED``; val and test as they were). A smaller fraction keeps a subset of a larger one's
+    scenes for the same seed, so a learning curve adds data rather than swapping it."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"the training fraction must be in (0, 1], got {fraction}")
+    train = sorted(s for s, k in split.items() if k == "train")
+    random.Random(seed).shuffle(train)
+    dropped = set(train[max(1, round(fraction * len(train))) :]) if train else set()
+    return {s: UNUSED if s in dropped else k for s, k in split.items()}

@@ -36,7 +36,7 @@ from training.config import TrainingSettings
 from training.features import FeatureCache, FeatureOptions, add_arguments, load_cache
 from training.loss import NEGATIVES, CTLLoss, attention_nll
 from training.sampling import Example, TripletSampler
-from training.split import split_scenes
+from training.split import UNUSED, keep_train_fraction, split_scenes
 from training.stl import BBox, STLData
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,12 @@ class TrainOptions(FeatureOptions):
     stl_attention: float
     prior_weight: float
     standardize: bool
+    train_fraction: float
 
     @property
     def model_seed(self) -> int:
-        """The seed of initialization and dropout (the split and sampling stay on ``seed``)."""
+        """The seed of initialization, dropout and the ``--train-fraction`` subset (the split and
+        sampling stay on ``seed``)."""
         return self.seed if self.init_seed is None else self.init_seed
 
     def loss(self) -> CTLLoss:
@@ -126,7 +128,14 @@ class Dataset:
     attention_targets: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, cache: FeatureCache, data: STLData, seed: int) -> Dataset:
+    def build(
+        cls,
+        cache: FeatureCache,
+        data: STLData,
+        seed: int,
+        train_fraction: float = 1.0,
+        fraction_seed: int = 0,
+    ) -> Dataset:
         products = cache.products
         categories = sorted(set(cache.product_categories))
         cat_idx = {c: i for i, c in enumerate(categories)}
@@ -138,12 +147,15 @@ class Dataset:
                 scene_products.setdefault(pair.scene, set()).add(row[pair.product])
         raw = cache.examples
         split = split_scenes((e["scene"] for e in raw), seed=seed)
+        split = keep_train_fraction(split, train_fraction, fraction_seed)
         examples: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
         scene_of_row = [""] * len(cache.meta["crops"])
         for e in raw:
+            scene_of_row[e["crop"]] = e["scene"]
+            if split[e["scene"]] == UNUSED:
+                continue
             ex = Example(e["crop"], e["scene"], row[e["product"]], cat_idx[e["category"]])
             examples[split[e["scene"]]].append(ex)
-            scene_of_row[e["crop"]] = e["scene"]
         return cls(categories, products, product_cat, split, examples, scene_products, scene_of_row)
 
     def popularity(self) -> dict[str, int]:
@@ -445,6 +457,13 @@ def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
         default=True,
         help="z-score backbone features with training statistics",
     )
+    p.add_argument(
+        "--train-fraction",
+        type=float,
+        default=1.0,
+        help="keep this fraction of the training scenes, drawn with --init-seed (default "
+        "--seed); val and test unchanged (bench/learning_curve.py)",
+    )
     return p
 
 
@@ -457,6 +476,8 @@ def parse_options(argv: list[str], settings: TrainingSettings | None = None) -> 
         )
     if args.prior_weight < 0:
         raise SystemExit("ctl train: --prior-weight must be >= 0")
+    if not 0 < args.train_fraction <= 1:
+        raise SystemExit("ctl train: --train-fraction must be in (0, 1]")
     return TrainOptions.from_args(args)
 
 
@@ -486,7 +507,7 @@ def run(opts: TrainOptions) -> dict[str, Any]:
     cache, feature_seconds = load_cache(opts)
     seconds = {"features": feature_seconds, "features_wall": time.perf_counter() - t0}
     data = STLData.load(opts.data)
-    ds = Dataset.build(cache, data, opts.seed)
+    ds = Dataset.build(cache, data, opts.seed, opts.train_fraction, opts.model_seed)
     if opts.stl_attention > 0:
         ds.add_attention_targets(cache, data)
         log.info("attention targets: %d training crops", len(ds.attention_targets))
