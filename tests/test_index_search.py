@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from factories import synthetic_unit_vectors
 
+from index.filters import ProductFilter
 from index.prior import PopularityPrior
 from index.search import (
     FLAT,
@@ -170,6 +171,30 @@ def test_popularity_prior_ranks_by_d_star_minus_lambda_log_popularity(kind: str)
     assert [s.id for s in ranked] != plain  # the prior changed the order
     catalog.apply_prior(None)
     assert [s.id for s in recommend(catalog, emb, 0, "Shoes", 10, candidates=400)] == plain
+
+
+@pytest.mark.parametrize("kind", [FLAT, IVFPQ])
+def test_a_shops_popularity_attribute_overrides_the_exported_counts(kind: str) -> None:
+    """Where the shop set ``popularity``, the prior uses it instead of the training counts (the
+    same lambda), also among the rows a filter keeps; without a prior it changes nothing."""
+    catalog = _catalog({"Shoes": 400, "Pants": 50}, kind=kind)
+    emb = _scene(4)
+    cat = catalog.category("Shoes")
+    plain = [s.id for s in recommend(catalog, emb, 0, "Shoes", 12, candidates=400)][:10]
+    more = [s.id for s in recommend(catalog, emb, 0, "Shoes", 12, candidates=400)]
+    last = cat.ids[int(np.argmax(_brute_force_d_star(emb, 0, cat.emb)))]  # the worst match
+    sold = {last: {"popularity": 1e12}}
+    with_attr = catalog.attributes_at(1, sold)
+    no_prior = recommend(catalog, emb, 0, "Shoes", 10, candidates=400, attributes=with_attr)
+    assert [s.id for s in no_prior] == plain  # lambda 0: the attribute is not a ranking
+    catalog.apply_prior(PopularityPrior(0.3, {pid: 1 for pid in cat.ids}))
+    counted = [s.id for s in recommend(catalog, emb, 0, "Shoes", 10, candidates=400)]
+    assert counted == plain  # equal counts: the same order
+    ranked = recommend(catalog, emb, 0, "Shoes", 10, candidates=400, attributes=with_attr)
+    assert ranked[0].id == last and [s.id for s in ranked[1:]] == plain[:9]
+    flt = ProductFilter.parse(json.dumps({"exclude": plain[:3]}))
+    kept = recommend(catalog, emb, 0, "Shoes", 10, 400, flt, with_attr)
+    assert [s.id for s in kept] == [last, *more[3:12]]
 
 
 def test_prior_of_artifacts_is_read_from_the_manifest(tmp_path: Path) -> None:
