@@ -35,6 +35,7 @@ import pytest
 import redis
 
 import cli
+from index.prior import PopularityPrior
 from tests.conftest import IN_CI, REPO
 from tests.test_replicas import STALENESS_BOUND_S, _eventually
 from training.stl import STLData
@@ -281,8 +282,15 @@ def test_compose_up_serves_real_scenes_through_redis(stack: Stack, stl_dir: Path
     assert isinstance(products, list) and 0 < len(products) <= 5
     assert [p["rank"] for p in products] == list(range(1, len(products) + 1))
     assert all(p["category"] == category for p in products)
-    d_star = [p["d_star"] for p in products]
-    assert d_star == sorted(d_star)
+    # Ranked as exported: d* less the popularity prior, read from the artifacts in the volume.
+    volume = Path(tempfile.mkdtemp(prefix="ctl-docker-artifacts-"))
+    for name in ("manifest.json", "popularity.json"):
+        text = stack.run("exec", "-T", "api", "sh", "-c", f"cat /artifacts/{name} || true")
+        (volume / name).write_text(text)
+    prior = PopularityPrior.from_artifacts(volume)
+    bonus = prior.bonus([str(p["id"]) for p in products]) if prior else [0.0] * len(products)
+    adjusted = [p["d_star"] - float(b) for p, b in zip(products, bonus, strict=True)]
+    assert adjusted == sorted(adjusted)
     assert first["cached"] is False
     assert first["index_version"] == ready["index_version"]
 
