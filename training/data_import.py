@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,14 @@ from PIL import Image
 from index.atomic import write_bytes, write_json
 from index.rows import Row, TableError, read_rows
 from index.store import PRODUCT_ID_PATTERN
-from training.download import Fetcher, Job, download, image_path
+from training.download import (
+    Fetcher,
+    Job,
+    add_fetch_arguments,
+    download,
+    image_path,
+    parse_fetch_arguments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -281,14 +289,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--looks", type=Path, required=True, help="scene, product, bbox table")
     parser.add_argument("--products", type=Path, required=True, help="id, category, image table")
     parser.add_argument("--out", type=Path, required=True, help="data directory to write")
-    parser.add_argument("--workers", type=int, default=16, help="concurrent fetches")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
-    parser.add_argument("--retries", type=int, default=3, help="retries after the first try")
-    parser.add_argument("--backoff", type=float, default=1.0, help="first retry delay, doubling")
-    args = parser.parse_args(list(argv))
-    if args.workers < 1 or args.timeout <= 0 or args.retries < 0 or args.backoff < 0:
-        parser.error("--workers >= 1, --timeout > 0, --retries and --backoff >= 0")
-    return args
+    add_fetch_arguments(parser)
+    return parse_fetch_arguments(parser, argv)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -303,7 +305,7 @@ def main(argv: Sequence[str]) -> int:
         log.error("ctl data import: %s", exc)
         return 2
     names = {"looks": str(args.looks), "products": str(args.products)}
-    print(render_summary(kept, products, problems, counts, names, out))
+    sys.stdout.write(render_summary(kept, products, problems, counts, names, out) + "\n")
     if not kept:
         log.error("ctl data import: no look survived; nothing to train on")
         return 1

@@ -207,14 +207,26 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="data directory to fill")
     parser.add_argument("--domain", choices=["fashion", "home"], help="default: from --pairs name")
     parser.add_argument("--base-url", default=DEFAULT_BASE_URL)
-    parser.add_argument("--workers", type=_positive_int, default=16)
+    add_fetch_arguments(parser)
+    parser.add_argument("--limit", type=_positive_int, help="only the first N pairs")
+    parser.add_argument("--log-every", type=float, default=10.0, help="progress every S seconds")
+    return parse_fetch_arguments(parser, argv)
+
+
+def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
+    """How to fetch: the options ``ctl download`` and ``ctl data import`` share."""
+    parser.add_argument("--workers", type=_positive_int, default=16, help="concurrent fetches")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     parser.add_argument("--retries", type=int, default=3, help="retries after the first try")
     parser.add_argument(
         "--backoff", type=float, default=1.0, help="first retry delay, doubling, plus jitter"
     )
-    parser.add_argument("--limit", type=_positive_int, help="only the first N pairs")
-    parser.add_argument("--log-every", type=float, default=10.0, help="progress every S seconds")
+
+
+def parse_fetch_arguments(
+    parser: argparse.ArgumentParser, argv: Sequence[str]
+) -> argparse.Namespace:
+    """``argv`` parsed, the fetch options (``add_fetch_arguments``) checked."""
     args = parser.parse_args(list(argv))
     if args.timeout <= 0 or args.retries < 0 or args.backoff < 0:
         parser.error("--timeout must be > 0, --retries and --backoff >= 0")
