@@ -5,15 +5,14 @@ fetched with retries, a concurrent PATCH never lost."""
 from __future__ import annotations
 
 import csv
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from factories import QuietHandler, folder_server
 from service_support import admin_headers, copy_artifacts, serve, settings_for
 
 from cli import main as ctl
@@ -132,7 +131,7 @@ def test_bad_rows_are_reported_with_their_lines_and_nothing_is_applied(
     assert a in store.categories_of()
 
 
-class _Flaky(http.server.SimpleHTTPRequestHandler):
+class _Flaky(QuietHandler):
     """Serves a folder; every first request of a path fails with 503."""
 
     seen: ClassVar[set[str]] = set()
@@ -144,25 +143,13 @@ class _Flaky(http.server.SimpleHTTPRequestHandler):
             return
         super().do_GET()
 
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 @pytest.fixture
 def image_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "www"
     root.mkdir()
-
-    def handler(*args: object, **kwargs: object) -> _Flaky:
-        return _Flaky(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
-    finally:
-        server.shutdown()
+    with folder_server(root, _Flaky) as url:
+        yield url, root
 
 
 def test_jsonl_through_the_admin_route_with_url_images_fetched_with_retries(

@@ -3,24 +3,17 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import folder_server
 from PIL import Image
 
 import cli
 from training.stl import STLData
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
@@ -28,14 +21,8 @@ def web(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A local HTTP server of the folder it yields (404 for what is not there)."""
     root = tmp_path / "web"
     root.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=root))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
-    finally:
-        server.shutdown()
-        server.server_close()
+    with folder_server(root) as url:
+        yield url, root
 
 
 def image(path: Path, size: tuple[int, int], color: tuple[int, int, int]) -> Path:
