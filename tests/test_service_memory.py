@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -133,9 +133,11 @@ def post_batch(port: int, photo: bytes, tag: int, files: int = FILES) -> tuple[i
     return response.status, response.read()
 
 
-def measure(pid: int, port: int, photo: bytes) -> tuple[int, int, list[tuple[int, bytes]]]:
-    """(RSS before, peak RSS during, answers) of ``CLIENTS`` concurrent batches."""
-    post_batch(port, photo, 99, files=4)  # a warm-up first: lazy imports, pools, arenas
+def concurrent_peak(
+    pid: int, clients: int, post: Callable[[int], tuple[int, bytes]]
+) -> tuple[int, int, list[tuple[int, bytes]]]:
+    """(RSS before, peak RSS during, answers) of ``post(0..clients-1)`` run concurrently; the
+    caller warms the server up first (lazy imports, pools, arenas)."""
     before = rss_bytes(pid)
     peak = before
     done = threading.Event()
@@ -149,12 +151,18 @@ def measure(pid: int, port: int, photo: bytes) -> tuple[int, int, list[tuple[int
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        with ThreadPoolExecutor(CLIENTS) as pool:
-            answers = list(pool.map(lambda t: post_batch(port, photo, t), range(CLIENTS)))
+        with ThreadPoolExecutor(clients) as pool:
+            answers = list(pool.map(post, range(clients)))
     finally:
         done.set()
         sampler.join()
     return before, peak, answers
+
+
+def measure(pid: int, port: int, photo: bytes) -> tuple[int, int, list[tuple[int, bytes]]]:
+    """(RSS before, peak RSS during, answers) of ``CLIENTS`` concurrent batches."""
+    post_batch(port, photo, 99, files=4)  # a warm-up first
+    return concurrent_peak(pid, CLIENTS, lambda t: post_batch(port, photo, t))
 
 
 def test_four_concurrent_batches_of_32_x_10_mb_stay_within_the_memory_bound(
@@ -251,29 +259,12 @@ def measure_png(
 ) -> tuple[int, int, list[tuple[int, bytes]]]:
     """(RSS before, peak RSS during, answers) of ``clients`` concurrent posts of ``png`` (each
     with distinct bytes, so nothing is cached) to ``path``."""
-    post_png(port, path, _tagged(png, f"warm {path}"), fields)  # lazy imports, arenas
-    before = rss_bytes(pid)
-    peak = before
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, rss_bytes(pid))
-            time.sleep(0.01)
+    post_png(port, path, _tagged(png, f"warm {path}"), fields)  # a warm-up first
 
     def post(n: int) -> tuple[int, bytes]:
         return post_png(port, path, _tagged(png, f"{path} {n}"), fields)
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        with ThreadPoolExecutor(clients) as pool:
-            answers = list(pool.map(post, range(clients)))
-    finally:
-        done.set()
-        sampler.join()
-    return before, peak, answers
+    return concurrent_peak(pid, clients, post)
 
 
 @pytest.fixture(scope="module")
