@@ -122,15 +122,20 @@ def test_failed_reload_keeps_serving(stl_dir: Path, tmp_path: Path) -> None:
         assert post_scene(client, scene(stl_dir, 0), category).status_code == 200
 
 
-def test_add_and_remove_products(stl_dir: Path, tmp_path: Path) -> None:
-    artifacts = copy_artifacts(stl_dir, tmp_path)
-    catalog = IndexStore.for_artifacts(artifacts).load()
-    category = catalog.categories[0]
-    photo = next(
+def _photo_not_in(catalog: CatalogIndex, stl_dir: Path) -> Path:
+    """A product photo of the data that the catalog does not hold (to add it)."""
+    return next(
         p
         for p in sorted((stl_dir / "images" / "products").glob("*.jpg"))
         if catalog.product(p.stem) is None
     )
+
+
+def test_add_and_remove_products(stl_dir: Path, tmp_path: Path) -> None:
+    artifacts = copy_artifacts(stl_dir, tmp_path)
+    catalog = IndexStore.for_artifacts(artifacts).load()
+    category = catalog.categories[0]
+    photo = _photo_not_in(catalog, stl_dir)
     with serve(settings_for(artifacts, stl_dir)) as client:
         add = client.post(
             "/admin/products",
@@ -255,11 +260,7 @@ def test_the_writing_replica_loads_each_published_version_once(
     artifacts = copy_artifacts(stl_dir, tmp_path)
     catalog = IndexStore.for_artifacts(artifacts).load()
     category = catalog.categories[0]
-    photo = next(
-        p
-        for p in sorted((stl_dir / "images" / "products").glob("*.jpg"))
-        if catalog.product(p.stem) is None
-    )
+    photo = _photo_not_in(catalog, stl_dir)
     loads: list[str] = []
 
     def slow_catalog_loader(settings: Settings) -> CatalogIndex:
