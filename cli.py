@@ -26,7 +26,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("catalog", "set"): ("index.catalog_cli:set_main", "set a product's attributes (stock, ...)"),
     ("catalog", "import"): ("index.catalog_cli:import_main", "import a product table"),
     ("serve",): ("service.main:main", "run the HTTP service"),
-    ("batch-score",): ("index.batch_score:main", "score an archive of scenes (Ray Data job)"),
+    ("batch-score",): ("batch.score:main", "score an archive of scenes (Ray Data job)"),
     ("quickstart",): ("cli:quickstart", "features, train, export, index, then serve"),
 }
 

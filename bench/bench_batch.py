@@ -25,7 +25,7 @@ from typing import Any
 
 from bench_service import BareEncoder
 
-from index.batch_score import read_inputs, run
+from batch.score import read_inputs, run
 from service.config import Settings
 from service.serving import encoder_lanes
 

@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.backbones import BACKBONES, Backbone, build_backbone
-from model.preprocess import to_batch
+from runtime.preprocess import to_batch
 from training.config import TrainingSettings
 from training.features import run_backbone, use_all_cores
 from training.stl import STLData, rgb

@@ -42,7 +42,7 @@ from index.search import (  # noqa: E402
     set_search_threads,
 )
 from index.store import IndexStore  # noqa: E402
-from model.runtime import OnnxEncoder, SceneEmbedding  # noqa: E402
+from runtime.encoder import OnnxEncoder, SceneEmbedding  # noqa: E402
 
 log = logging.getLogger("bench_filters")
 SELECTIVITIES = (0.5, 0.1, 0.01)

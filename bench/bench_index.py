@@ -41,7 +41,8 @@ from index.search import (  # noqa: E402
     make_index,
 )
 from index.store import IndexStore  # noqa: E402
-from model.runtime import MANIFEST_FILE, REQUIRED_FILES, OnnxEncoder  # noqa: E402
+from runtime.artifacts import MANIFEST_FILE, REQUIRED_FILES  # noqa: E402
+from runtime.encoder import OnnxEncoder  # noqa: E402
 
 log = logging.getLogger("bench_index")
 K = 10

@@ -28,8 +28,8 @@ from bench_service import phone_photos  # noqa: E402
 
 from index.search import CatalogIndex, _scored  # noqa: E402
 from index.store import IndexStore  # noqa: E402
-from model.decode import decode_image  # noqa: E402
-from model.runtime import OnnxEncoder  # noqa: E402
+from runtime.decode import decode_image  # noqa: E402
+from runtime.encoder import OnnxEncoder  # noqa: E402
 
 STAGES = ("decoding", "preparing", "encoder", "search", "rerank")
 

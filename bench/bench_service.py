@@ -64,7 +64,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from model.runtime import OnnxEncoder  # noqa: E402
+from runtime.encoder import OnnxEncoder  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.images import Upload, decode_upload  # noqa: E402
 from service.serving import encoder_lanes  # noqa: E402

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.backbones import build_backbone
 from model.ctl import CTLModel
-from model.preprocess import to_batch
+from runtime.preprocess import to_batch
 from training.config import TrainingSettings
 from training.features import FeatureOptions, add_arguments, load_cache, use_all_cores
 from training.loss import CTLLoss

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_service import _free_port, _started, load, multipart_request  # noqa: E402
 
-from model.config import ModelSettings  # noqa: E402
+from runtime.config import RuntimeSettings  # noqa: E402
 
 log = logging.getLogger("gpu_check")
 
@@ -211,7 +211,7 @@ def check(args: argparse.Namespace, work: Path, gpus: list[str]) -> dict[str, An
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wheels", type=Path, default=None, help="wheelhouse (offline install)")
-    parser.add_argument("--data", type=Path, default=ModelSettings().data_dir)
+    parser.add_argument("--data", type=Path, default=RuntimeSettings().data_dir)
     parser.add_argument("--work", type=Path, default=None, help="default: a temporary directory")
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--speed-scenes", type=int, default=288, help="distinct photos timed")

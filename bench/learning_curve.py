@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from index.atomic import write_json
+from runtime.atomic import write_json
 from training.config import TrainingSettings
 from training.evaluation.run import Options, metrics_of, read_json, run_evaluation
 from training.train import parse_options, train
@@ -189,7 +189,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from index.atomic import atomic_path
+    from runtime.atomic import atomic_path
 
     runs = summary["runs"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))

@@ -16,10 +16,10 @@ COPY docker/wheels/serve /wheels
 COPY requirements/serve.txt ./requirements/
 RUN python3 -m venv /opt/venv && pip install -r requirements/serve.txt
 COPY pyproject.toml README.md cli.py ./
-COPY service ./service
-COPY model ./model
+COPY runtime ./runtime
 COPY index ./index
-# training/ (torch) stays out: the API needs only service/, index/ and model/runtime.py.
+COPY service ./service
+# model/ and training/ (torch) stay out: the API needs only runtime/, index/ and service/.
 RUN pip wheel --no-deps --wheel-dir /dist .
 
 FROM ${BASE_IMAGE}

@@ -15,9 +15,11 @@ COPY docker/wheels/train /wheels
 COPY requirements/train.txt ./requirements/
 RUN python3 -m venv /opt/venv && pip install -r requirements/train.txt
 COPY pyproject.toml README.md cli.py ./
-COPY service ./service
+COPY runtime ./runtime
 COPY model ./model
 COPY index ./index
+COPY service ./service
+COPY batch ./batch
 COPY training ./training
 RUN pip wheel --no-deps --wheel-dir /dist .
 

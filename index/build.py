@@ -21,8 +21,6 @@ import numpy as np
 from PIL import Image
 
 from index import catalog
-from index.atomic import write_bytes
-from index.progress import Progress
 from index.store import (
     CategoryData,
     IndexStore,
@@ -30,8 +28,10 @@ from index.store import (
     UnknownProductError,
     check_product_id,
 )
-from model.decode import MAX_IMAGE_PIXELS, DecodeError, decode_image
-from model.runtime import Encoder
+from runtime.atomic import write_bytes
+from runtime.decode import MAX_IMAGE_PIXELS, DecodeError, decode_image
+from runtime.encoder import Encoder
+from runtime.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class _Loaded:
 def load_image(
     source: Path | bytes, max_pixels: int = MAX_IMAGE_PIXELS, min_size: int = 0
 ) -> _Loaded | str:
-    """The decoded RGB image (``model.decode``, the decoder of every path; ``min_size``: the
+    """The decoded RGB image (``runtime.decode``, the decoder of every path; ``min_size``: the
     model input, for a big JPEG's reduced-scale decoding) and its bytes, or the reason it
     cannot be used."""
     try:

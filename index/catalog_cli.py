@@ -21,7 +21,7 @@ from index.cli import encoder_options, open_store
 from index.config import IndexSettings
 from index.rows import TableError
 from index.store import IndexStore, IndexStoreError
-from model.runtime import ArtifactError
+from runtime.artifacts import ArtifactError
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, Any]:

@@ -26,14 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from index.atomic import write_json
 from index.attributes import FIELDS, AttributesError, parse_update
 from index.build import BuildError, current_groups, embed_catalog, load_image
 from index.fetch import MAX_BYTES, FetchError, fetch
-from index.progress import Progress
 from index.rows import Row, RowError, read_rows
 from index.store import CategoryData, IndexStore, InvalidProductIdError, check_product_id
-from model.runtime import Encoder
+from runtime.atomic import write_json
+from runtime.encoder import Encoder
+from runtime.progress import Progress
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from index.build import BuildError, NewProduct, add_products, build_index, remove_products
 from index.config import IndexSettings
 from index.store import IndexStore, IndexStoreError
-from model.runtime import ArtifactError, OnnxEncoder
+from runtime.artifacts import ArtifactError
+from runtime.encoder import OnnxEncoder
 
 log = logging.getLogger(__name__)
 

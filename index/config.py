@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from model.config import ModelSettings
+from runtime.config import RuntimeSettings
 
 
-class IndexSettings(ModelSettings):
-    """``ModelSettings`` plus the index knobs (``CTL_ANN_THRESHOLD``, ...)."""
+class IndexSettings(RuntimeSettings):
+    """``RuntimeSettings`` plus the index knobs (``CTL_ANN_THRESHOLD``, ...)."""
 
     ann_threshold: int = 50_000
     max_k: int = 100  # products per category and scene, the service's and `ctl batch-score`'s

@@ -21,7 +21,7 @@ from tenacity import (
     wait_random,
 )
 
-from model.decode import DecodeError, decode_image
+from runtime.decode import DecodeError, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class FetchError(Exception):
 
 def check_image(data: bytes) -> None:
     """Raise ``FetchError`` unless ``data`` decodes fully (header and pixels) by the decoder
-    that training and serving use (``model.decode``)."""
+    that training and serving use (``runtime.decode``)."""
     try:
         decode_image(data)
     except DecodeError as exc:

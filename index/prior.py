@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.runtime import MANIFEST_FILE
+from runtime.artifacts import MANIFEST_FILE
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import numpy as np
 from index.attributes import CatalogAttributes
 from index.filters import DEFAULT_FILTER, ProductFilter
 from index.prior import PopularityPrior
-from model.runtime import SceneEmbedding
+from runtime.encoder import SceneEmbedding
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ import faiss
 import numpy as np
 from PIL import Image
 
-from index.atomic import write_bytes, write_text
 from index.attributes import AttributeStore
 from index.prior import PopularityPrior
 from index.search import (
@@ -38,7 +37,9 @@ from index.search import (
     faiss_gpu_available,
     make_index,
 )
-from model.runtime import sha256_file
+from runtime.artifacts import sha256_file
+from runtime.atomic import write_bytes, write_text
+from runtime.errors import quote
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +77,6 @@ class InvalidProductIdError(IndexStoreError, ValueError):
             f"invalid product id {quote(pid)}: ids are 1-128 characters of A-Z a-z 0-9 . _ - "
             "and do not start with a dot"
         )
-
-
-def quote(value: str, limit: int = 64) -> str:
-    """``repr(value)``, cut to its first ``limit`` characters: error messages never echo a
-    client's whole (possibly megabytes long) value back."""
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 def check_product_id(pid: str) -> str:

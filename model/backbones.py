@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.preprocess import PreprocessSpec
+from runtime.preprocess import PreprocessSpec
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 GRID = 7

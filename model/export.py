@@ -35,19 +35,19 @@ from PIL import Image
 from torch import nn
 
 from model.backbones import Backbone, BackboneError, build_backbone
-from model.config import ModelSettings
 from model.ctl import CTLModel, load_run
-from model.preprocess import to_batch
 from model.quantize import quantize_encoder, to_fp16
-from model.runtime import (
+from runtime.artifacts import (
     MANIFEST_FILE,
     PREPROCESS_FILE,
     PRODUCT_FILE,
     SCENE_FILE,
     ArtifactError,
-    OnnxEncoder,
     sha256_file,
 )
+from runtime.config import RuntimeSettings
+from runtime.encoder import OnnxEncoder
+from runtime.preprocess import to_batch
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None, calibrate: Calibrate | None = None) 
     p = argparse.ArgumentParser(prog="ctl export", description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True, help="training run directory")
     p.add_argument(
-        "--out", type=Path, default=ModelSettings().artifacts_dir, help="artifacts directory"
+        "--out", type=Path, default=RuntimeSettings().artifacts_dir, help="artifacts directory"
     )
     p.add_argument("--backbone-weights", type=Path, default=None)
     p.add_argument(
@@ -392,7 +392,9 @@ def main(argv: Sequence[str] | None = None, calibrate: Calibrate | None = None) 
         if args.precision == "int8":
             if calibrate is None:
                 raise ArtifactError("int8 export needs the training data: run it as 'ctl export'")
-            data = args.data or Path(load_run(args.run)[1].get("data") or ModelSettings().data_dir)
+            data = args.data or Path(
+                load_run(args.run)[1].get("data") or RuntimeSettings().data_dir
+            )
             calibration = calibrate(args.run, data, args.calibration_images)
         manifest = export_run(
             args.run,

@@ -30,7 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from model.runtime import SceneEmbedding
+from runtime.encoder import SceneEmbedding
 from service.config import Settings
 from service.metrics import ServiceMetrics
 

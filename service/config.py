@@ -1,7 +1,7 @@
 """The one configuration class: every knob of every step, read from ``CTL_*`` env vars.
 
 The index's and the model's own knobs live in their layers (``index.config``,
-``model.config``), which this class extends.
+``runtime.config``), which this class extends.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 from starlette.datastructures import FormData, QueryParams
 
 from index.filters import FilterError, ProductFilter
-from index.store import quote
+from runtime.errors import quote
 from service.config import Settings
 from service.errors import sent_fields
 from service.recommender import Pipeline

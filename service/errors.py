@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import FormData, QueryParams
 
-from index.store import quote
+from runtime.errors import quote
 
 MAX_DETAIL = 2000
 """Characters of a validation answer's detail at most (one line per bad field)."""

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from index.store import IndexStore
-from model.runtime import MANIFEST_FILE
+from runtime.artifacts import MANIFEST_FILE
 from service.config import Settings
 from service.serving import ServingManager
 

@@ -1,7 +1,7 @@
 """Upload reading and decoding: every bad upload becomes a 4xx that names the problem.
 
 Bytes are read up to the configured limit (never more); decoding is the one decoder of every
-path (``model.decode``), whose errors become the 4xx of their kind instead of a 500.
+path (``runtime.decode``), whose errors become the 4xx of their kind instead of a 500.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fastapi import HTTPException, UploadFile, status
 from PIL import Image
 
-from model.decode import DecodeError, decode_image
+from runtime.decode import DecodeError, decode_image
 
 MAX_NAME = 128
 """Characters of an upload's file name kept (it is echoed in errors and batch items)."""
@@ -54,11 +54,11 @@ DECODE_STATUS = {
     "too_large": status.HTTP_413_CONTENT_TOO_LARGE,
     "corrupt": status.HTTP_422_UNPROCESSABLE_CONTENT,
 }
-"""The answer to each kind of :class:`model.decode.DecodeError`."""
+"""The answer to each kind of :class:`runtime.decode.DecodeError`."""
 
 
 def decode_upload(upload: Upload, max_pixels: int, min_size: int = 0) -> Image.Image:
-    """``upload`` decoded by the one decoder of every path (:func:`model.decode.decode_image`:
+    """``upload`` decoded by the one decoder of every path (:func:`runtime.decode.decode_image`:
     RGB, upright, a big JPEG at a reduced scale never below ``min_size``), or the 4xx that
     says what is wrong."""
     try:

@@ -24,8 +24,8 @@ from pydantic_core import from_json, to_json
 from index.attributes import CatalogAttributes
 from index.filters import DEFAULT_FILTER, ProductFilter
 from index.search import recommend
-from model.decode import DecodeError, decoded_bytes, open_image
-from model.runtime import SceneEmbedding
+from runtime.decode import DecodeError, decoded_bytes, open_image
+from runtime.encoder import SceneEmbedding
 from service.budget import UploadBudget
 from service.cache import Cache, pack_embedding, unpack_embedding
 from service.config import Settings

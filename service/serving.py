@@ -17,14 +17,11 @@ import numpy as np
 from PIL import Image
 
 from index.search import CatalogIndex, faiss_gpu_fallback_warning, set_search_threads
-from index.store import IndexStore, quote
-from model.runtime import (
-    ArtifactError,
-    Encoder,
-    OnnxEncoder,
-    SceneEmbedding,
-    gpu_fallback_warning,
-)
+from index.store import IndexStore
+from runtime.artifacts import ArtifactError
+from runtime.encoder import Encoder, OnnxEncoder, SceneEmbedding
+from runtime.errors import quote
+from runtime.sessions import gpu_fallback_warning
 from service.batcher import MicroBatcher
 from service.config import Settings
 from service.metrics import ServiceMetrics

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from model.runtime import SceneEmbedding
+from runtime.encoder import SceneEmbedding
 
 TINY_SEED = 0
 
@@ -101,7 +101,7 @@ def make_tiny_artifacts(out_dir: Path, stl_dir: Path, per_category: int = 5) -> 
     from index.build import build_index
     from index.store import IndexStore
     from model.export import export_run
-    from model.runtime import OnnxEncoder
+    from runtime.encoder import OnnxEncoder
 
     out_dir = Path(out_dir)
     run = make_tiny_run(out_dir.parent / f"{out_dir.name}-run", real_categories(stl_dir))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from index.atomic import atomic_path, write_json
+from runtime.atomic import atomic_path, write_json
 
 
 def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from service_support import (
     tiny_artifacts,
 )
 
-from index.batch_score import main, read_inputs, run
+from batch.score import main, read_inputs, run
 
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -138,7 +138,7 @@ def test_the_batch_job_applies_the_filter(stl_dir: Path, tmp_path: Path) -> None
 
     import numpy as np
 
-    from index.batch_score import SceneScorer, main
+    from batch.score import SceneScorer, main
 
     artifacts = tiny_artifacts(stl_dir)
     (tmp_path / "results").mkdir()

@@ -1,4 +1,4 @@
-"""The one decoder of every path (model/decode.py): pixels or ``DecodeError``, whatever the bytes.
+"""The one decoder of every path (runtime/decode.py): pixels or ``DecodeError``, whatever the bytes.
 
 The fuzz test mutates real JPEG, PNG and WebP files, EXIF blocks included, with a fixed seed:
 any other exception (Pillow's ``SyntaxError``, ``struct.error``, ...) is a 500 in the service
@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from model.decode import DecodeError, decode_image
+from runtime.decode import DecodeError, decode_image
 
 
 def test_unreadable_exif_is_ignored_and_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
     """The probe's WebP: no TIFF header in its EXIF block; its pixels are used as stored."""
-    with caplog.at_level(logging.DEBUG, logger="model.decode"):
+    with caplog.at_level(logging.DEBUG, logger="runtime.decode"):
         image = decode_image(broken_exif_photos()["broken.webp"], 10_000, name="broken.webp")
     assert image.mode == "RGB" and image.size == SIZE
     assert image.getpixel((0, 0)) == pytest.approx((200, 30, 30), abs=8)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from model.backbones import Backbone, build_backbone
 from model.ctl import CTLModel, load_run
-from model.preprocess import PreprocessSpec, to_batch
+from runtime.preprocess import PreprocessSpec, to_batch
 from tests.test_ctl import paper_d_star
 from training import evaluate as E
 from training.crop import to_input_frame

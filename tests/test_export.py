@@ -17,8 +17,9 @@ from index.store import CategoryData, IndexStore
 from model.backbones import Backbone, build_backbone
 from model.ctl import CTLModel, load_run
 from model.export import INT8_MIN_COSINE, check_parity, export, export_run, main, min_cosine
-from model.preprocess import to_batch
-from model.runtime import ArtifactError, OnnxEncoder
+from runtime.artifacts import ArtifactError
+from runtime.encoder import OnnxEncoder
+from runtime.preprocess import to_batch
 
 CATEGORIES = ["Shoes", "Pants", "Shirts & Tops"]
 

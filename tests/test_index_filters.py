@@ -28,7 +28,7 @@ from index.search import (
     recommend,
     similar_to_product,
 )
-from model.runtime import SceneEmbedding
+from runtime.encoder import SceneEmbedding
 
 DIM = 32
 

@@ -27,7 +27,7 @@ from index.search import (
     similar,
     similar_to_product,
 )
-from model.runtime import SceneEmbedding
+from runtime.encoder import SceneEmbedding
 
 DIM = 32
 CATS = ["Shoes", "Pants"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.preprocess import PreprocessSpec, resize_image, to_array, to_batch
+from runtime.preprocess import PreprocessSpec, resize_image, to_array, to_batch
 
 
 def _gradient(w: int, h: int) -> Image.Image:

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from index import progress
+from runtime import progress
 
 log = logging.getLogger("tests.progress")
 

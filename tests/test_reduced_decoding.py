@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from test_features import make_data
 
-from index.batch_score import decode_scene
+from batch.score import decode_scene
 from index.build import load_image
 from model.backbones import build_backbone
-from model.decode import DRAFT_MARGIN, decode_image
+from runtime.decode import DRAFT_MARGIN, decode_image
 from service.images import Upload, decode_upload
 from training.features import build_cache, compute_features
 from training.stl import rgb

@@ -28,7 +28,7 @@ from service_support import (
 
 from index.build import NewProduct, add_products
 from index.store import IndexStore
-from model.runtime import OnnxEncoder
+from runtime.encoder import OnnxEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 # The staleness this test holds the replicas to: an announcement wakes them at once, and loading

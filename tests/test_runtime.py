@@ -1,4 +1,4 @@
-"""model/runtime.py: checksum verification, providers, the query vector, no torch on the path."""
+"""runtime/encoder.py: checksum verification, providers, the query vector, no torch on the path."""
 
 from __future__ import annotations
 
@@ -18,19 +18,14 @@ from PIL import Image
 from service_support import scene_files, tiny_artifacts
 
 from index.search import exact_distances
-from model.runtime import (
-    ArtifactError,
-    Encoder,
-    OnnxEncoder,
-    gpu_fallback_warning,
-    read_manifest,
-    select_providers,
-)
+from runtime.artifacts import ArtifactError, read_manifest
+from runtime.encoder import Encoder, OnnxEncoder
+from runtime.sessions import gpu_fallback_warning, select_providers
 
 
 def test_serving_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, model.runtime, index.search, index.store, index.build, index.cli\n"
+        "import sys, runtime.encoder, index.search, index.store, index.build, index.cli\n"
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -25,7 +25,7 @@ from service_support import (
 from index.build import remove_products
 from index.search import CatalogIndex
 from index.store import IndexStore
-from model.runtime import Encoder, OnnxEncoder, SceneEmbedding
+from runtime.encoder import Encoder, OnnxEncoder, SceneEmbedding
 from service.config import Settings
 from service.serving import load_current_catalog
 

@@ -26,7 +26,7 @@ from service_support import (
 )
 
 from index.store import IndexStore
-from model.runtime import OnnxEncoder
+from runtime.encoder import OnnxEncoder
 from service.app import STATIC_DIR, create_app
 from service.images import Upload, decode_upload
 from service.schemas import CompleteTheLook, CompleteTheLookAll, Recommended

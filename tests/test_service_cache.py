@@ -27,7 +27,7 @@ from service_support import (
     tiny_artifacts,
 )
 
-from model.runtime import SceneEmbedding
+from runtime.encoder import SceneEmbedding
 from service.app import create_app
 from service.cache import (
     Cache,

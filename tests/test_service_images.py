@@ -12,7 +12,7 @@ from fastapi import HTTPException
 from PIL import Image
 from service_support import scene_files, tiny_artifacts
 
-from model.runtime import OnnxEncoder
+from runtime.encoder import OnnxEncoder
 from service.images import Upload, decode_upload
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model.config import ModelSettings
+from runtime.config import RuntimeSettings
 
 
-class TrainingSettings(ModelSettings):
-    """``ModelSettings`` plus where training keeps its feature caches."""
+class TrainingSettings(RuntimeSettings):
+    """``RuntimeSettings`` plus where training keeps its feature caches."""
 
     @property
     def features_dir(self) -> Path:

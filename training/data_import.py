@@ -32,9 +32,9 @@ from typing import Any
 
 from PIL import Image
 
-from index.atomic import write_bytes, write_json
 from index.rows import Row, TableError, read_rows
 from index.store import PRODUCT_ID_PATTERN
+from runtime.atomic import write_bytes, write_json
 from training.download import (
     Fetcher,
     Job,

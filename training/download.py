@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from index.atomic import write_bytes
 from index.fetch import FetchError, check_image, fetch_once, retrier
-from index.progress import Progress
 from index.store import PRODUCT_ID_PATTERN
+from runtime.atomic import write_bytes
+from runtime.progress import Progress
 from training.stl import load_pairs
 
 log = logging.getLogger(__name__)

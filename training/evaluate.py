@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from index.atomic import write_json, write_text
 from model.backbones import BackboneError
+from runtime.atomic import write_json, write_text
 from training.config import TrainingSettings
 from training.evaluation.pairs import SPLITS, EvaluationError
 from training.evaluation.pictures import draw_pictures

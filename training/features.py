@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from index.atomic import atomic_path, write_json
-from index.progress import Progress
 from model.backbones import BACKBONES, Backbone, build_backbone
-from model.preprocess import to_batch
+from runtime.atomic import atomic_path, write_json
+from runtime.preprocess import to_batch
+from runtime.progress import Progress
 from training import crop
 from training.config import TrainingSettings
 from training.stl import STLData, rgb

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from index.atomic import atomic_path
+from runtime.atomic import atomic_path
 from training.stl import BBox
 
 STYLES: dict[str, dict[str, Any]] = {

@@ -19,8 +19,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from index.atomic import write_json
-from model.runtime import MANIFEST_FILE, sha256_file
+from runtime.artifacts import MANIFEST_FILE, sha256_file
+from runtime.atomic import write_json
 from training.config import TrainingSettings
 
 log = logging.getLogger(__name__)

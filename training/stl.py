@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from index import catalog
-from model.decode import decode_image
+from runtime.decode import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Pair:
 
 def rgb(path: Path, min_size: int = 0) -> Image.Image:
     """The image file at ``path`` decoded to RGB by the decoder of every path (upright, the
-    default pixel limit; ``model.decode.DecodeError`` when it cannot be). ``min_size``: the
+    default pixel limit; ``runtime.decode.DecodeError`` when it cannot be). ``min_size``: the
     model input, when the whole photo goes to the model (a big JPEG then decodes at reduced
     scale, as the service decodes it); 0 for photos that are cropped first."""
     return decode_image(path.read_bytes(), min_size=min_size, name=path.name)

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from index.atomic import atomic_path, write_json
-from index.progress import Progress
 from model.ctl import CTLModel
+from runtime.atomic import atomic_path, write_json
+from runtime.progress import Progress
 from training import crop
 from training import metrics as M
 from training.config import TrainingSettings

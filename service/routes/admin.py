@@ -20,14 +20,14 @@ from index.store import (
     IndexStoreError,
     InvalidProductIdError,
     UnknownProductError,
-    quote,
 )
-from model.runtime import ArtifactError
+from runtime.artifacts import ArtifactError
+from runtime.errors import quote
 from service.deps import AdminDep, pipeline
 from service.errors import AUTH, UNAVAILABLE, UPLOAD, responses
 from service.follow import published_versions
 from service.images import decode_upload
-from service.routes.recommend import ImageField
+from service.params import ImageField
 from service.schemas import CatalogImport, CatalogUpdate, ProductInfo, Reloaded
 from service.serving import Serving, ServingManager
 

@@ -14,8 +14,8 @@ from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, s
 from index.filters import ProductFilter
 from service.deps import DEFAULT_K, check_categories, check_k, parse_filter, pipeline
 from service.images import MAX_NAME
+from service.params import ERRORS, FilterField, KField
 from service.recommender import Pipeline
-from service.routes.recommend import ERRORS, FilterField, KField
 from service.schemas import BatchResponse
 
 router = APIRouter(tags=["recommend"])

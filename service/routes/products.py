@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 
 from index.attributes import CatalogAttributes
 from index.search import Product, Similar, similar, similar_to_product
-from index.store import quote
+from runtime.errors import quote
 from service.deps import (
     DEFAULT_K,
     ServingDep,
@@ -22,14 +22,7 @@ from service.deps import (
 )
 from service.errors import UNAVAILABLE, responses
 from service.images import decode_upload
-from service.routes.recommend import (
-    ERRORS,
-    FilterField,
-    FilterQuery,
-    ImageField,
-    KField,
-    KQuery,
-)
+from service.params import ERRORS, FilterField, FilterQuery, ImageField, KField, KQuery
 from service.schemas import Categories, ProductInfo, SimilarResponse
 from service.serving import Serving
 

@@ -4,48 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Form, Request
 
+from service.answers import all_categories, one_category
 from service.deps import DEFAULT_K, check_categories, check_k, parse_filter, pipeline, unique
-from service.errors import UPLOAD, responses
-from service.recommender import Pipeline, Recommendations, attention_grid
+from service.params import CATEGORIES, ERRORS, EXPLAIN, FilterField, ImageField, KField
 from service.schemas import CompleteTheLook, CompleteTheLookAll
 
 router = APIRouter(tags=["recommend"])
-EXPLAIN = "add the category's attention over the scene's regions"
-CATEGORIES = "categories to recommend (repeat the field); all when absent"
-
-ImageField = Annotated[
-    UploadFile,
-    File(
-        description="the scene photo (JPEG, PNG or WebP), not empty",
-        json_schema_extra={"minLength": 1},
-    ),
-]
-# The schema's maximum is the default max_k; the app's schema says the configured one.
-KField = Annotated[
-    int,
-    Form(
-        description="how many products per category (1..max_k)",
-        json_schema_extra={"minimum": 1, "maximum": 100},
-    ),
-]
-KQuery = Annotated[
-    int,
-    Query(
-        description="how many products per category (1..max_k)",
-        json_schema_extra={"minimum": 1, "maximum": 100},
-    ),
-]
-FILTER = (
-    "JSON object: which products may be recommended. Keys: in_stock_only (default true), "
-    "exclude (product ids), brand (a value or a list), attributes (key -> a value or a list), "
-    "price_min, price_max. Absent: in-stock products only"
-)
-FILTER_EXAMPLE = '{"brand": ["acme", "zeta"], "price_max": 100, "exclude": ["sku-1"]}'
-FilterField = Annotated[str | None, Form(description=FILTER, examples=[FILTER_EXAMPLE])]
-FilterQuery = Annotated[str | None, Query(description=FILTER, examples=[FILTER_EXAMPLE])]
-ERRORS = responses(UPLOAD)
 
 
 @router.post(
@@ -75,42 +41,6 @@ async def complete_the_look(
             upload.sha256, wanted, k, upload, need_embedding=explain, flt=flt
         )
     return one_category(pipe, upload.sha256, category, wanted[category], k, found, explain)
-
-
-def one_category(
-    pipe: Pipeline,
-    sha256: str,
-    category: str,
-    row: int,
-    k: int,
-    found: Recommendations,
-    explain: bool,
-) -> dict:
-    """A ``CompleteTheLook`` answer."""
-    attention = None
-    if explain:
-        assert found.embedding is not None  # asked for with need_embedding
-        attention = attention_grid(found.embedding, row)
-    return {
-        **pipe.serving.versions(),
-        "category": category,
-        "k": k,
-        "scene_sha256": sha256,
-        "cached": found.cached,
-        "products": found.results[category],
-        "attention": attention,
-    }
-
-
-def all_categories(pipe: Pipeline, sha256: str, k: int, found: Recommendations) -> dict:
-    """A ``CompleteTheLookAll`` answer."""
-    return {
-        **pipe.serving.versions(),
-        "k": k,
-        "scene_sha256": sha256,
-        "cached": found.cached,
-        "results": found.results,
-    }
 
 
 @router.post(

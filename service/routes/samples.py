@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import FileResponse
 
-from index.store import quote
+from runtime.errors import quote
 from service.config import Settings
 from service.errors import responses
 from service.schemas import Sample

@@ -12,18 +12,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
+from service.answers import all_categories, one_category
 from service.deps import DEFAULT_K, check_categories, check_k, parse_filter, pipeline, unique
 from service.errors import UNAVAILABLE, responses
-from service.routes.recommend import (
-    CATEGORIES,
-    ERRORS,
-    EXPLAIN,
-    FilterQuery,
-    ImageField,
-    KQuery,
-    all_categories,
-    one_category,
-)
+from service.params import CATEGORIES, ERRORS, EXPLAIN, FilterQuery, ImageField, KQuery
 from service.schemas import CompleteTheLook, CompleteTheLookAll, SceneCreated
 
 router = APIRouter(prefix="/scenes", tags=["scenes"])

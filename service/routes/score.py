@@ -12,7 +12,7 @@ from pydantic import StringConstraints
 from index.search import score
 from index.store import PRODUCT_ID_PATTERN
 from service.deps import pipeline, unique
-from service.routes.recommend import ERRORS, ImageField
+from service.params import ERRORS, ImageField
 from service.schemas import ScoreResponse
 
 router = APIRouter(tags=["recommend"])

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from model.preprocess import PreprocessSpec
+from runtime.preprocess import PreprocessSpec
 from training import metrics as M
 from training.crop import boxes_in_crop, to_input_frame
 from training.evaluation.pairs import Crop, EvalPair

@@ -16,7 +16,7 @@ import numpy as np
 from index.prior import PopularityPrior
 from model.backbones import Backbone, build_backbone
 from model.ctl import load_run
-from model.runtime import OnnxEncoder
+from runtime.encoder import OnnxEncoder
 from training import metrics as M
 from training.crop import CropStats
 from training.evaluation import attention, baselines

@@ -17,7 +17,7 @@ from PIL import Image
 
 from model.backbones import Backbone
 from model.ctl import CTLModel
-from model.runtime import Encoder
+from runtime.encoder import Encoder
 from training import metrics as M
 from training.evaluation.pairs import CategoryPairs, Crop, load_crop
 from training.features import ChunkBuilder, FeatureCache, cache_key

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.decode import MAX_IMAGE_PIXELS
+from runtime.decode import MAX_IMAGE_PIXELS
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +23,7 @@ def shared_dir(name: str) -> Path | None:
     return next((d for d in found if d.is_dir()), None)
 
 
-class ModelSettings(BaseSettings):
+class RuntimeSettings(BaseSettings):
     """Paths, the model's training defaults, and the device and threads it runs on."""
 
     model_config = SettingsConfigDict(env_prefix="CTL_", env_file=None, extra="ignore")
@@ -44,6 +44,6 @@ class ModelSettings(BaseSettings):
     device: str = "auto"  # auto | cpu | cuda
     inference_threads: int = 0  # ONNX Runtime threads of an encoder call that runs alone (0: all)
 
-    # The limits of the one decoder (model/decode.py), the same for the service and the jobs.
+    # The limits of the one decoder (runtime/decode.py), the same for the service and the jobs.
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = MAX_IMAGE_PIXELS

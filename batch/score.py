@@ -33,9 +33,11 @@ from PIL import Image
 from index.config import IndexSettings
 from index.filters import FilterError, ProductFilter
 from index.search import recommend, set_search_threads
-from index.store import IndexStore, quote
-from model.decode import DecodeError, decode_image
-from model.runtime import MANIFEST_FILE, OnnxEncoder
+from index.store import IndexStore
+from runtime.artifacts import MANIFEST_FILE
+from runtime.decode import DecodeError, decode_image
+from runtime.encoder import OnnxEncoder
+from runtime.errors import quote
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def read_inputs(source: Path) -> list[dict[str, str]]:
 
 
 def decode_scene(path: Path, min_size: int, max_pixels: int, max_bytes: int) -> Image.Image | str:
-    """The photo as the service decodes an upload (the one decoder, ``model.decode``, with the
+    """The photo as the service decodes an upload (the one decoder, ``runtime.decode``, with the
     service's limits: ``max_bytes`` of file, ``max_pixels``, its formats), or why it cannot be
     read: job and service then see the same pixels and refuse the same files."""
     try:

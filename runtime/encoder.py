@@ -1,13 +1,8 @@
-"""The exported encoders under ONNX Runtime: what the service and the index builder run.
-
-Imports no torch. Loading verifies every file against the manifest checksums first, so a
-tampered or half-copied artifact directory is refused instead of serving wrong embeddings.
-"""
+"""The exported encoders under ONNX Runtime: what the service, the batch job and the index
+builder run. Imports no torch."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import threading
@@ -20,20 +15,17 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from model.preprocess import PreprocessSpec, resize_image, to_batch
+from runtime.artifacts import (
+    PREPROCESS_FILE,
+    PRODUCT_FILE,
+    SCENE_FILE,
+    ArtifactError,
+    read_manifest,
+)
+from runtime.preprocess import PreprocessSpec, resize_image, to_batch
+from runtime.sessions import open_session, select_providers
 
 log = logging.getLogger(__name__)
-
-SCENE_FILE = "scene.onnx"
-PRODUCT_FILE = "product.onnx"
-PREPROCESS_FILE = "preprocess.json"
-MANIFEST_FILE = "manifest.json"
-REQUIRED_FILES = (SCENE_FILE, PRODUCT_FILE, PREPROCESS_FILE)
-MANIFEST_KEYS = ("version", "backbone", "categories", "embedding_dim", "grid", "files")
-
-
-class ArtifactError(Exception):
-    """The artifact directory is missing, incomplete, tampered with or inconsistent."""
 
 
 @dataclass(frozen=True)
@@ -87,92 +79,6 @@ class Encoder(Protocol):
     def embed_products(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (index embeddings can be large)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_manifest(artifacts_dir: Path) -> dict[str, Any]:
-    """The manifest, after checking that it is complete and that every file matches its sha256."""
-    artifacts_dir = Path(artifacts_dir)
-    path = artifacts_dir / MANIFEST_FILE
-    if not path.is_file():
-        raise ArtifactError(
-            f"{path} not found: {artifacts_dir} is not an artifacts directory "
-            "(create one with 'ctl export --run RUN_DIR --out DIR')"
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
-    missing = [k for k in MANIFEST_KEYS if k not in manifest]
-    if missing:
-        raise ArtifactError(f"{path} lacks the keys {missing}")
-    files: dict[str, str] = manifest["files"]
-    for name in REQUIRED_FILES:
-        if name not in files:
-            raise ArtifactError(f"{path} lists no checksum for {name}")
-    for name, expected in files.items():
-        file = artifacts_dir / name
-        if not file.is_file():
-            raise ArtifactError(f"{file} is missing (listed in {path})")
-        actual = sha256_file(file)
-        if actual != expected:
-            raise ArtifactError(
-                f"checksum mismatch for {file}: manifest says sha256 {expected}, file has "
-                f"{actual}; the artifact was modified or corrupted, re-run 'ctl export'"
-            )
-    return dict(manifest)
-
-
-def select_providers(device: str = "auto") -> list[str]:
-    """ONNX Runtime execution providers for ``device`` (auto | cpu | cuda), best first."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ArtifactError(f"unknown device {device!r}: use auto, cpu or cuda")
-    available = ort.get_available_providers()
-    has_cuda = "CUDAExecutionProvider" in available
-    if has_cuda and device != "cpu" and hasattr(ort, "preload_dlls"):
-        # The gpu extra installs CUDA and cuDNN as PyPI packages, which the loader does not
-        # search; preloading them is what lets the CUDA provider start without a system CUDA.
-        try:
-            ort.preload_dlls()
-        except Exception as exc:  # a missing library shows again as the CPU fallback warned of
-            log.warning("onnxruntime.preload_dlls() failed: %s", exc)
-    if device == "cuda" and not has_cuda:
-        raise ArtifactError(
-            f"device 'cuda' requested but onnxruntime offers only {available} "
-            "(install onnxruntime-gpu on a machine with an NVIDIA GPU)"
-        )
-    cuda = ["CUDAExecutionProvider"] if has_cuda and device != "cpu" else []
-    return [*cuda, "CPUExecutionProvider"]
-
-
-def gpu_fallback_warning(providers_in_use: Sequence[str]) -> str | None:
-    """Why a GPU build of ONNX Runtime runs on the CPU, or ``None``: without it a GPU install
-    on a machine whose GPU is unusable serves from the CPU and nobody notices."""
-    cuda = "CUDAExecutionProvider"
-    if cuda in ort.get_available_providers() and cuda not in providers_in_use:
-        return (
-            "onnxruntime-gpu is installed but the encoders run on the CPU: no usable CUDA GPU "
-            "(or CTL_DEVICE=cpu)"
-        )
-    return None
-
-
-def _session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    if threads > 0:
-        opts.intra_op_num_threads = threads
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle worker threads sleep instead of spinning, leaving the cores to decoding and HTTP.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-
-
 class OnnxEncoder:
     """Scene and product encoders from an artifacts directory, run by ONNX Runtime."""
 
@@ -212,10 +118,10 @@ class OnnxEncoder:
         lane_threads = max(1, (threads or os.cpu_count() or 1) // max(cpu_lanes, 1))
         try:
             spec = PreprocessSpec.load(artifacts_dir / PREPROCESS_FILE)
-            scene = _session(artifacts_dir / SCENE_FILE, providers, threads)
-            product = _session(artifacts_dir / PRODUCT_FILE, providers, threads)
+            scene = open_session(artifacts_dir / SCENE_FILE, providers, threads)
+            product = open_session(artifacts_dir / PRODUCT_FILE, providers, threads)
             extra = [
-                _session(artifacts_dir / SCENE_FILE, providers, lane_threads)
+                open_session(artifacts_dir / SCENE_FILE, providers, lane_threads)
                 for _ in range(cpu_lanes)
             ]
         except Exception as exc:
