@@ -96,7 +96,9 @@ class ProductEncoder(_Fused):
         return self.model.product_embedding(g)
 
 
-def _export_onnx(module: nn.Module, size: int, outputs: list[str], path: Path) -> None:
+def export_onnx(module: nn.Module, size: int, outputs: list[str], path: Path) -> None:
+    """``module`` (one ``image`` input, a dynamic batch) as an ONNX graph: the encoders, and
+    the backbone the feature cache runs under ONNX Runtime."""
     example = torch.zeros(2, 3, size, size)
     axes = {name: {0: "batch"} for name in ["image", *outputs]}
     with warnings.catch_warnings():
@@ -228,8 +230,8 @@ def _write(
 ) -> dict[str, Any]:
     size = backbone.spec.size
     started = time.perf_counter()
-    _export_onnx(SceneEncoder(backbone, model), size, ["f_s", "f_i", "attention"], out / SCENE_FILE)
-    _export_onnx(ProductEncoder(backbone, model), size, ["f_p"], out / PRODUCT_FILE)
+    export_onnx(SceneEncoder(backbone, model), size, ["f_s", "f_i", "attention"], out / SCENE_FILE)
+    export_onnx(ProductEncoder(backbone, model), size, ["f_p"], out / PRODUCT_FILE)
     log.info("ONNX graphs written in %.1f s", time.perf_counter() - started)
     if precision == "int8" and calibration is not None:
         started = time.perf_counter()
