@@ -1,6 +1,7 @@
 """The layering rules, as import-linter contracts in pyproject.toml ([tool.importlinter]):
-service and training on index on model, nothing importing the ``ctl`` command, and the serving
-code (service, index, model's runtime) never importing torch."""
+service, batch and training over index and model, both over the torch-free runtime; nothing
+importing the ``ctl`` command; runtime, index, service and batch importing neither torch nor
+model/; no route module importing another (docs/architecture.md)."""
 
 from __future__ import annotations
 
