@@ -3,7 +3,8 @@
 Each field is a flag (``work_dir`` -> ``--work-dir``) whose type, default, choices and help
 (``description``) come from the field, so the typed options and the parser cannot drift apart.
 A default that a ``CTL_*`` variable sets is named, not copied: ``option(setting="work_dir")``
-reads it from the command's settings when the parser is built, so flag and environment agree.
+reads it from the command's settings (when the parser is built, or when options built in code
+omit it), so flag and environment agree.
 Field constraints (``ge=1``, ...) are checked after parsing and fail like any argparse error.
 pydantic-settings' own CLI was not used: it spells flags ``--work_dir`` or takes JSON lists, and
 its errors are no argparse exits.
@@ -18,7 +19,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
@@ -43,13 +44,23 @@ def option(
     return Field(default, description=help, json_schema_extra=extra, **constraints)  # type: ignore[arg-type]
 
 
+def _extra(field: FieldInfo | None) -> dict[str, Any]:
+    """What ``option()`` recorded of a field (nothing for a plain pydantic field)."""
+    extra = field.json_schema_extra if field is not None else None
+    return extra if isinstance(extra, dict) else {}
+
+
+def _flag(name: str, field: FieldInfo | None) -> str:
+    return _extra(field).get("flag") or "--" + name.replace("_", "-")
+
+
 def _split(text: str) -> tuple[str, ...]:
     return tuple(v for v in text.split(",") if v)
 
 
 def _argument(name: str, field: FieldInfo, default: Any) -> tuple[list[str], dict[str, Any]]:
     """The ``add_argument`` call of one field: its names and keywords."""
-    extra: dict[str, Any] = field.json_schema_extra or {}  # type: ignore[assignment]
+    extra = _extra(field)
     kind = field.annotation
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
@@ -75,7 +86,7 @@ def _argument(name: str, field: FieldInfo, default: Any) -> tuple[list[str], dic
     if extra.get("positional"):
         return [name], kw
     kw |= {"dest": name, "required": required} | ({} if required else {"default": default})
-    return [extra.get("flag") or "--" + name.replace("_", "-")], kw
+    return [_flag(name, field)], kw
 
 
 class Options(BaseModel):
@@ -90,13 +101,27 @@ class Options(BaseModel):
     settings_class: ClassVar[type[BaseSettings]] = RuntimeSettings
     """Where ``option(setting=...)`` defaults come from (the ``CTL_*`` environment)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _settings_defaults(cls, data: Any) -> Any:
+        """Options built in code, not parsed, take what they omit of the settings too."""
+        missing = [
+            (name, _extra(f)["setting"])
+            for name, f in cls.model_fields.items()
+            if _extra(f).get("setting") and isinstance(data, dict) and name not in data
+        ]
+        if not missing:
+            return data
+        settings = cls.settings_class()
+        return data | {name: getattr(settings, setting) for name, setting in missing}
+
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, settings: BaseSettings) -> None:
         """One argument per field, in declaration order (parents' fields first)."""
         for name, field in cls.model_fields.items():
-            extra: dict[str, Any] = field.json_schema_extra or {}  # type: ignore[assignment]
-            if extra.get("setting"):
-                default = getattr(settings, extra["setting"])
+            setting = _extra(field).get("setting")
+            if setting:
+                default = getattr(settings, setting)
             else:
                 default = ... if field.is_required() else field.default
             names, kw = _argument(name, field, default)
@@ -121,10 +146,8 @@ class Options(BaseModel):
         except ValidationError as exc:
             err = exc.errors()[0]
             name = str(err["loc"][0]) if err["loc"] else ""
-            field = cls.model_fields.get(name)
-            extra: dict[str, Any] = (field and field.json_schema_extra) or {}  # type: ignore[assignment]
-            spelled = extra.get("flag") or "--" + name.replace("_", "-")
-            parser.error(f"argument {spelled}: {err['msg'].lower()}")
+            flag = _flag(name, cls.model_fields.get(name))
+            parser.error(f"argument {flag}: {err['msg'].lower()}")
 
     @classmethod
     def parse(cls, argv: Sequence[str], settings: BaseSettings | None = None) -> Self:

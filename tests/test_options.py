@@ -75,6 +75,7 @@ def test_a_setting_from_the_environment_is_the_flag_default(
     assert Demo.parse(["t", "--out", "o", "--work-dir", "w"]).work_dir == Path("w")
     given = RuntimeSettings(work_dir=Path("given"))
     assert Demo.parse(["t", "--out", "o"], given).work_dir == Path("given")
+    assert Demo(table=Path("t"), out=Path("o")).work_dir == Path("/elsewhere")  # built in code
 
 
 @pytest.mark.parametrize(
