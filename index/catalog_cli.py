@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 from index.attributes import AttributesBusyError, parse_update
 from index.build import BuildError
 from index.catalog_import import CatalogImportError, import_catalog
-from index.cli import EncoderOptions, IndexOptions, open_store
+from index.cli import open_store
+from index.options import EncoderOptions, IndexOptions
 from index.rows import TableError
 from index.store import IndexStore, IndexStoreError
 from runtime.artifacts import ArtifactError

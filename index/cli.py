@@ -14,39 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
-from pydantic_settings import BaseSettings
-
 from index.build import BuildError, NewProduct, add_products, build_index, remove_products
-from index.config import IndexSettings
+from index.options import EncoderOptions, IndexOptions
 from index.store import IndexStore, IndexStoreError
 from runtime.artifacts import ArtifactError
 from runtime.encoder import OnnxEncoder
-from runtime.options import Options, option
+from runtime.options import option
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
-
-
-class IndexOptions(Options):
-    """The flag of every ``ctl index`` and ``ctl catalog`` command: which artifacts."""
-
-    settings_class: ClassVar[type[BaseSettings]] = IndexSettings
-
-    artifacts: Path = option(help="artifacts directory from 'ctl export'", setting="artifacts_dir")
-
-
-class EncoderOptions(IndexOptions):
-    """The flags of the commands that embed images and index them."""
-
-    ann_threshold: int = option(
-        help="categories with at least this many products get an IVF index",
-        setting="ann_threshold",
-    )
-    device: str = option(
-        help="where the encoders run", setting="device", choices=("auto", "cpu", "cuda")
-    )
-    threads: int = option(help="ONNX Runtime threads (0: all)", setting="inference_threads")
 
 
 def open_store(args: EncoderOptions) -> tuple[IndexStore, OnnxEncoder]:
