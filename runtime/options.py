@@ -81,7 +81,7 @@ def _argument(name: str, field: FieldInfo, default: Any) -> tuple[list[str], dic
         kw["choices"] = extra["choices"]
     if extra.get("metavar"):
         kw["metavar"] = extra["metavar"]
-    if not required and default is not None and default is not False:
+    if not required and default is not None and default is not False and default != "":
         kw["help"] = f"{kw['help']} (default: %(default)s)".strip()
     if extra.get("positional"):
         return [name], kw
