@@ -1,13 +1,10 @@
 """A command's options declared once, as a pydantic model; its argparse parser is derived.
 
-Each field is a flag (``work_dir`` -> ``--work-dir``) whose type, default, choices and help
-(``description``) come from the field, so the typed options and the parser cannot drift apart.
-A default that a ``CTL_*`` variable sets is named, not copied: ``option(setting="work_dir")``
-reads it from the command's settings (when the parser is built, or when options built in code
-omit it), so flag and environment agree.
-Field constraints (``ge=1``, ...) are checked after parsing and fail like any argparse error.
-pydantic-settings' own CLI was not used: it spells flags ``--work_dir`` or takes JSON lists, and
-its errors are no argparse exits.
+Each field is a flag (``work_dir``: ``--work-dir``) whose type, default, choices and help come
+from the field, so the typed options and the parser cannot drift apart. A default that a
+``CTL_*`` variable sets is named, not copied (``option(setting="work_dir")``), so flag and
+environment agree. Bounds (``ge=1``, ...) fail like any argparse error. Not pydantic-settings'
+own CLI: it spells flags ``--work_dir``, takes JSON lists and its errors are no argparse exits.
 """
 
 from __future__ import annotations
@@ -26,26 +23,14 @@ from pydantic_settings import BaseSettings
 from runtime.config import RuntimeSettings
 
 
-def option(
-    default: Any = ...,
-    help: str = "",
-    *,
-    setting: str | None = None,
-    flag: str | None = None,
-    choices: Sequence[Any] | None = None,
-    positional: bool = False,
-    metavar: str | None = None,
-    **constraints: Any,
-) -> Any:
-    """A field of an ``Options`` model: ``help`` is its flag's help; ``setting`` names the
-    settings attribute its default comes from; ``flag`` overrides the derived spelling."""
-    extra = {"setting": setting, "flag": flag, "choices": choices, "positional": positional}
-    extra["metavar"] = metavar
-    return Field(default, description=help, json_schema_extra=extra, **constraints)  # type: ignore[arg-type]
+def option(default: Any = ..., help: str = "", **extra: Any) -> Any:
+    """A field and its flag: ``help``; ``setting``: the settings attribute that is its default;
+    ``flag``: another spelling; ``choices``, ``metavar``; ``positional``; or pydantic bounds."""
+    bounds = {k: extra.pop(k) for k in ("ge", "gt", "le", "lt") if k in extra}
+    return Field(default, description=help, json_schema_extra=extra, **bounds)
 
 
 def _extra(field: FieldInfo | None) -> dict[str, Any]:
-    """What ``option()`` recorded of a field (nothing for a plain pydantic field)."""
     extra = field.json_schema_extra if field is not None else None
     return extra if isinstance(extra, dict) else {}
 
@@ -58,94 +43,90 @@ def _split(text: str) -> tuple[str, ...]:
     return tuple(v for v in text.split(",") if v)
 
 
-def _argument(name: str, field: FieldInfo, default: Any) -> tuple[list[str], dict[str, Any]]:
-    """The ``add_argument`` call of one field: its names and keywords."""
-    extra = _extra(field)
-    kind = field.annotation
+def _argument(name: str, field: FieldInfo, default: Any) -> tuple[str, dict[str, Any]]:
+    """The ``add_argument`` call of one field: its name or flag, and keywords."""
+    extra, kind = _extra(field), field.annotation
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
     kw: dict[str, Any] = {"help": (field.description or "").replace("%", "%%")}
-    required = default is ...
+    kw |= {k: extra[k] for k in ("choices", "metavar") if extra.get(k) is not None}
     if kind is bool:
         kw["action"] = argparse.BooleanOptionalAction if default else "store_true"
     elif typing.get_origin(kind) is Literal:
         kw["choices"] = typing.get_args(kind)
-    elif typing.get_origin(kind) is tuple:  # a comma-separated list (argparse splits a default)
+    elif typing.get_origin(kind) is tuple:  # comma-separated (argparse splits a str default)
         kw["type"], default = _split, ",".join(default) if isinstance(default, tuple) else default
     elif typing.get_origin(kind) is list:
-        kw["nargs"] = "+"
-        kw["type"] = typing.get_args(kind)[0]
+        kw["nargs"], kw["type"] = "+", typing.get_args(kind)[0]
     elif kind is not str:
         kw["type"] = kind
-    if extra.get("choices") is not None:
-        kw["choices"] = extra["choices"]
-    if extra.get("metavar"):
-        kw["metavar"] = extra["metavar"]
-    if not required and default is not None and default is not False and default != "":
+    if default is not ... and default is not None and default is not False and default != "":
         kw["help"] = f"{kw['help']} (default: %(default)s)".strip()
     if extra.get("positional"):
-        return [name], kw
-    kw |= {"dest": name, "required": required} | ({} if required else {"default": default})
-    return [_flag(name, field)], kw
+        return name, kw
+    kw |= {"dest": name, "required": default is ..., "default": None if default is ... else default}
+    return _flag(name, field), kw
 
 
 class Options(BaseModel):
-    """A command's options: subclass with ``option()`` fields; ``parse(argv)`` reads them."""
+    """A command's options: subclass with ``option()`` fields, the class keywords ``prog``,
+    ``summary`` (default: the class docstring, else the module docstring's first line) and
+    ``settings`` (where ``option(setting=...)`` defaults come from); ``parse(argv)`` reads them."""
 
     model_config = ConfigDict(frozen=True)
-
-    prog: ClassVar[str] = ""
-    """The command, as its usage line spells it (``ctl train``)."""
+    prog: ClassVar[str | None] = None
     summary: ClassVar[str | None] = None
-    """The parser's description (default: the first line of the command module's docstring)."""
     settings_class: ClassVar[type[BaseSettings]] = RuntimeSettings
-    """Where ``option(setting=...)`` defaults come from (the ``CTL_*`` environment)."""
+
+    def __init_subclass__(
+        cls,
+        prog: str | None = None,
+        summary: str | None = None,
+        settings: type[BaseSettings] | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init_subclass__(**kw)
+        cls.prog, cls.settings_class = prog or cls.prog, settings or cls.settings_class
+        first_line = (sys.modules[cls.__module__].__doc__ or "").split("\n")[0]
+        cls.summary = summary or (cls.summary if prog is None else cls.__doc__ or first_line)
 
     @model_validator(mode="before")
     @classmethod
     def _settings_defaults(cls, data: Any) -> Any:
         """Options built in code, not parsed, take what they omit of the settings too."""
-        missing = [
-            (name, _extra(f)["setting"])
-            for name, f in cls.model_fields.items()
-            if _extra(f).get("setting") and isinstance(data, dict) and name not in data
-        ]
-        if not missing:
+        if not isinstance(data, dict):
             return data
-        settings = cls.settings_class()
-        return data | {name: getattr(settings, setting) for name, setting in missing}
+        fields = cls.model_fields.items()
+        missing = {n: _extra(f)["setting"] for n, f in fields if "setting" in _extra(f)}
+        missing = {n: s for n, s in missing.items() if n not in data}
+        settings = cls.settings_class() if missing else None
+        return data | {n: getattr(settings, s) for n, s in missing.items()}
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, settings: BaseSettings) -> None:
         """One argument per field, in declaration order (parents' fields first)."""
         for name, field in cls.model_fields.items():
-            setting = _extra(field).get("setting")
-            if setting:
+            default = ... if field.is_required() else field.get_default()
+            if setting := _extra(field).get("setting"):
                 default = getattr(settings, setting)
-            else:
-                default = ... if field.is_required() else field.default
-            names, kw = _argument(name, field, default)
-            parser.add_argument(*names, **kw)
+            name_or_flag, kw = _argument(name, field, default)
+            parser.add_argument(name_or_flag, **kw)
 
     @classmethod
     def parser(cls, settings: BaseSettings | None = None) -> argparse.ArgumentParser:
-        """The command's parser, its defaults read from ``settings`` (default: the
-        environment's)."""
-        doc = sys.modules[cls.__module__].__doc__ or ""
-        summary = cls.summary if cls.summary is not None else doc.split("\n")[0]
-        parser = argparse.ArgumentParser(prog=cls.prog or None, description=summary)
+        """The command's parser, its defaults from ``settings`` (default: the environment's)."""
+        parser = argparse.ArgumentParser(prog=cls.prog, description=cls.summary)
         cls.add_arguments(parser, settings or cls.settings_class())
         return parser
 
     @classmethod
     def from_namespace(cls, parser: argparse.ArgumentParser, args: argparse.Namespace) -> Self:
-        """The options of parsed flags; a value out of a field's bounds is a usage error
-        (exit 2) naming the flag."""
+        """The options of parsed flags; a value out of bounds is a usage error (exit 2)."""
         try:
             return cls.model_validate({k: getattr(args, k) for k in cls.model_fields})
         except ValidationError as exc:
             err = exc.errors()[0]
-            name = str(err["loc"][0]) if err["loc"] else ""
+            name = "".join(str(part) for part in err["loc"][:1])
             flag = _flag(name, cls.model_fields.get(name))
             parser.error(f"argument {flag}: {err['msg'].lower()}")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
@@ -11,9 +10,7 @@ from runtime.config import RuntimeSettings
 from runtime.options import Options, option
 
 
-class Demo(Options):
-    prog: ClassVar[str] = "ctl demo"
-
+class Demo(Options, prog="ctl demo"):
     table: Path = option(help="the input table", positional=True)
     work_dir: Path = option(help="where work goes", setting="work_dir")
     out: Path = option(help="output folder")
