@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from index.attributes import AttributesBusyError, parse_update
 from index.build import BuildError
 from index.catalog_import import CatalogImportError, import_catalog
 from index.cli import open_store
-from index.options import EncoderOptions, IndexOptions
+from index.config import EncoderOptions, IndexOptions
 from index.rows import TableError
 from index.store import IndexStore, IndexStoreError
 from runtime.artifacts import ArtifactError
@@ -46,11 +46,8 @@ def parse_assignments(pairs: list[str]) -> dict[str, Any]:
     return update
 
 
-class SetOptions(IndexOptions):
-    prog: ClassVar[str] = "ctl catalog set"
-    summary: ClassVar[str | None] = (
-        "Set attributes of one product: ``ctl catalog set ID in_stock=false price=49.9``."
-    )
+class SetOptions(IndexOptions, prog="ctl catalog set"):
+    """Set attributes of one product: ``ctl catalog set ID in_stock=false price=49.9``."""
 
     id: str = option(help="a product id of the current index version", positional=True)
     assignments: list[str] = option(
@@ -79,11 +76,8 @@ def set_main(argv: list[str]) -> int:
     return 0
 
 
-class CatalogImportOptions(EncoderOptions):
-    prog: ClassVar[str] = "ctl catalog import"
-    summary: ClassVar[str | None] = (
-        "Import a product table (CSV, JSON lines, Parquet: id, category, image, attributes...)."
-    )
+class CatalogImportOptions(EncoderOptions, prog="ctl catalog import"):
+    """Import a product table (CSV, JSON lines, Parquet: id, category, image, attributes)."""
 
     table: Path = option(help="a .csv, .jsonl or .parquet file", positional=True)
     sync: bool = option(False, "also remove products the table lacks")

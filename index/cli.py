@@ -12,10 +12,10 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import TypeVar
 
 from index.build import BuildError, NewProduct, add_products, build_index, remove_products
-from index.options import EncoderOptions, IndexOptions
+from index.config import EncoderOptions, IndexOptions
 from index.store import IndexStore, IndexStoreError
 from runtime.artifacts import ArtifactError
 from runtime.encoder import OnnxEncoder
@@ -52,11 +52,8 @@ def _run(
     return 0
 
 
-class BuildOptions(EncoderOptions):
-    prog: ClassVar[str] = "ctl index build"
-    summary: ClassVar[str | None] = (
-        "Embed every product image of a data directory into a new index version."
-    )
+class BuildOptions(EncoderOptions, prog="ctl index build"):
+    """Embed every product image of a data directory into a new index version."""
 
     data: Path = option(help="STL data directory", setting="data_dir")
     batch_size: int = option(32, "images per encoder call")
@@ -96,11 +93,8 @@ def _products_from_json(path: Path) -> list[NewProduct]:
         ) from exc
 
 
-class AddOptions(EncoderOptions):
-    prog: ClassVar[str] = "ctl index add"
-    summary: ClassVar[str | None] = (
-        "Add products (id = image file name without extension) as a new index version."
-    )
+class AddOptions(EncoderOptions, prog="ctl index add"):
+    """Add products (id = image file name without extension) as a new index version."""
 
     images: list[Path] | None = option(None, "image files or directories (or --json)")
     json_file: Path | None = option(
@@ -129,9 +123,8 @@ def add_main(argv: list[str]) -> int:
     return _run(AddOptions, argv, run)
 
 
-class RemoveOptions(EncoderOptions):
-    prog: ClassVar[str] = "ctl index remove"
-    summary: ClassVar[str | None] = "Remove products by id as a new index version."
+class RemoveOptions(EncoderOptions, prog="ctl index remove"):
+    """Remove products by id as a new index version."""
 
     ids: list[str] = option(help="product ids", positional=True)
 
@@ -145,9 +138,8 @@ def remove_main(argv: list[str]) -> int:
     return _run(RemoveOptions, argv, run)
 
 
-class InfoOptions(IndexOptions):
-    prog: ClassVar[str] = "ctl index info"
-    summary: ClassVar[str | None] = "Show the current index version and the others kept on disk."
+class InfoOptions(IndexOptions, prog="ctl index info"):
+    """Show the current index version and the others kept on disk."""
 
 
 def info_main(argv: list[str]) -> int:
