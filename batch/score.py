@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -28,9 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from index.config import IndexSettings
+from index.config import IndexOptions, IndexSettings
 from index.filters import FilterError, ProductFilter
-from index.options import IndexOptions
 from index.search import recommend, set_search_threads
 from index.store import IndexStore
 from runtime.artifacts import MANIFEST_FILE
@@ -287,11 +286,7 @@ def run(
     return report
 
 
-class BatchOptions(IndexOptions):
-    """``ctl batch-score``'s flags."""
-
-    prog: ClassVar[str] = "ctl batch-score"
-
+class BatchOptions(IndexOptions, prog="ctl batch-score", summary=__doc__):
     inputs: Path = option(help="a folder of photos, a .parquet or a list file", positional=True)
     out: Path = option(help="output folder (Parquet)")
     categories: str = option("all", "'all' or a comma-separated list")
@@ -307,9 +302,6 @@ class BatchOptions(IndexOptions):
         "JSON, as the HTTP routes' filter field: in_stock_only (default true), "
         "exclude, brand, attributes, price_min, price_max",
     )
-
-
-BatchOptions.summary = __doc__  # the whole story (in the class, __doc__ is the class's)
 
 
 def main(argv: list[str]) -> int:

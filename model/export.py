@@ -22,7 +22,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 # OpenMP threads spin while they wait, which made exports on a busy 2-core machine several times
 # slower; passive waiting must be chosen before torch starts its OpenMP runtime.
@@ -353,11 +353,7 @@ def export_run(
     return export(backbone, model, out_dir, run, metrics, prior, precision, calibration)
 
 
-class ExportOptions(Options):
-    """``ctl export``'s flags."""
-
-    prog: ClassVar[str] = "ctl export"
-
+class ExportOptions(Options, prog="ctl export"):
     run: Path = option(help="training run directory")
     out: Path = option(help="artifacts directory", setting="artifacts_dir")
     backbone_weights: Path | None = option(None, "backbone weights file (default: the run's)")

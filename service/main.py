@@ -12,11 +12,9 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-from pydantic_settings import BaseSettings
-
-from index.options import IndexOptions
+from index.config import IndexOptions
 from runtime.options import option
 from service.config import Settings
 from service.metrics import MULTIPROC_ENV
@@ -34,19 +32,13 @@ def worker_app() -> FastAPI:
     return create_app(Settings())
 
 
-class ServeOptions(IndexOptions):
+class ServeOptions(IndexOptions, prog="ctl serve", settings=Settings, summary=__doc__):
     """``ctl serve``'s flags; the service's other settings come from ``CTL_*`` alone."""
-
-    prog: ClassVar[str] = "ctl serve"
-    settings_class: ClassVar[type[BaseSettings]] = Settings
 
     host: str = option(help="bind address", setting="host")
     port: int = option(help="TCP port", setting="port")
     log_level: str = option(help="logging level", setting="log_level")
     workers: int = option(1, "worker processes on the port; metrics are merged across them", ge=1)
-
-
-ServeOptions.summary = __doc__  # the whole story (in the class, __doc__ is the class's)
 
 
 def main(argv: list[str]) -> int:

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from PIL import Image
 
@@ -281,11 +281,8 @@ def render_summary(
     return "\n".join(lines)
 
 
-class ImportOptions(FetchOptions):
-    """``ctl data import``'s flags: the tables, where to write, and how to fetch."""
-
-    prog: ClassVar[str] = "ctl data import"
-    summary: ClassVar[str | None] = "A shop's looks and products as a data directory."
+class ImportOptions(FetchOptions, prog="ctl data import"):
+    """A shop's looks and products as a data directory."""
 
     looks: Path = option(help="scene, product, bbox table")
     products: Path = option(help="id, category, image table")

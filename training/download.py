@@ -15,7 +15,6 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 from index.fetch import FetchError, check_image, fetch_once, retrier
 from index.store import PRODUCT_ID_PATTERN
@@ -201,11 +200,8 @@ class FetchOptions(Options):
     backoff: float = option(1.0, "first retry delay, doubling, plus jitter", ge=0)
 
 
-class DownloadOptions(FetchOptions):
-    """``ctl download``'s flags."""
-
-    prog: ClassVar[str] = "ctl download"
-    summary: ClassVar[str | None] = "Fetch the images of an STL pairs file."
+class DownloadOptions(FetchOptions, prog="ctl download"):
+    """Fetch the images of an STL pairs file."""
 
     pairs: Path = option(help="STL pairs (JSON lines)")
     categories: Path = option(help="product -> category JSON")

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from model.backbones import BackboneError
 from runtime.atomic import write_json, write_text
@@ -46,11 +46,7 @@ def evaluate(run_dir: Path, data_dir: Path, out_dir: Path, opts: Options) -> dic
     return metrics
 
 
-class EvaluateOptions(Options):
-    """``ctl evaluate``'s flags: the run, the data and where to write, then the knobs."""
-
-    prog: ClassVar[str] = "ctl evaluate"
-
+class EvaluateOptions(Options, prog="ctl evaluate"):
     run: Path = option(help="run directory of 'ctl train'")
     data: Path = option(help="STL data directory", setting="data_dir")
     out: Path = option(help="for metrics.json, report.md, PNGs")

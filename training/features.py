@@ -25,12 +25,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from pydantic_settings import BaseSettings
 
 from model.backbones import BACKBONES, Backbone, build_backbone
 from runtime.atomic import atomic_path, write_json
@@ -404,12 +403,7 @@ def build_cache(
     return builder.fill_views(meta, views, scenes, prods)
 
 
-class FeatureOptions(Options):
-    """``ctl features``'s flags (``ctl train`` extends them): which cache to build or read."""
-
-    prog: ClassVar[str] = "ctl features"
-    settings_class: ClassVar[type[BaseSettings]] = TrainingSettings
-
+class FeatureOptions(Options, prog="ctl features", settings=TrainingSettings):
     data: Path = option(help="STL data directory", setting="data_dir")
     cache: Path = option(help="feature cache root", setting="features_dir")
     backbone: str = option(help="frozen backbone", setting="backbone", choices=BACKBONES)

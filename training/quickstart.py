@@ -17,9 +17,6 @@ import os
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
-
-from pydantic_settings import BaseSettings
 
 from runtime.artifacts import MANIFEST_FILE, sha256_file
 from runtime.atomic import write_json
@@ -88,12 +85,7 @@ def ensure_data(data: Path | None, settings: TrainingSettings) -> Path:
     return target
 
 
-class QuickstartOptions(Options):
-    """``ctl quickstart``'s flags: where things go and the few knobs passed to the steps."""
-
-    prog: ClassVar[str] = "ctl quickstart"
-    settings_class: ClassVar[type[BaseSettings]] = TrainingSettings
-
+class QuickstartOptions(Options, prog="ctl quickstart", settings=TrainingSettings, summary=__doc__):
     data: Path | None = option(None, "STL data dir (default: shared)")
     work: Path = option(help="features, runs and stamps", setting="work_dir")
     artifacts: Path = option(help="exported encoders and index", setting="artifacts_dir")
@@ -103,9 +95,6 @@ class QuickstartOptions(Options):
     host: str | None = option(None, "default: the service's (CTL_HOST)")
     port: int | None = option(None, "default: the service's (CTL_PORT)")
     no_serve: bool = option(False, "stop after building the index")
-
-
-QuickstartOptions.summary = __doc__  # the whole story (in the class, __doc__ is the class's)
 
 
 def main(argv: list[str], serve: Serve | None = None) -> int:

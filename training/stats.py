@@ -10,9 +10,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar
-
-from pydantic_settings import BaseSettings
 
 from runtime.options import Options, option
 from training.config import TrainingSettings
@@ -125,12 +122,8 @@ def render(stats: DataStats) -> str:
     return "\n".join(lines)
 
 
-class StatsOptions(Options):
-    """``ctl data stats``'s flags."""
-
-    prog: ClassVar[str] = "ctl data stats"
-    summary: ClassVar[str | None] = "Counts of pairs, images, crops and drops."
-    settings_class: ClassVar[type[BaseSettings]] = TrainingSettings
+class StatsOptions(Options, prog="ctl data stats", settings=TrainingSettings):
+    """Counts of pairs, images, crops and drops."""
 
     data: Path = option(help="data directory", setting="data_dir")
     domain: str = option("fashion", "which STL pairs", choices=("fashion", "home"))

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,11 +54,7 @@ DEFAULT_PRIOR_WEIGHT = 0.3
 (docs/default-model-results.md)."""
 
 
-class TrainOptions(FeatureOptions):
-    """``ctl train``'s flags: the feature cache's, then training's."""
-
-    prog: ClassVar[str] = "ctl train"
-
+class TrainOptions(FeatureOptions, prog="ctl train"):
     out: Path = option(help="run directory")
     epochs: int = option(
         DEFAULT_EPOCHS,

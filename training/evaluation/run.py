@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic_settings import BaseSettings
 
 from index.prior import PopularityPrior
 from model.backbones import Backbone, build_backbone
@@ -57,10 +56,8 @@ SCORER_NOTES = {
 }
 
 
-class Options(options.Options):
+class Options(options.Options, settings=TrainingSettings):
     """Knobs of one evaluation, the flags of ``ctl evaluate`` (training/evaluate.py)."""
-
-    settings_class: ClassVar[type[BaseSettings]] = TrainingSettings
 
     split: str = option("all", "all: every pair is a test", choices=SPLITS)
     seed: int = option(help="negatives, bootstrap, samples", setting="seed")
