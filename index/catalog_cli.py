@@ -60,8 +60,7 @@ class SetOptions(IndexOptions, prog="ctl catalog set"):
 
 def set_main(argv: list[str]) -> int:
     """``ctl catalog set``."""
-    p = SetOptions.parser()
-    args = SetOptions.from_namespace(p, p.parse_args(argv))
+    args = SetOptions.parse(argv)
     store = IndexStore.for_artifacts(args.artifacts)
     try:
         update = parse_update(parse_assignments(args.assignments))
@@ -69,7 +68,7 @@ def set_main(argv: list[str]) -> int:
             raise IndexStoreError(f"no product with id {args.id!r} in the current index version")
         revision, stored = store.attributes.update({args.id: update})
     except (ValueError, IndexStoreError, AttributesBusyError, OSError) as exc:
-        sys.stderr.write(f"{p.prog}: error: {exc}\n")
+        sys.stderr.write(f"ctl catalog set: error: {exc}\n")
         return 1
     result = {"id": args.id, "revision": revision, "attributes": stored[args.id]}
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
@@ -89,8 +88,7 @@ class CatalogImportOptions(EncoderOptions, prog="ctl catalog import"):
 
 def import_main(argv: list[str]) -> int:
     """``ctl catalog import``."""
-    p = CatalogImportOptions.parser()
-    args = CatalogImportOptions.from_namespace(p, p.parse_args(argv))
+    args = CatalogImportOptions.parse(argv)
     try:
         store, encoder = open_store(args)
         report = import_catalog(
@@ -107,10 +105,11 @@ def import_main(argv: list[str]) -> int:
     except CatalogImportError as exc:
         for error in exc.errors:
             sys.stderr.write(f"{args.table}:{error.line}: {error.reason}\n")
-        sys.stderr.write(f"{p.prog}: error: {len(exc.errors)} bad rows, nothing applied\n")
+        n = len(exc.errors)
+        sys.stderr.write(f"ctl catalog import: error: {n} bad rows, nothing applied\n")
         return 1
     except (ArtifactError, BuildError, IndexStoreError, TableError, AttributesBusyError) as exc:
-        sys.stderr.write(f"{p.prog}: error: {exc}\n")
+        sys.stderr.write(f"ctl catalog import: error: {exc}\n")
         return 1
     sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     return 0

@@ -14,7 +14,7 @@ import sys
 import types
 import typing
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -52,8 +52,6 @@ def _argument(name: str, field: FieldInfo, default: Any) -> tuple[str, dict[str,
     kw |= {k: extra[k] for k in ("choices", "metavar") if extra.get(k) is not None}
     if kind is bool:
         kw["action"] = argparse.BooleanOptionalAction if default else "store_true"
-    elif typing.get_origin(kind) is Literal:
-        kw["choices"] = typing.get_args(kind)
     elif typing.get_origin(kind) is tuple:  # comma-separated (argparse splits a str default)
         kw["type"], default = _split, ",".join(default) if isinstance(default, tuple) else default
     elif typing.get_origin(kind) is list:
