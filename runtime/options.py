@@ -71,7 +71,7 @@ class Options(BaseModel):
     ``summary`` (default: the class docstring, else the module docstring's first line) and
     ``settings`` (where ``option(setting=...)`` defaults come from); ``parse(argv)`` reads them."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
     prog: ClassVar[str | None] = None
     summary: ClassVar[str | None] = None
     settings_class: ClassVar[type[BaseSettings]] = RuntimeSettings
