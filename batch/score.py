@@ -12,12 +12,10 @@ extra (``.[batch]``): the API image does without it.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -30,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from index.config import IndexSettings
+from index.config import IndexOptions, IndexSettings
 from index.filters import FilterError, ProductFilter
 from index.search import recommend, set_search_threads
 from index.store import IndexStore
@@ -38,6 +36,7 @@ from runtime.artifacts import MANIFEST_FILE
 from runtime.decode import DecodeError, decode_image
 from runtime.encoder import OnnxEncoder
 from runtime.errors import quote
+from runtime.options import option
 
 log = logging.getLogger(__name__)
 
@@ -287,27 +286,27 @@ def run(
     return report
 
 
+class BatchOptions(IndexOptions, prog="ctl batch-score", summary=__doc__):
+    inputs: Path = option(help="a folder of photos, a .parquet or a list file", positional=True)
+    out: Path = option(help="output folder (Parquet)")
+    categories: str = option("all", "'all' or a comma-separated list")
+    k: int = option(10, "products per scene and category")
+    actors: int = option(0, "encoder actors (0: one per core)")
+    threads: int = option(1, "ONNX threads per actor")
+    batch_size: int = option(64, "scenes per actor call and file")
+    encoder_batch: int = option(4, "scenes per encoder call (4 suits a CPU; more for a GPU)")
+    device: str = option("cpu", "cpu | cuda | auto")
+    address: str | None = option(None, "a Ray cluster (default: a local Ray)")
+    filter: str = option(
+        "",
+        "JSON, as the HTTP routes' filter field: in_stock_only (default true), "
+        "exclude, brand, attributes, price_min, price_max",
+    )
+
+
 def main(argv: list[str]) -> int:
     """``ctl batch-score``: parse the flags and run the job; prints a JSON report."""
-    p = argparse.ArgumentParser(prog="ctl batch-score", description=__doc__)
-    p.add_argument("inputs", type=Path, help="a folder of photos, a .parquet or a list file")
-    default_artifacts = Path(os.environ.get("CTL_ARTIFACTS_DIR", "artifacts"))
-    p.add_argument("--artifacts", type=Path, default=default_artifacts,
-                   help="artifacts with encoders and index (default: %(default)s)")  # fmt: skip
-    p.add_argument("--out", type=Path, required=True, help="output folder (Parquet)")
-    p.add_argument("--categories", default="all", help="'all' or a comma-separated list")
-    p.add_argument("--k", type=int, default=10, help="products per scene and category")
-    p.add_argument("--actors", type=int, default=0, help="encoder actors (0: one per core)")
-    p.add_argument("--threads", type=int, default=1, help="ONNX threads per actor")
-    p.add_argument("--batch-size", type=int, default=64, help="scenes per actor call and file")
-    p.add_argument("--encoder-batch", type=int, default=4,
-                   help="scenes per encoder call (4 suits a CPU; more for a GPU)")  # fmt: skip
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    p.add_argument("--address", default=None, help="a Ray cluster (default: a local Ray)")
-    p.add_argument("--filter", default="",
-                   help="JSON, as the HTTP routes' filter field: in_stock_only (default true), "
-                   "exclude, brand, attributes, price_min, price_max")  # fmt: skip
-    args = p.parse_args(argv)
+    args = BatchOptions.parse(argv)
     try:
         ProductFilter.parse(args.filter)
     except FilterError as exc:

@@ -29,7 +29,7 @@ from model.backbones import build_backbone
 from model.ctl import CTLModel
 from runtime.preprocess import to_batch
 from training.config import TrainingSettings
-from training.features import FeatureOptions, add_arguments, load_cache, use_all_cores
+from training.features import FeatureOptions, load_cache, use_all_cores
 from training.loss import CTLLoss
 from training.sampling import TripletSampler
 from training.stl import STLData, rgb
@@ -38,7 +38,7 @@ from training.train import DEFAULT_MEMBERS, Dataset, Tensors, train_step
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_arguments(p, TrainingSettings())
+    FeatureOptions.add_arguments(p, TrainingSettings())
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--cached-steps", type=int, default=20)
     p.add_argument("--e2e-batch-size", type=int, default=32)
@@ -48,7 +48,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     threads = use_all_cores()
-    cache, _ = load_cache(FeatureOptions.from_args(args))
+    cache, _ = load_cache(FeatureOptions.from_namespace(p, args))
     data = STLData.load(args.data)
     ds = Dataset.build(cache, data, seed=0)
     t = Tensors.load(cache, cache.views)

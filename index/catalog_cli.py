@@ -8,7 +8,6 @@ their follow interval (``CTL_FOLLOW_INTERVAL_S``). ``import`` reads a product ta
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,11 +16,12 @@ from typing import Any
 from index.attributes import AttributesBusyError, parse_update
 from index.build import BuildError
 from index.catalog_import import CatalogImportError, import_catalog
-from index.cli import encoder_options, open_store
-from index.config import IndexSettings
+from index.cli import open_store
+from index.config import EncoderOptions, IndexOptions
 from index.rows import TableError
 from index.store import IndexStore, IndexStoreError
 from runtime.artifacts import ArtifactError
+from runtime.options import option
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, Any]:
@@ -46,25 +46,21 @@ def parse_assignments(pairs: list[str]) -> dict[str, Any]:
     return update
 
 
-def set_main(argv: list[str]) -> int:
+class SetOptions(IndexOptions, prog="ctl catalog set"):
     """Set attributes of one product: ``ctl catalog set ID in_stock=false price=49.9``."""
-    settings = IndexSettings()
-    p = argparse.ArgumentParser(prog="ctl catalog set", description=set_main.__doc__)
-    p.add_argument("id", help="a product id of the current index version")
-    p.add_argument(
-        "assignments",
-        nargs="+",
-        metavar="key=value",
+
+    id: str = option(help="a product id of the current index version", positional=True)
+    assignments: list[str] = option(
         help="title, price, currency, url, brand, in_stock, popularity, attributes.KEY "
         "(value null: back to the default)",
+        positional=True,
+        metavar="key=value",
     )
-    p.add_argument(
-        "--artifacts",
-        type=Path,
-        default=settings.artifacts_dir,
-        help="artifacts directory (default: %(default)s)",
-    )
-    args = p.parse_args(argv)
+
+
+def set_main(argv: list[str]) -> int:
+    """``ctl catalog set``."""
+    args = SetOptions.parse(argv)
     store = IndexStore.for_artifacts(args.artifacts)
     try:
         update = parse_update(parse_assignments(args.assignments))
@@ -72,31 +68,27 @@ def set_main(argv: list[str]) -> int:
             raise IndexStoreError(f"no product with id {args.id!r} in the current index version")
         revision, stored = store.attributes.update({args.id: update})
     except (ValueError, IndexStoreError, AttributesBusyError, OSError) as exc:
-        sys.stderr.write(f"{p.prog}: error: {exc}\n")
+        sys.stderr.write(f"ctl catalog set: error: {exc}\n")
         return 1
     result = {"id": args.id, "revision": revision, "attributes": stored[args.id]}
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
     return 0
 
 
+class CatalogImportOptions(EncoderOptions, prog="ctl catalog import"):
+    """Import a product table (CSV, JSON lines, Parquet: id, category, image, attributes)."""
+
+    table: Path = option(help="a .csv, .jsonl or .parquet file", positional=True)
+    sync: bool = option(False, "also remove products the table lacks")
+    skip_bad: bool = option(False, "apply the good rows of a bad table")
+    workers: int = option(8, "concurrent image reads and fetches")
+    retries: int = option(3, "retries of a failed image URL")
+    timeout: float = option(10.0, "seconds per image request")
+
+
 def import_main(argv: list[str]) -> int:
-    """Import a product table (CSV, JSON lines, Parquet: id, category, image, attributes...)."""
-    settings = IndexSettings()
-    p = argparse.ArgumentParser(prog="ctl catalog import", description=import_main.__doc__)
-    p.add_argument("table", type=Path, help="a .csv, .jsonl or .parquet file")
-    p.add_argument(
-        "--artifacts",
-        type=Path,
-        default=settings.artifacts_dir,
-        help="artifacts directory (default: %(default)s)",
-    )
-    p.add_argument("--sync", action="store_true", help="also remove products the table lacks")
-    p.add_argument("--skip-bad", action="store_true", help="apply the good rows of a bad table")
-    p.add_argument("--workers", type=int, default=8, help="concurrent image reads and fetches")
-    p.add_argument("--retries", type=int, default=3, help="retries of a failed image URL")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per image request")
-    encoder_options(p, settings)
-    args = p.parse_args(argv)
+    """``ctl catalog import``."""
+    args = CatalogImportOptions.parse(argv)
     try:
         store, encoder = open_store(args)
         report = import_catalog(
@@ -113,10 +105,11 @@ def import_main(argv: list[str]) -> int:
     except CatalogImportError as exc:
         for error in exc.errors:
             sys.stderr.write(f"{args.table}:{error.line}: {error.reason}\n")
-        sys.stderr.write(f"{p.prog}: error: {len(exc.errors)} bad rows, nothing applied\n")
+        n = len(exc.errors)
+        sys.stderr.write(f"ctl catalog import: error: {n} bad rows, nothing applied\n")
         return 1
     except (ArtifactError, BuildError, IndexStoreError, TableError, AttributesBusyError) as exc:
-        sys.stderr.write(f"{p.prog}: error: {exc}\n")
+        sys.stderr.write(f"ctl catalog import: error: {exc}\n")
         return 1
     sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     return 0

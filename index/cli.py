@@ -12,55 +12,39 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from index.build import BuildError, NewProduct, add_products, build_index, remove_products
-from index.config import IndexSettings
+from index.config import EncoderOptions, IndexOptions
 from index.store import IndexStore, IndexStoreError
 from runtime.artifacts import ArtifactError
 from runtime.encoder import OnnxEncoder
+from runtime.options import option
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
 
-def _parser(prog: str, description: str, settings: IndexSettings) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument(
-        "--artifacts",
-        type=Path,
-        default=settings.artifacts_dir,
-        help="artifacts directory from 'ctl export' (default: %(default)s)",
-    )
-    return p
-
-
-def encoder_options(p: argparse.ArgumentParser, settings: IndexSettings) -> None:
-    p.add_argument(
-        "--ann-threshold",
-        type=int,
-        default=settings.ann_threshold,
-        help="categories with at least this many products get an IVF index (default: %(default)s)",
-    )
-    p.add_argument("--device", default=settings.device, choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=settings.inference_threads)
-
-
-def open_store(args: argparse.Namespace) -> tuple[IndexStore, OnnxEncoder]:
+def open_store(args: EncoderOptions) -> tuple[IndexStore, OnnxEncoder]:
     """The index store and the encoders of ``--artifacts`` (on ``--device``, ``--threads``)."""
     encoder = OnnxEncoder.from_artifacts(args.artifacts, args.device, args.threads)
     return IndexStore.for_artifacts(args.artifacts), encoder
 
 
+Opts = TypeVar("Opts", bound=IndexOptions)
+
+
 def _run(
-    p: argparse.ArgumentParser,
+    cls: type[Opts],
     argv: list[str],
-    action: Callable[[argparse.Namespace], dict[str, object]],
+    action: Callable[[Opts, argparse.ArgumentParser], dict[str, object]],
 ) -> int:
     """Parse ``argv``, run ``action`` on the options and print its JSON report, or the error."""
-    args = p.parse_args(argv)
+    p = cls.parser()
+    args = cls.from_namespace(p, p.parse_args(argv))
     try:
-        result = action(args)
+        result = action(args, p)
     except (ArtifactError, BuildError, IndexStoreError, FileNotFoundError) as exc:
         sys.stderr.write(f"{p.prog}: error: {exc}\n")
         return 1
@@ -68,25 +52,25 @@ def _run(
     return 0
 
 
-def build_main(argv: list[str]) -> int:
+class BuildOptions(EncoderOptions, prog="ctl index build"):
     """Embed every product image of a data directory into a new index version."""
-    settings = IndexSettings()
-    p = _parser("ctl index build", build_main.__doc__ or "", settings)
-    p.add_argument("--data", type=Path, default=settings.data_dir, help="STL data directory")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument(
-        "--work-dir",
-        type=Path,
-        default=settings.work_dir,
-        help="where embedding chunks are cached so that a killed build resumes",
-    )
-    encoder_options(p, settings)
 
-    def run(a: argparse.Namespace) -> dict[str, object]:
+    data: Path = option(help="STL data directory", setting="data_dir")
+    batch_size: int = option(32, "images per encoder call")
+    work_dir: Path = option(
+        help="where embedding chunks are cached so that a killed build resumes",
+        setting="work_dir",
+    )
+
+
+def build_main(argv: list[str]) -> int:
+    """``ctl index build``."""
+
+    def run(a: BuildOptions, _: argparse.ArgumentParser) -> dict[str, object]:
         cache = a.work_dir / "index-embeddings"
         return build_index(*open_store(a), a.data, cache, a.batch_size, a.ann_threshold).to_dict()
 
-    return _run(p, argv, run)
+    return _run(BuildOptions, argv, run)
 
 
 def _image_files(paths: list[Path]) -> list[Path]:
@@ -109,48 +93,59 @@ def _products_from_json(path: Path) -> list[NewProduct]:
         ) from exc
 
 
-def add_main(argv: list[str]) -> int:
+class AddOptions(EncoderOptions, prog="ctl index add"):
     """Add products (id = image file name without extension) as a new index version."""
-    settings = IndexSettings()
-    p = _parser("ctl index add", add_main.__doc__ or "", settings)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", type=Path, nargs="+", help="image files or directories")
-    src.add_argument("--json", type=Path, help="a JSON list of {id, category, image}")
-    p.add_argument("--category", help="category of every --images product")
-    encoder_options(p, settings)
 
-    def run(args: argparse.Namespace) -> dict[str, object]:
+    images: list[Path] | None = option(None, "image files or directories (or --json)")
+    json_file: Path | None = option(
+        None, "a JSON list of {id, category, image}", flag="--json", metavar="JSON"
+    )
+    category: str | None = option(None, "category of every --images product")
+
+
+def add_main(argv: list[str]) -> int:
+    """``ctl index add``."""
+
+    def run(args: AddOptions, p: argparse.ArgumentParser) -> dict[str, object]:
+        if (args.images is None) == (args.json_file is None):
+            p.error("give one of --images and --json")
         if args.images and not args.category:
             p.error("--images needs --category")
-        if args.json:
-            products = _products_from_json(args.json)
+        if args.json_file:
+            products = _products_from_json(args.json_file)
         else:
-            files = _image_files(args.images)
+            files = _image_files(args.images or [])
             if not files:
                 raise BuildError(f"no images found in {args.images}")
-            products = [NewProduct(f.stem, args.category, f) for f in files]
+            products = [NewProduct(f.stem, args.category or "", f) for f in files]
         return add_products(*open_store(args), products, args.ann_threshold).to_dict()
 
-    return _run(p, argv, run)
+    return _run(AddOptions, argv, run)
+
+
+class RemoveOptions(EncoderOptions, prog="ctl index remove"):
+    """Remove products by id as a new index version."""
+
+    ids: list[str] = option(help="product ids", positional=True)
 
 
 def remove_main(argv: list[str]) -> int:
-    """Remove products by id as a new index version."""
-    settings = IndexSettings()
-    p = _parser("ctl index remove", remove_main.__doc__ or "", settings)
-    p.add_argument("ids", nargs="+", help="product ids")
-    encoder_options(p, settings)
-    return _run(
-        p, argv, lambda a: remove_products(*open_store(a), a.ids, a.ann_threshold).to_dict()
-    )
+    """``ctl index remove``."""
+
+    def run(a: RemoveOptions, _: argparse.ArgumentParser) -> dict[str, object]:
+        return remove_products(*open_store(a), a.ids, a.ann_threshold).to_dict()
+
+    return _run(RemoveOptions, argv, run)
+
+
+class InfoOptions(IndexOptions, prog="ctl index info"):
+    """Show the current index version and the others kept on disk."""
 
 
 def info_main(argv: list[str]) -> int:
-    """Show the current index version and the others kept on disk."""
-    settings = IndexSettings()
-    p = _parser("ctl index info", info_main.__doc__ or "", settings)
+    """``ctl index info``."""
 
-    def run(args: argparse.Namespace) -> dict[str, object]:
+    def run(args: InfoOptions, _: argparse.ArgumentParser) -> dict[str, object]:
         store = IndexStore.for_artifacts(args.artifacts)
         versions = []
         for v in store.versions():
@@ -169,4 +164,4 @@ def info_main(argv: list[str]) -> int:
             )
         return {"root": str(store.root), "current": store.current(), "versions": versions}
 
-    return _run(p, argv, run)
+    return _run(InfoOptions, argv, run)

@@ -10,7 +10,6 @@ leaves the old ones serving; the index kept inside ``ARTIFACTS_DIR`` is carried 
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import hashlib
 import json
@@ -47,6 +46,7 @@ from runtime.artifacts import (
 )
 from runtime.config import RuntimeSettings
 from runtime.encoder import OnnxEncoder
+from runtime.options import Options, option
 from runtime.preprocess import to_batch
 
 log = logging.getLogger(__name__)
@@ -355,40 +355,28 @@ def export_run(
     return export(backbone, model, out_dir, run, metrics, prior, precision, calibration)
 
 
+class ExportOptions(Options, prog="ctl export"):
+    run: Path = option(help="training run directory")
+    out: Path = option(help="artifacts directory", setting="artifacts_dir")
+    backbone_weights: Path | None = option(None, "backbone weights file (default: the run's)")
+    prior_weight: float | None = option(
+        None, "lambda of the popularity prior (default: the run's --prior-weight; 0: none)"
+    )
+    precision: str = option(
+        DEFAULT_PRECISION,
+        "int8: static quantization calibrated on the run's training images (CPUs); "
+        "fp16: half-precision weights and arithmetic (GPUs)",
+        choices=PRECISIONS,
+    )
+    data: Path | None = option(None, "data directory for int8 calibration (default: the run's)")
+    calibration_images: int = option(
+        CALIBRATION_IMAGES, "scene crops and as many product photos for int8 calibration"
+    )
+
+
 def main(argv: Sequence[str] | None = None, calibrate: Calibrate | None = None) -> int:
     """``ctl export``: prints the manifest on success."""
-    p = argparse.ArgumentParser(prog="ctl export", description=__doc__.splitlines()[0])
-    p.add_argument("--run", type=Path, required=True, help="training run directory")
-    p.add_argument(
-        "--out", type=Path, default=RuntimeSettings().artifacts_dir, help="artifacts directory"
-    )
-    p.add_argument("--backbone-weights", type=Path, default=None)
-    p.add_argument(
-        "--prior-weight",
-        type=float,
-        default=None,
-        help="lambda of the popularity prior (default: the run's --prior-weight; 0: none)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=DEFAULT_PRECISION,
-        help="int8: static quantization calibrated on the run's training images (CPUs); "
-        "fp16: half-precision weights and arithmetic (GPUs)",
-    )
-    p.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help="data directory for int8 calibration (default: the run's)",
-    )
-    p.add_argument(
-        "--calibration-images",
-        type=int,
-        default=CALIBRATION_IMAGES,
-        help="scene crops and as many product photos for int8 calibration",
-    )
-    args = p.parse_args(list(argv) if argv is not None else None)
+    args = ExportOptions.parse(sys.argv[1:] if argv is None else argv)
     try:
         calibration = None
         if args.precision == "int8":

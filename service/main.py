@@ -8,14 +8,14 @@ itself (service/follow.py); their Prometheus metrics are merged through a fresh
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
 import tempfile
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from index.config import IndexOptions
+from runtime.options import option
 from service.config import Settings
 from service.metrics import MULTIPROC_ENV
 
@@ -32,28 +32,19 @@ def worker_app() -> FastAPI:
     return create_app(Settings())
 
 
+class ServeOptions(IndexOptions, prog="ctl serve", settings=Settings, summary=__doc__):
+    """``ctl serve``'s flags; the service's other settings come from ``CTL_*`` alone."""
+
+    host: str = option(help="bind address", setting="host")
+    port: int = option(help="TCP port", setting="port")
+    log_level: str = option(help="logging level", setting="log_level")
+    workers: int = option(1, "worker processes on the port; metrics are merged across them", ge=1)
+
+
 def main(argv: list[str]) -> int:
     """Parse the flags (defaults from ``CTL_*``), build the app and serve until interrupted."""
     settings = Settings()
-    parser = argparse.ArgumentParser(prog="ctl serve", description=__doc__)
-    parser.add_argument(
-        "--artifacts",
-        type=Path,
-        default=settings.artifacts_dir,
-        help="artifacts directory with the encoders and index/ (default: %(default)s)",
-    )
-    parser.add_argument("--host", default=settings.host, help="bind address (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=settings.port, help="(default: %(default)s)")
-    parser.add_argument("--log-level", default=settings.log_level, help="(default: %(default)s)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="worker processes on the port; metrics are merged across them (default: 1)",
-    )
-    args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error(f"--workers must be at least 1, got {args.workers}")
+    args = ServeOptions.parse(argv, settings)
 
     import uvicorn
 
@@ -71,7 +62,7 @@ def main(argv: list[str]) -> int:
         args.workers,
         "s" if args.workers > 1 else "",
     )
-    options = {
+    options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_level": args.log_level.lower(),

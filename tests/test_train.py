@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -110,7 +109,7 @@ def test_one_epoch_on_real_pairs(stl_dir: Path, tmp_path: Path) -> None:
     assert config["backbone"] == "tiny" and model.categories == ["Pants", "Shoes"]
     assert (out / "last.pt").is_file() and (out / "config.json").is_file()
     # The same seed gives the same run, initialization included.
-    again_opts = dataclasses.replace(opts, out=tmp_path / "again")
+    again_opts = opts.model_copy(update={"out": tmp_path / "again"})
     assert train(again_opts)["history"] == metrics["history"]
     again, _ = load_run(again_opts.out)
     for name, value in model.state_dict().items():

@@ -33,8 +33,11 @@ def test_a_fraction_of_the_training_scenes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fraction", ["0", "1.5"])
-def test_fraction_out_of_range(fraction: str, tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="--train-fraction"):
+def test_fraction_out_of_range(
+    fraction: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
         parse_options(
             ["--data", str(tmp_path), "--out", str(tmp_path), "--train-fraction", fraction]
         )
+    assert exc.value.code == 2 and "--train-fraction" in capsys.readouterr().err

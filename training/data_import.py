@@ -16,7 +16,6 @@ product, an image that does not decode, ...) is reported with its file, line and
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -35,13 +34,13 @@ from PIL import Image
 from index.rows import Row, TableError, read_rows
 from index.store import PRODUCT_ID_PATTERN
 from runtime.atomic import write_bytes, write_json
+from runtime.options import option
 from training.download import (
     Fetcher,
+    FetchOptions,
     Job,
-    add_fetch_arguments,
     download,
     image_path,
-    parse_fetch_arguments,
 )
 
 log = logging.getLogger(__name__)
@@ -282,19 +281,16 @@ def render_summary(
     return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="ctl data import", description="A shop's looks and products as a data directory."
-    )
-    parser.add_argument("--looks", type=Path, required=True, help="scene, product, bbox table")
-    parser.add_argument("--products", type=Path, required=True, help="id, category, image table")
-    parser.add_argument("--out", type=Path, required=True, help="data directory to write")
-    add_fetch_arguments(parser)
-    return parse_fetch_arguments(parser, argv)
+class ImportOptions(FetchOptions, prog="ctl data import"):
+    """A shop's looks and products as a data directory."""
+
+    looks: Path = option(help="scene, product, bbox table")
+    products: Path = option(help="id, category, image table")
+    out: Path = option(help="data directory to write")
 
 
 def main(argv: Sequence[str]) -> int:
-    args = parse_args(argv)
+    args = ImportOptions.parse(argv)
     out: Path = args.out
     fetcher = Fetcher(out, timeout=args.timeout, retries=args.retries, backoff=args.backoff)
     try:

@@ -6,7 +6,6 @@ A rerun skips what is already on disk and decodes, so an interrupted download re
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 from index.fetch import FetchError, check_image, fetch_once, retrier
 from index.store import PRODUCT_ID_PATTERN
 from runtime.atomic import write_bytes
+from runtime.options import Options, option
 from runtime.progress import Progress
 from training.stl import load_pairs
 
@@ -191,50 +191,29 @@ def infer_domain(pairs_file: Path) -> str:
     return "home" if pairs_file.name.lower().startswith("home") else "fashion"
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="ctl download", description="Fetch the images of an STL pairs file."
-    )
-    parser.add_argument("--pairs", type=Path, required=True, help="STL pairs (JSON lines)")
-    parser.add_argument("--categories", type=Path, required=True, help="product -> category JSON")
-    parser.add_argument("--out", type=Path, required=True, help="data directory to fill")
-    parser.add_argument("--domain", choices=["fashion", "home"], help="default: from --pairs name")
-    parser.add_argument("--base-url", default=DEFAULT_BASE_URL)
-    add_fetch_arguments(parser)
-    parser.add_argument("--limit", type=_positive_int, help="only the first N pairs")
-    parser.add_argument("--log-every", type=float, default=10.0, help="progress every S seconds")
-    return parse_fetch_arguments(parser, argv)
-
-
-def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
+class FetchOptions(Options):
     """How to fetch: the options ``ctl download`` and ``ctl data import`` share."""
-    parser.add_argument("--workers", type=_positive_int, default=16, help="concurrent fetches")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
-    parser.add_argument("--retries", type=int, default=3, help="retries after the first try")
-    parser.add_argument(
-        "--backoff", type=float, default=1.0, help="first retry delay, doubling, plus jitter"
-    )
+
+    workers: int = option(16, "concurrent fetches", ge=1)
+    timeout: float = option(10.0, "seconds per request", gt=0)
+    retries: int = option(3, "retries after the first try", ge=0)
+    backoff: float = option(1.0, "first retry delay, doubling, plus jitter", ge=0)
 
 
-def parse_fetch_arguments(
-    parser: argparse.ArgumentParser, argv: Sequence[str]
-) -> argparse.Namespace:
-    """``argv`` parsed, the fetch options (``add_fetch_arguments``) checked."""
-    args = parser.parse_args(list(argv))
-    if args.timeout <= 0 or args.retries < 0 or args.backoff < 0:
-        parser.error("--timeout must be > 0, --retries and --backoff >= 0")
-    return args
+class DownloadOptions(FetchOptions, prog="ctl download"):
+    """Fetch the images of an STL pairs file."""
+
+    pairs: Path = option(help="STL pairs (JSON lines)")
+    categories: Path = option(help="product -> category JSON")
+    out: Path = option(help="data directory to fill")
+    domain: str | None = option(None, "default: from --pairs name", choices=("fashion", "home"))
+    base_url: str = option(DEFAULT_BASE_URL, "where the STL images are")
+    limit: int | None = option(None, "only the first N pairs", ge=1)
+    log_every: float = option(10.0, "progress every S seconds")
 
 
 def main(argv: Sequence[str]) -> int:
-    args = parse_args(argv)
+    args = DownloadOptions.parse(argv)
     for flag, path in (("--pairs", args.pairs), ("--categories", args.categories)):
         if not path.is_file():
             log.error("%s %s: no such file", flag, path)

@@ -15,7 +15,6 @@ The pieces live in ``training/evaluation/``: ``pairs`` (selecting pairs), ``scor
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Sequence
@@ -24,8 +23,8 @@ from typing import Any
 
 from model.backbones import BackboneError
 from runtime.atomic import write_json, write_text
-from training.config import TrainingSettings
-from training.evaluation.pairs import SPLITS, EvaluationError
+from runtime.options import option
+from training.evaluation.pairs import EvaluationError
 from training.evaluation.pictures import draw_pictures
 from training.evaluation.report import render
 from training.evaluation.run import SCORER_NOTES, Options, metrics_of, read_json, run_evaluation
@@ -47,52 +46,17 @@ def evaluate(run_dir: Path, data_dir: Path, out_dir: Path, opts: Options) -> dic
     return metrics
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    s = TrainingSettings()
-    ap = argparse.ArgumentParser(prog="ctl evaluate", description=__doc__.splitlines()[0])
-    ap.add_argument("--run", type=Path, required=True, help="run directory of 'ctl train'")
-    ap.add_argument("--data", type=Path, default=s.data_dir, help="STL data directory")
-    ap.add_argument("--out", type=Path, required=True, help="for metrics.json, report.md, PNGs")
-    ap.add_argument("--split", choices=SPLITS, default="all", help="all: every pair is a test")
-    ap.add_argument("--seed", type=int, default=s.seed, help="negatives, bootstrap, samples")
-    ap.add_argument("--draws", type=int, default=10, help="negative draws for AUC and MRR@10")
-    ap.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% CIs")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--samples", type=int, default=8, help="scenes in the attention picture")
-    ap.add_argument(
-        "--prior-weight",
-        type=float,
-        default=None,
-        help="lambda of the popularity prior for the model+prior ranking (default: the run's)",
-    )
-    ap.add_argument(
-        "--artifacts",
-        type=Path,
-        default=None,
-        help="rank through these exported encoders (ONNX Runtime) instead of torch",
-    )
-    args = ap.parse_args(list(argv))
-    for name in ("draws", "bootstrap", "batch_size", "samples"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be at least 1")
-    return args
+class EvaluateOptions(Options, prog="ctl evaluate"):
+    run: Path = option(help="run directory of 'ctl train'")
+    data: Path = option(help="STL data directory", setting="data_dir")
+    out: Path = option(help="for metrics.json, report.md, PNGs")
 
 
 def main(argv: Sequence[str]) -> int:
     """``ctl evaluate``: prints the headline numbers; writes OUT_DIR/metrics.json and report.md."""
-    args = parse_args(argv)
-    opts = Options(
-        args.split,
-        args.seed,
-        args.draws,
-        args.bootstrap,
-        args.batch_size,
-        args.samples,
-        prior_weight=args.prior_weight,
-        artifacts=args.artifacts,
-    )
+    opts = EvaluateOptions.parse(argv)
     try:
-        m = evaluate(args.run, args.data, args.out, opts)
+        m = evaluate(opts.run, opts.data, opts.out, opts)
     except (EvaluationError, BackboneError, FileNotFoundError) as exc:
         log.error("ctl evaluate: %s", exc)
         return 1
@@ -114,6 +78,6 @@ def main(argv: Sequence[str]) -> int:
         f"attention top-1 {att['top1_hit']:.3f} on n={att['n']} (random "
         f"{att['random_top1_hit']:.3f}, best fixed region {att['best_fixed_top1_hit']:.3f}); "
         f"global-only AUC {m['baselines']['global_only']['auc']:.3f}, top-10 "
-        f"{m['baselines']['global_only']['top_k_accuracy']['10']:.3f}; report in {args.out}"
+        f"{m['baselines']['global_only']['top_k_accuracy']['10']:.3f}; report in {opts.out}"
     )
     return 0

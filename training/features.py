@@ -13,7 +13,6 @@ atomically, with ``progress.json`` beside them: an interrupted run resumes where
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
@@ -24,9 +23,9 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +34,7 @@ from PIL import Image
 from model.backbones import BACKBONES, Backbone, build_backbone
 from model.export import export_onnx
 from runtime.atomic import atomic_path, write_json
+from runtime.options import Options, option
 from runtime.preprocess import to_batch
 from runtime.progress import Progress
 from runtime.sessions import open_session
@@ -388,42 +388,16 @@ def build_cache(
     return builder.fill_views(meta, views, scenes, prods)
 
 
-def add_arguments(parser: argparse.ArgumentParser, settings: TrainingSettings) -> None:
-    """The options shared by ``ctl features`` and ``ctl train``."""
-    parser.add_argument("--data", type=Path, default=settings.data_dir, help="STL data directory")
-    parser.add_argument(
-        "--cache", type=Path, default=settings.features_dir, help="feature cache root"
+class FeatureOptions(Options, prog="ctl features", settings=TrainingSettings):
+    data: Path = option(help="STL data directory", setting="data_dir")
+    cache: Path = option(help="feature cache root", setting="features_dir")
+    backbone: str = option(help="frozen backbone", setting="backbone", choices=BACKBONES)
+    backbone_weights: Path | None = option(
+        help="weights file overriding the packaged/cached one", setting="backbone_weights"
     )
-    parser.add_argument("--backbone", default=settings.backbone, choices=BACKBONES)
-    parser.add_argument(
-        "--backbone-weights",
-        type=Path,
-        default=settings.backbone_weights,
-        help="weights file overriding the packaged/cached one",
-    )
-    parser.add_argument("--views", default=",".join(DEFAULT_VIEWS), help="comma-separated views")
-    parser.add_argument("--batch-size-features", type=int, default=32)
-    parser.add_argument("--engine", default="auto", choices=ENGINES)
-
-
-@dataclass(frozen=True, kw_only=True)
-class FeatureOptions:
-    """``ctl features``'s flags, typed (``add_arguments`` holds their defaults and help)."""
-
-    data: Path
-    cache: Path
-    backbone: str
-    backbone_weights: Path | None
-    views: tuple[str, ...]
-    batch_size_features: int
-    engine: str
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Self:
-        """The options of parsed flags (``--views a,b`` becomes a tuple)."""
-        values = {f.name: getattr(args, f.name) for f in fields(cls)}
-        values["views"] = tuple(v for v in args.views.split(",") if v)
-        return cls(**values)
+    views: tuple[str, ...] = option(DEFAULT_VIEWS, f"comma-separated views of {', '.join(VIEWS)}")
+    batch_size_features: int = option(32, "images per backbone call")
+    engine: str = option("auto", "auto: ONNX Runtime when installed", choices=ENGINES)
 
 
 def load_cache(opts: FeatureOptions) -> tuple[FeatureCache, float]:
@@ -442,9 +416,7 @@ def load_cache(opts: FeatureOptions) -> tuple[FeatureCache, float]:
 
 def main(argv: list[str]) -> int:
     """``ctl features``: build (or finish) the feature cache and print where it is."""
-    parser = argparse.ArgumentParser(prog="ctl features", description=__doc__.split("\n")[0])
-    add_arguments(parser, TrainingSettings())
-    cache, spent = load_cache(FeatureOptions.from_args(parser.parse_args(argv)))
+    cache, spent = load_cache(FeatureOptions.parse(argv))
     print(
         json.dumps(
             {

@@ -8,7 +8,6 @@ serving step comes in as a callable (``cli.py`` passes ``service.main.main``).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import hashlib
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from runtime.artifacts import MANIFEST_FILE, sha256_file
 from runtime.atomic import write_json
+from runtime.options import Options, option
 from training.config import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -85,20 +85,22 @@ def ensure_data(data: Path | None, settings: TrainingSettings) -> Path:
     return target
 
 
+class QuickstartOptions(Options, prog="ctl quickstart", settings=TrainingSettings, summary=__doc__):
+    data: Path | None = option(None, "STL data dir (default: shared)")
+    work: Path = option(help="features, runs and stamps", setting="work_dir")
+    artifacts: Path = option(help="exported encoders and index", setting="artifacts_dir")
+    backbone: str = option(help="frozen backbone", setting="backbone")
+    epochs: int | None = option(None, "default: the trainer's")
+    seed: int = option(help="ctl train --seed", setting="seed")
+    host: str | None = option(None, "default: the service's (CTL_HOST)")
+    port: int | None = option(None, "default: the service's (CTL_PORT)")
+    no_serve: bool = option(False, "stop after building the index")
+
+
 def main(argv: list[str], serve: Serve | None = None) -> int:
     """Build everything that is not current, then ``serve`` (unless ``--no-serve`` or none)."""
     settings = TrainingSettings()
-    parser = argparse.ArgumentParser(prog="ctl quickstart", description=__doc__)
-    parser.add_argument("--data", type=Path, default=None, help="STL data dir (default: shared)")
-    parser.add_argument("--work", type=Path, default=settings.work_dir)
-    parser.add_argument("--artifacts", type=Path, default=settings.artifacts_dir)
-    parser.add_argument("--backbone", default=settings.backbone)
-    parser.add_argument("--epochs", type=int, default=None, help="default: the trainer's")
-    parser.add_argument("--seed", type=int, default=settings.seed)
-    parser.add_argument("--host", default=None, help="default: the service's (CTL_HOST)")
-    parser.add_argument("--port", type=int, default=None, help="default: the service's (CTL_PORT)")
-    parser.add_argument("--no-serve", action="store_true", help="stop after building the index")
-    args = parser.parse_args(argv)
+    args = QuickstartOptions.parse(argv, settings)
 
     from index import cli as index_cli
     from model import export

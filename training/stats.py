@@ -5,13 +5,13 @@ Image sizes come from the file headers only (no decoding), so this runs in secon
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from runtime.options import Options, option
 from training.config import TrainingSettings
 from training.crop import CropStats, PairCrops
 from training.stl import STLData
@@ -122,20 +122,21 @@ def render(stats: DataStats) -> str:
     return "\n".join(lines)
 
 
+class StatsOptions(Options, prog="ctl data stats", settings=TrainingSettings):
+    """Counts of pairs, images, crops and drops."""
+
+    data: Path = option(help="data directory", setting="data_dir")
+    domain: str = option("fashion", "which STL pairs", choices=("fashion", "home"))
+    as_json: bool = option(False, "print JSON instead of a table", flag="--json")
+
+
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="ctl data stats", description="Counts of pairs, images, crops and drops."
-    )
-    parser.add_argument("--data", type=Path, default=None, help="data directory (CTL_DATA_DIR)")
-    parser.add_argument("--domain", choices=["fashion", "home"], default="fashion")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(list(argv))
-    root = args.data if args.data is not None else TrainingSettings().data_dir
+    args = StatsOptions.parse(argv)
     try:
-        data = STLData.load(root, args.domain)
+        data = STLData.load(args.data, args.domain)
     except (FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2
     stats = compute_stats(data)
-    print(json.dumps(stats.as_dict(), indent=2) if args.json else render(stats))
+    print(json.dumps(stats.as_dict(), indent=2) if args.as_json else render(stats))
     return 0

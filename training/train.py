@@ -14,13 +14,12 @@ in the run directory. ``run`` orchestrates ``train_one_epoch`` and ``evaluate``.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,12 @@ import torch
 
 from model.ctl import CTLModel
 from runtime.atomic import atomic_path, write_json
+from runtime.options import option
 from runtime.progress import Progress
 from training import crop
 from training import metrics as M
 from training.config import TrainingSettings
-from training.features import FeatureCache, FeatureOptions, add_arguments, load_cache
+from training.features import FeatureCache, FeatureOptions, load_cache
 from training.loss import NEGATIVES, CTLLoss, attention_nll
 from training.sampling import Example, TripletSampler
 from training.split import UNUSED, keep_train_fraction, split_scenes
@@ -54,32 +54,57 @@ DEFAULT_PRIOR_WEIGHT = 0.3
 (docs/default-model-results.md)."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrainOptions(FeatureOptions):
-    """``ctl train``'s flags, typed (``build_parser`` holds their defaults and help)."""
-
-    out: Path
-    epochs: int
-    seed: int
-    resume: bool
-    init_seed: int | None
-    batch_size: int
-    lr: float
-    weight_decay: float
-    margin: float
-    dim: int
-    hidden: int
-    dropout: float
-    input_dropout: float
-    negatives: str
-    contrastive: float
-    temperature: float
-    eval_every: int
-    members: int
-    stl_attention: float
-    prior_weight: float
-    standardize: bool
-    train_fraction: float
+class TrainOptions(FeatureOptions, prog="ctl train"):
+    out: Path = option(help="run directory")
+    epochs: int = option(
+        DEFAULT_EPOCHS,
+        "the best val checkpoint is kept; supervised-attention ensembles peak by 10-20",
+        ge=1,
+    )
+    seed: int = option(help="seed of the split and the triplet sampling", setting="seed")
+    resume: bool = option(False, "continue from RUN_DIR/last.pt")
+    init_seed: int | None = option(
+        None,
+        "seed of initialization and dropout (default --seed; the split and sampling stay on "
+        "--seed): another model on the same split, e.g. an ensemble's control",
+    )
+    batch_size: int = option(128, "triplets per optimizer step", ge=2)
+    lr: float = option(1e-3, "Adam's learning rate")
+    weight_decay: float = option(1e-4, "Adam's weight decay")
+    margin: float = option(0.2, "triplet loss margin")
+    dim: int = option(help="embedding dimension of each member", setting="embedding_dim")
+    hidden: int = option(256, "hidden units of the heads")
+    dropout: float = option(0.5, "dropout of the heads")
+    input_dropout: float = option(0.0, "dropout of the backbone features")
+    negatives: str = option("random", "negatives of the triplets", choices=NEGATIVES)
+    contrastive: float = option(0.0, "weight of in-batch softmax loss")
+    temperature: float = option(0.1, "temperature of the in-batch softmax loss")
+    eval_every: int = option(5, "epochs between val evaluations", ge=1)
+    members: int = option(
+        DEFAULT_MEMBERS,
+        "models in the ensemble, trained as one (each its own initialization and triplet "
+        "stream); the exported embeddings are members x --dim wide",
+        ge=1,
+    )
+    stl_attention: float = option(
+        DEFAULT_STL_ATTENTION,
+        "weight of attention supervision on STL crops by the scene's other labelled "
+        "products' boxes; 0: off",
+    )
+    prior_weight: float = option(
+        DEFAULT_PRIOR_WEIGHT,
+        "lambda of the popularity prior the run ranks with (d* - lambda log(1 + training "
+        "pairs)): recorded in the run for ctl evaluate and ctl export; 0: off",
+        ge=0,
+    )
+    standardize: bool = option(True, "z-score backbone features with training statistics")
+    train_fraction: float = option(
+        1.0,
+        "keep this fraction of the training scenes, drawn with --init-seed (default "
+        "--seed); val and test unchanged (bench/learning_curve.py)",
+        gt=0,
+        le=1,
+    )
 
     @property
     def model_seed(self) -> int:
@@ -398,87 +423,9 @@ class RunState:
         log.info("resuming after epoch %d (best val AUC %.4f)", self.epoch, self.best["auc"])
 
 
-def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
-    """``ctl train``'s flags: the feature cache's, then training's."""
-    p = argparse.ArgumentParser(prog="ctl train", description=__doc__.split("\n")[0])
-    add_arguments(p, settings)
-    p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=DEFAULT_EPOCHS,
-        help="the best val checkpoint is kept; supervised-attention ensembles peak by 10-20",
-    )
-    p.add_argument("--seed", type=int, default=settings.seed)
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
-    p.add_argument(
-        "--init-seed",
-        type=int,
-        default=None,
-        help="seed of initialization and dropout (default --seed; the split and sampling stay on "
-        "--seed): another model on the same split, e.g. an ensemble's control",
-    )
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--margin", type=float, default=0.2)
-    p.add_argument("--dim", type=int, default=settings.embedding_dim)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--input-dropout", type=float, default=0.0)
-    p.add_argument("--negatives", choices=NEGATIVES, default="random")
-    p.add_argument("--contrastive", type=float, default=0.0, help="weight of in-batch softmax loss")
-    p.add_argument("--temperature", type=float, default=0.1)
-    p.add_argument("--eval-every", type=int, default=5)
-    p.add_argument(
-        "--members",
-        type=int,
-        default=DEFAULT_MEMBERS,
-        help="models in the ensemble, trained as one (each its own initialization and triplet "
-        "stream); the exported embeddings are members x --dim wide",
-    )
-    p.add_argument(
-        "--stl-attention",
-        type=float,
-        default=DEFAULT_STL_ATTENTION,
-        help="weight of attention supervision on STL crops by the scene's other labelled "
-        "products' boxes; 0: off",
-    )
-    p.add_argument(
-        "--prior-weight",
-        type=float,
-        default=DEFAULT_PRIOR_WEIGHT,
-        help="lambda of the popularity prior the run ranks with (d* - lambda log(1 + training "
-        "pairs)): recorded in the run for ctl evaluate and ctl export; 0: off",
-    )
-    p.add_argument(
-        "--standardize",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="z-score backbone features with training statistics",
-    )
-    p.add_argument(
-        "--train-fraction",
-        type=float,
-        default=1.0,
-        help="keep this fraction of the training scenes, drawn with --init-seed (default "
-        "--seed); val and test unchanged (bench/learning_curve.py)",
-    )
-    return p
-
-
 def parse_options(argv: list[str], settings: TrainingSettings | None = None) -> TrainOptions:
-    """``ctl train``'s flags as options; out-of-range values exit with a message."""
-    args = build_parser(settings or TrainingSettings()).parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 2 or args.eval_every < 1 or args.members < 1:
-        raise SystemExit(
-            "ctl train: --epochs, --eval-every and --members must be >= 1, --batch-size >= 2"
-        )
-    if args.prior_weight < 0:
-        raise SystemExit("ctl train: --prior-weight must be >= 0")
-    if not 0 < args.train_fraction <= 1:
-        raise SystemExit("ctl train: --train-fraction must be in (0, 1]")
-    return TrainOptions.from_args(args)
+    """``ctl train``'s flags as options; out-of-range values are usage errors (exit 2)."""
+    return TrainOptions.parse(argv, settings)
 
 
 def train(opts: TrainOptions) -> dict[str, Any]:
@@ -577,7 +524,7 @@ def write_run_files(
         "backbone_info": cache.meta["backbone"],
         "data": str(Path(opts.data).resolve()),
         "cache": str(cache.path.resolve()),
-        "train": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+        "train": opts.model_dump(mode="json"),
     }
     write_json(opts.out / "config.json", config)
     write_json(opts.out / "split.json", ds.split)

@@ -9,18 +9,22 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from index.prior import PopularityPrior
 from model.backbones import Backbone, build_backbone
 from model.ctl import load_run
+from runtime import options
 from runtime.encoder import OnnxEncoder
+from runtime.options import option
 from training import metrics as M
+from training.config import TrainingSettings
 from training.crop import CropStats
 from training.evaluation import attention, baselines
 from training.evaluation.pairs import (
+    SPLITS,
     CategoryPairs,
     Crop,
     EvalPair,
@@ -52,21 +56,24 @@ SCORER_NOTES = {
 }
 
 
-@dataclass(frozen=True)
-class Options:
-    """Knobs of one evaluation (the CLI flags)."""
+class Options(options.Options, settings=TrainingSettings):
+    """Knobs of one evaluation, the flags of ``ctl evaluate`` (training/evaluate.py)."""
 
-    split: str = "all"
-    seed: int = 0
-    draws: int = 10
-    n_boot: int = 1000
-    batch_size: int = 32
-    samples: int = 8
-    compat_rows: int = 4
-    tsne_products: int = 1000
-    tsne_scenes: int = 300
-    prior_weight: float | None = None  # lambda of the popularity prior; None: the run's
-    artifacts: Path | None = None  # rank through these exported encoders instead of torch
+    split: str = option("all", "all: every pair is a test", choices=SPLITS)
+    seed: int = option(help="negatives, bootstrap, samples", setting="seed")
+    draws: int = option(10, "negative draws for AUC and MRR@10", ge=1)
+    n_boot: int = option(1000, "resamples for the 95% CIs", flag="--bootstrap", ge=1)
+    batch_size: int = option(32, "images per backbone or encoder call", ge=1)
+    samples: int = option(8, "scenes in the attention picture", ge=1)
+    prior_weight: float | None = option(
+        None, "lambda of the popularity prior for the model+prior ranking (default: the run's)"
+    )
+    artifacts: Path | None = option(
+        None, "rank through these exported encoders (ONNX Runtime) instead of torch"
+    )
+    compat_rows: ClassVar[int] = 4
+    tsne_products: ClassVar[int] = 1000
+    tsne_scenes: ClassVar[int] = 300
 
 
 @dataclass
