@@ -202,22 +202,6 @@ class CTLModel(nn.Module):
         return cls(**{k: cfg[k] for k in (*keys, "input_dropout", "members") if k in cfg})
 
 
-def concat_ensemble(
-    queries: Sequence[torch.Tensor], products: Sequence[torch.Tensor], weights: Sequence[float]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One query and one product vector for an ensemble of models, so that it stays one search.
-
-    ``queries[k]`` (..., D_k) and ``products[k]`` (..., D_k) are model k's q and f_p; the query
-    parts are scaled by ``weights[k]`` and concatenated, the product parts concatenated as they
-    are: <q, p> = sum_k w_k <q_k, f_p,k> = sum_k w_k (2 - d*_k), so one inner-product search
-    ranks by the weighted sum of the models' d*.
-    """
-    if not (len(queries) == len(products) == len(weights)) or not queries:
-        raise ValueError("concat_ensemble needs as many queries, products and weights, >= 1")
-    q = torch.cat([w * qk for w, qk in zip(weights, queries, strict=True)], dim=-1)
-    return q, torch.cat(list(products), dim=-1)
-
-
 def load_run(run_dir: Path | str) -> tuple[CTLModel, dict[str, Any]]:
     """The best model of a training run (eval mode) and its run config.
 

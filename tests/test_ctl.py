@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.ctl import CTLModel, concat_ensemble, load_run
+from model.ctl import CTLModel, load_run
 
 CATS = ["Shoes", "Pants", "Skirts"]
 
@@ -75,25 +75,3 @@ def test_load_run_round_trip(model: CTLModel, tmp_path: Path) -> None:
         load_run(tmp_path / "missing")
 
 
-def test_concat_ensemble_scores_are_the_weighted_sum() -> None:
-    torch.manual_seed(0)
-    models = [CTLModel(8, 4, ["A", "B"], dim=d, hidden=8).eval() for d in (6, 3)]
-    g, regions, g_p = torch.randn(4, 8), torch.randn(4, 49, 4), torch.randn(7, 8)
-    cats = torch.tensor([0, 1, 1, 0])
-    qs, ps, d_star = [], [], []
-    for m in models:
-        f_s, f_i, keys = m.scene_embeddings(g, regions)
-        att = m.attention(keys, cats)
-        f_p = m.product_embedding(g_p)
-        qs.append(m.query_vector(f_s, f_i, att))
-        ps.append(f_p)
-        d_star.append(
-            torch.stack([paper_d_star(f_s, f_i, att, f_p[j].expand(4, -1)) for j in range(7)], 1)
-        )
-    weights = [0.7, 0.3]
-    q, p = concat_ensemble(qs, ps, weights)
-    assert q.shape == (4, 9) and p.shape == (7, 9)
-    expected = sum(w * (2 - d) for w, d in zip(weights, d_star, strict=True))
-    assert torch.allclose(q @ p.T, expected, atol=1e-5)
-    with pytest.raises(ValueError):
-        concat_ensemble(qs, ps[:1], weights)
