@@ -48,6 +48,26 @@ def categories(client: TestClient) -> list[str]:
     return [c["name"] for c in client.get("/categories").json()["categories"]]
 
 
+def _server_errors(client: TestClient) -> float:
+    """Requests answered with a 5xx so far."""
+    text = client.get("/metrics").text
+    found = re.findall(r'^ctl_http_requests_total\{[^}]*status="5\d\d"[^}]*\} (\S+)$', text, re.M)
+    return sum(float(v) for v in found)
+
+
+@pytest.fixture(autouse=True)
+def no_server_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test that uses the shared client, bad inputs included, gets no 5xx (checked after
+    each test, so that no test has to run last)."""
+    if "client" not in request.fixturenames:
+        yield
+        return
+    client: TestClient = request.getfixturevalue("client")
+    before = _server_errors(client)
+    yield
+    assert _server_errors(client) == before, "a request was answered with a 5xx"
+
+
 def _metric(client: TestClient, name: str, **labels: str) -> float:
     """The value of one series in /metrics (0 when absent)."""
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
@@ -398,12 +418,6 @@ def test_unknown_product_is_404(client: TestClient) -> None:
     for path in ("/products/nope", "/products/nope/image", "/products/nope/similar"):
         r = client.get(path)
         assert r.status_code == 404 and "nope" in r.json()["detail"]
-
-
-def test_no_server_errors_so_far(client: TestClient) -> None:
-    """Every bad input above was answered without a 5xx (runs last in this module)."""
-    text = client.get("/metrics").text
-    assert re.search(r'ctl_http_requests_total\{[^}]*status="5\d\d"\}', text) is None
 
 
 def test_before_the_first_load_routes_that_need_the_model_are_503(
