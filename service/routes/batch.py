@@ -9,7 +9,7 @@ import asyncio
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 
 from index.filters import ProductFilter
 from service.deps import DEFAULT_K, check_categories, check_k, parse_filter, pipeline
@@ -89,7 +89,7 @@ async def _one(
     responses=ERRORS,
 )
 async def batch_complete_the_look(
-    request: Request,
+    pipe: Annotated[Pipeline, pipeline("categories", "k", "filter")],
     images: Annotated[
         list[UploadFile],
         File(
@@ -114,7 +114,6 @@ async def batch_complete_the_look(
 
     The files are read a few at a time (as many as one encoder call takes), never all at once.
     """
-    pipe = await pipeline(request, "categories", "k", "filter")
     check_k(k, pipe.settings)
     flt = parse_filter(filter)
     limit = pipe.settings.max_batch_items

@@ -5,24 +5,17 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Request, status
+from fastapi import APIRouter, Form, HTTPException, status
 from fastapi.responses import FileResponse
 
 from index.attributes import CatalogAttributes
 from index.search import Product, Similar, similar, similar_to_product
 from runtime.errors import quote
-from service.deps import (
-    DEFAULT_K,
-    ServingDep,
-    check_category,
-    check_k,
-    check_single,
-    parse_filter,
-    pipeline,
-)
+from service.deps import DEFAULT_K, ServingDep, check_category, check_k, parse_filter, pipeline
 from service.errors import UNAVAILABLE, responses
 from service.images import decode_upload
 from service.params import ERRORS, FilterField, FilterQuery, ImageField, KField, KQuery
+from service.recommender import Pipeline
 from service.schemas import Categories, ProductInfo, SimilarResponse
 from service.serving import Serving
 
@@ -97,20 +90,17 @@ async def product_image(product_id: str, serving: ServingDep) -> FileResponse:
 @router.get("/products/{product_id}/similar", response_model=SimilarResponse, responses=NOT_FOUND)
 async def similar_products(
     product_id: str,
-    request: Request,
-    serving: ServingDep,
+    pipe: Annotated[Pipeline, pipeline("k", "filter")],
     k: KQuery = DEFAULT_K,
     filter: FilterQuery = None,
 ) -> dict:
     """Visually similar products of the same category that pass the filter (the product
     itself excluded)."""
-    check_single(request.query_params, ("k", "filter"))
-    check_k(k, request.app.state.settings)
+    check_k(k, pipe.settings)
     flt = parse_filter(filter)
-    p = _product(serving, product_id)
-    attrs = serving.catalog.attributes
-    found = similar_to_product(serving.catalog, p.id, k, flt, attrs)
-    return _similar_response(serving, attrs, p.category, k, found)
+    p = _product(pipe.serving, product_id)
+    found = similar_to_product(pipe.serving.catalog, p.id, k, flt, pipe.attributes)
+    return _similar_response(pipe.serving, pipe.attributes, p.category, k, found)
 
 
 @router.post(
@@ -119,14 +109,13 @@ async def similar_products(
     responses=ERRORS,
 )
 async def similar_to_photo(
-    request: Request,
+    pipe: Annotated[Pipeline, pipeline("image", "category", "k", "filter")],
     image: ImageField,
     category: Annotated[str, Form(description="the category to search", examples=["Shoes"])],
     k: KField = DEFAULT_K,
     filter: FilterField = None,
 ) -> dict:
     """Products of ``category`` that pass the filter and look like the uploaded product photo."""
-    pipe = await pipeline(request, "image", "category", "k", "filter")
     check_k(k, pipe.settings)
     flt = parse_filter(filter)
     check_category(pipe.serving, category)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form
 
 from service.answers import all_categories, one_category
 from service.deps import DEFAULT_K, check_categories, check_k, parse_filter, pipeline, unique
 from service.params import CATEGORIES, ERRORS, EXPLAIN, FilterField, ImageField, KField
+from service.recommender import Pipeline
 from service.schemas import CompleteTheLook, CompleteTheLookAll
 
 router = APIRouter(tags=["recommend"])
@@ -20,7 +21,7 @@ router = APIRouter(tags=["recommend"])
     responses=ERRORS,
 )
 async def complete_the_look(
-    request: Request,
+    pipe: Annotated[Pipeline, pipeline("image", "category", "k", "explain", "filter")],
     image: ImageField,
     category: Annotated[str, Form(description="a category name", examples=["Shoes"])],
     k: KField = DEFAULT_K,
@@ -32,7 +33,6 @@ async def complete_the_look(
 
     For several questions about one photo, upload it once (``POST /scenes``) and ask with GET.
     """
-    pipe = await pipeline(request, "image", "category", "k", "explain", "filter")
     check_k(k, pipe.settings)
     flt = parse_filter(filter)
     wanted = check_categories(pipe.serving, [category])
@@ -49,7 +49,7 @@ async def complete_the_look(
     responses=ERRORS,
 )
 async def complete_the_look_all(
-    request: Request,
+    pipe: Annotated[Pipeline, pipeline("image", "k", "filter")],
     image: ImageField,
     categories: Annotated[
         list[str] | None,
@@ -59,7 +59,6 @@ async def complete_the_look_all(
     filter: FilterField = None,
 ) -> dict:
     """Recommendations for every category (or the listed ones) from one encoder pass."""
-    pipe = await pipeline(request, "image", "k", "filter")
     check_k(k, pipe.settings)
     flt = parse_filter(filter)
     wanted = check_categories(pipe.serving, unique(categories) or list(pipe.serving.categories))
