@@ -241,7 +241,7 @@ def test_results_and_embeddings_are_cached_in_redis(
         saved = {k: v for k in r.scan_iter(match=prefix + "*") if (v := r.dump(k)) is not None}
         keys = {k.decode() for k in saved}
         assert any(k.startswith(prefix + "emb:") for k in keys)
-        assert any(k.startswith(prefix + "ranked:") and category in k for k in keys)
+        assert any(k.startswith(prefix + "products:") and category in k for k in keys)
         # A repeat comes from the in-process cache in front of Redis, without a round trip.
         r.delete(*saved)
         assert post_scene(client, data, category).json()["cached"] is True

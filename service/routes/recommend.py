@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form
+from fastapi import APIRouter, Form, Response
 
 from service.answers import all_categories, one_category
 from service.deps import DEFAULT_K, check_categories, check_k, parse_filter, pipeline, unique
@@ -27,7 +27,7 @@ async def complete_the_look(
     k: KField = DEFAULT_K,
     explain: Annotated[bool, Form(description=EXPLAIN)] = False,
     filter: FilterField = None,
-) -> dict:
+) -> Response:
     """Products of ``category`` that complete the look of the uploaded scene, best first
     (k of them whenever k pass the filter).
 
@@ -57,7 +57,7 @@ async def complete_the_look_all(
     ] = None,
     k: KField = DEFAULT_K,
     filter: FilterField = None,
-) -> dict:
+) -> Response:
     """Recommendations for every category (or the listed ones) from one encoder pass."""
     check_k(k, pipe.settings)
     flt = parse_filter(filter)

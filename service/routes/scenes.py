@@ -77,7 +77,7 @@ async def scene_complete_the_look(
     k: KQuery = DEFAULT_K,
     explain: Annotated[bool, Query(description=EXPLAIN)] = False,
     filter: FilterQuery = None,
-) -> dict:
+) -> Response:
     """``POST /complete-the-look`` for a stored scene."""
     check_k(k, pipe.settings)
     flt = parse_filter(filter)
@@ -95,7 +95,7 @@ async def scene_complete_the_look_all(
     categories: Annotated[list[str] | None, Query(description=CATEGORIES)] = None,
     k: KQuery = DEFAULT_K,
     filter: FilterQuery = None,
-) -> dict:
+) -> Response:
     """``POST /complete-the-look/all`` for a stored scene."""
     check_k(k, pipe.settings)
     flt = parse_filter(filter)
