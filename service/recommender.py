@@ -32,7 +32,7 @@ from service.cache import Cache, pack_embedding, unpack_embedding
 from service.config import Settings
 from service.images import Upload, decode_upload, read_upload, too_large
 from service.metrics import ServiceMetrics
-from service.schemas import Recommended
+from service.schemas import Recommended, image_url
 from service.serving import Serving
 
 INLINE_SEARCH_MAX = 10_000
@@ -58,7 +58,7 @@ def products_json(ranked: list[Scored], attributes: CatalogAttributes) -> bytes:
                 "d_star": float(r.d_star),
                 "d_global": float(r.d_global),
                 "d_local": float(r.d_local),
-                "image_url": f"/products/{r.id}/image",
+                "image_url": image_url(r.id),
             }
             for rank, r in enumerate(ranked, start=1)
         ]

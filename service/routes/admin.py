@@ -32,7 +32,7 @@ from service.images import decode_upload
 from service.metrics import ServiceMetrics
 from service.params import ImageField
 from service.recommender import Pipeline
-from service.schemas import CatalogImport, CatalogUpdate, ProductInfo, Reloaded
+from service.schemas import CatalogImport, CatalogUpdate, ProductInfo, Reloaded, product_info
 from service.serving import Serving, ServingManager
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
@@ -216,12 +216,7 @@ async def patch_product(
     await publish.attributes_changed()
     p = pipe.serving.catalog.product(product_id)
     assert p is not None
-    return {
-        "id": p.id,
-        "category": p.category,
-        "image_url": f"/products/{p.id}/image",
-        **stored[product_id],
-    }
+    return product_info(p.id, p.category, stored[product_id])
 
 
 IMPORT_EXAMPLE = (

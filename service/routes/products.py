@@ -16,7 +16,7 @@ from service.errors import UNAVAILABLE, responses
 from service.images import decode_upload
 from service.params import ERRORS, FilterField, FilterQuery, ImageField, KField, KQuery
 from service.recommender import Pipeline
-from service.schemas import Categories, ProductInfo, SimilarResponse
+from service.schemas import Categories, ProductInfo, SimilarResponse, image_url, product_info
 from service.serving import Serving
 
 router = APIRouter(tags=["catalog"])
@@ -45,7 +45,7 @@ def _similar_response(
                 "category": s.category,
                 "rank": rank,
                 "distance": s.distance,
-                "image_url": f"/products/{s.id}/image",
+                "image_url": image_url(s.id),
                 **attrs.record(s.id),
             }
             for rank, s in enumerate(found, start=1)
@@ -66,12 +66,7 @@ async def categories(serving: ServingDep) -> dict:
 async def get_product(product_id: str, serving: ServingDep) -> dict:
     """One catalog product."""
     p = _product(serving, product_id)
-    return {
-        "id": p.id,
-        "category": p.category,
-        "image_url": f"/products/{p.id}/image",
-        **serving.catalog.attributes.record(p.id),
-    }
+    return product_info(p.id, p.category, serving.catalog.attributes.record(p.id))
 
 
 @router.get(
