@@ -1,9 +1,6 @@
-"""The complete-the-look answers, built once for the upload routes and the scene GETs.
-
-Their JSON is written here rather than by FastAPI from the response models: each category's
-products are JSON already (as cached, ``Pipeline.compute``) and are spliced in as they are, so
-a cached result is never decoded, validated or encoded again. Fields come in the models' order
-with their values, so the bytes are the ones FastAPI would send (tests/test_service_api.py).
+"""The complete-the-look answers, built once for the upload routes and the scene GETs, as JSON
+written here: the products' JSON (as cached) goes in as it is, never decoded, validated or
+encoded again; fields in the response models' order, so FastAPI would send the same bytes.
 """
 
 from __future__ import annotations

@@ -105,7 +105,8 @@ class RedisCache:
 
     Writes are queued and sent together, in one pipeline, once the writer's current step is
     done: a cache miss writes its keys (embedding, results) one after the other, and each would
-    be a round trip of its own. Nothing reads its own write back soon after.
+    be a round trip of its own. Nothing reads its own write back soon after. ``clock`` times the
+    pauses after failures (tests pass one they move).
     """
 
     backend = "redis"
@@ -118,7 +119,6 @@ class RedisCache:
         metrics: ServiceMetrics,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``clock`` times the pauses after failures (tests pass one they advance)."""
         self._clock = clock
         self._redis = Redis.from_url(
             url,

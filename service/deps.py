@@ -80,18 +80,13 @@ def check_k(k: int, settings: Settings) -> int:
     return k
 
 
-def check_category(serving: Serving, category: str) -> int:
-    """The model's category row, or 422 listing the valid categories."""
-    try:
-        return serving.category_index(category)
-    except UnknownCategory as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-
-
 def check_categories(serving: Serving, categories: list[str]) -> dict[str, int]:
     """Each category with its model row (resolved once per request), or 422 at the first
-    unknown one."""
-    return {category: check_category(serving, category) for category in categories}
+    unknown one, listing the valid categories."""
+    try:
+        return {category: serving.category_index(category) for category in categories}
+    except UnknownCategory as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
 def check_single(params: FormData | QueryParams, names: tuple[str, ...]) -> None:
@@ -159,7 +154,6 @@ def unique(values: list[str] | None) -> list[str]:
 
 
 ServingDep = Annotated[Serving, Depends(get_serving)]
-SettingsDep = Annotated[Settings, _state("settings")]
 MetricsDep = Annotated[ServiceMetrics, _state("metrics")]
 ManagerDep = Annotated[ServingManager, _state("manager")]
 FollowerDep = Annotated[Follower, _state("follower")]

@@ -44,23 +44,18 @@ PRODUCT_FIELDS = {name: field.get_default() for name, field in Recommended.model
 
 
 def products_json(ranked: list[Scored], attributes: CatalogAttributes) -> bytes:
-    """``ranked`` as the answers show it, as JSON (``list[Recommended]``, byte for byte as
-    pydantic writes it): ranked, with the image URL and each product's stored attributes,
-    which were validated as the model's fields when written."""
+    """``ranked`` as the answers show it: ``list[Recommended]``'s JSON, byte for byte as pydantic
+    writes it (the stored attributes were validated as the model's fields when written)."""
     return to_json(
         [
             {
                 **PRODUCT_FIELDS,
                 **attributes.record(r.id),
-                "id": r.id,
-                "category": r.category,
-                "rank": rank,
-                "d_star": float(r.d_star),
-                "d_global": float(r.d_global),
-                "d_local": float(r.d_local),
+                **vars(r),
+                "rank": n,
                 "image_url": image_url(r.id),
             }
-            for rank, r in enumerate(ranked, start=1)
+            for n, r in enumerate(ranked, start=1)
         ]
     )
 

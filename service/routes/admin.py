@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Form, HTTPException, Path, Query, status
+from fastapi import APIRouter, Body, Form, HTTPException, Path, Query, status
 
 from index.attributes import AttributesBusyError, AttributesError, ProductAttributes
 from index.build import BuildError, NewProduct, add_products, remove_products
@@ -24,12 +23,10 @@ from index.store import (
 )
 from runtime.artifacts import ArtifactError
 from runtime.errors import quote
-from service.config import Settings
-from service.deps import AdminDep, FollowerDep, ManagerDep, MetricsDep, SettingsDep, pipeline
+from service.deps import AdminDep, FollowerDep, ManagerDep, pipeline
 from service.errors import AUTH, UNAVAILABLE, UPLOAD, responses
 from service.follow import Follower, published_versions
 from service.images import decode_upload
-from service.metrics import ServiceMetrics
 from service.params import ImageField
 from service.recommender import Pipeline
 from service.schemas import CatalogImport, CatalogUpdate, ProductInfo, Reloaded, product_info
@@ -39,55 +36,35 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 ID_FORMAT = "1-128 characters of A-Z a-z 0-9 . _ -, not starting with a dot"
 
 
-@dataclass(frozen=True)
-class Publisher:
-    """What an admin write needs to serve what it published and tell the other replicas."""
-
-    manager: ServingManager
-    follower: Follower
-    metrics: ServiceMetrics
-    settings: Settings
-
-    async def switch(self, reload_encoder: bool) -> tuple[Serving, Serving]:
-        """Serve the newest versions: (the unit replaced, the one now served); 409 (still
-        serving the old ones) when they do not load. A catalog update (``reload_encoder=False``)
-        loads the version it published only if this process's follower has not loaded it."""
-        published = (
-            (None, None)
-            if reload_encoder
-            else await asyncio.to_thread(published_versions, self.settings.artifacts_dir)
-        )
-        reloads = self.metrics.reloads
-        try:
-            old = await self.manager.load(reload_encoder=reload_encoder, unless_serving=published)
-        except (ArtifactError, IndexStoreError, OSError, ValueError, KeyError) as exc:
-            reloads.labels("failed").inc()
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                f"reload failed, still serving the previous version: {exc}",
-            ) from None
-        reloads.labels("ok").inc()
-        await self.follower.announce()
-        assert self.manager.current is not None
-        return old, self.manager.current
-
-    async def catalog_update(self, **ids: list[str]) -> dict:
-        _, new = await self.switch(reload_encoder=False)
-        return {**new.versions(), **ids, "products": len(new.catalog)}
-
-    async def attributes_changed(self) -> None:
-        """Serve the attributes written, here at once and on the other replicas soon."""
-        await self.follower.sync_attributes()
-        await self.follower.announce()
+async def _switch(
+    pipe: Pipeline, manager: ServingManager, follower: Follower, reload_encoder: bool
+) -> tuple[Serving, Serving]:
+    """Serve the newest versions: (the unit replaced, the one now served); 409 (still serving
+    the old ones) when they do not load. A catalog update (``reload_encoder=False``) loads the
+    version it published only if this process's follower has not loaded it already."""
+    published = (
+        (None, None)
+        if reload_encoder
+        else await asyncio.to_thread(published_versions, pipe.settings.artifacts_dir)
+    )
+    try:
+        old = await manager.load(reload_encoder=reload_encoder, unless_serving=published)
+    except (ArtifactError, IndexStoreError, OSError, ValueError, KeyError) as exc:
+        pipe.metrics.reloads.labels("failed").inc()
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"reload failed, still serving the previous version: {exc}"
+        ) from None
+    pipe.metrics.reloads.labels("ok").inc()
+    await follower.announce()
+    assert manager.current is not None
+    return old, manager.current
 
 
-async def _publisher(
-    manager: ManagerDep, follower: FollowerDep, metrics: MetricsDep, settings: SettingsDep
-) -> Publisher:
-    return Publisher(manager, follower, metrics, settings)
-
-
-PublisherDep = Annotated[Publisher, Depends(_publisher)]
+async def _catalog_update(
+    pipe: Pipeline, manager: ServingManager, follower: Follower, **ids: list[str]
+) -> dict:
+    _, new = await _switch(pipe, manager, follower, reload_encoder=False)
+    return {**new.versions(), **ids, "products": len(new.catalog)}
 
 
 @router.post(
@@ -95,9 +72,11 @@ PublisherDep = Annotated[Publisher, Depends(_publisher)]
     response_model=Reloaded,
     responses=responses({**AUTH, 409: "the new version could not be loaded", 503: UNAVAILABLE}),
 )
-async def reload_current(publish: PublisherDep) -> dict:
+async def reload_current(
+    pipe: Annotated[Pipeline, pipeline()], manager: ManagerDep, follower: FollowerDep
+) -> dict:
     """Load the newest model and index and switch to them; in-flight requests finish on the old."""
-    old, new = await publish.switch(reload_encoder=True)
+    old, new = await _switch(pipe, manager, follower, reload_encoder=True)
     return {
         **new.versions(),
         "previous_model_version": old.model_version,
@@ -114,7 +93,8 @@ async def reload_current(publish: PublisherDep) -> dict:
 )
 async def add_product(
     pipe: Annotated[Pipeline, pipeline("product_id", "category", "image")],
-    publish: PublisherDep,
+    manager: ManagerDep,
+    follower: FollowerDep,
     product_id: Annotated[
         str,
         Form(
@@ -143,7 +123,7 @@ async def add_product(
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
         except BuildError as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return await publish.catalog_update(added=[product_id])
+    return await _catalog_update(pipe, manager, follower, added=[product_id])
 
 
 @router.delete(
@@ -162,7 +142,8 @@ async def add_product(
 async def delete_product(
     product_id: Annotated[str, Path(description=ID_FORMAT, pattern=PRODUCT_ID_PATTERN)],
     pipe: Annotated[Pipeline, pipeline()],
-    publish: PublisherDep,
+    manager: ManagerDep,
+    follower: FollowerDep,
 ) -> dict:
     """Publish a new index version without the product, then serve that."""
     store = IndexStore.for_artifacts(pipe.settings.artifacts_dir)
@@ -176,7 +157,7 @@ async def delete_product(
         ) from None
     except BuildError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return await publish.catalog_update(removed=[product_id])
+    return await _catalog_update(pipe, manager, follower, removed=[product_id])
 
 
 @router.patch(
@@ -197,7 +178,7 @@ async def patch_product(
     product_id: Annotated[str, Path(description=ID_FORMAT, pattern=PRODUCT_ID_PATTERN)],
     update: ProductAttributes,
     pipe: Annotated[Pipeline, pipeline()],
-    publish: PublisherDep,
+    follower: FollowerDep,
 ) -> dict:
     """Change a product's attributes (stock, price, title, ...): the fields sent, ``null``
     resetting one; ``attributes`` keys are merged (``null`` removes a key). Nothing is
@@ -213,7 +194,8 @@ async def patch_product(
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     except AttributesBusyError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    await publish.attributes_changed()
+    await follower.sync_attributes()
+    await follower.announce()
     p = pipe.serving.catalog.product(product_id)
     assert p is not None
     return product_info(p.id, p.category, stored[product_id])
@@ -239,7 +221,8 @@ IMPORT_EXAMPLE = (
 )
 async def import_products(
     pipe: Annotated[Pipeline, pipeline()],
-    publish: PublisherDep,
+    manager: ManagerDep,
+    follower: FollowerDep,
     rows: Annotated[
         str,
         Body(
@@ -279,8 +262,9 @@ async def import_products(
         except (AttributesBusyError, BuildError) as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     if report.version != pipe.serving.index_version:
-        _, now = await publish.switch(reload_encoder=False)
+        _, now = await _switch(pipe, manager, follower, reload_encoder=False)
     else:
-        await publish.attributes_changed()
+        await follower.sync_attributes()
+        await follower.announce()
         now = pipe.serving
     return {**report.to_dict(), **now.versions()}

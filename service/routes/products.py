@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from index.attributes import CatalogAttributes
 from index.search import Product, Similar, similar, similar_to_product
 from runtime.errors import quote
-from service.deps import DEFAULT_K, ServingDep, check_category, check_k, parse_filter, pipeline
+from service.deps import DEFAULT_K, ServingDep, check_categories, check_k, parse_filter, pipeline
 from service.errors import UNAVAILABLE, responses
 from service.images import decode_upload
 from service.params import ERRORS, FilterField, FilterQuery, ImageField, KField, KQuery
@@ -113,7 +113,7 @@ async def similar_to_photo(
     """Products of ``category`` that pass the filter and look like the uploaded product photo."""
     check_k(k, pipe.settings)
     flt = parse_filter(filter)
-    check_category(pipe.serving, category)
+    check_categories(pipe.serving, [category])
     encoder, max_pixels = pipe.serving.encoder, pipe.settings.max_image_pixels
     async with pipe.upload(image) as upload, pipe.decoding(upload, encoder.input_size):
         # Decoded and shrunk to the model input in one go: the full-size pixels live only
