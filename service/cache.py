@@ -19,7 +19,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -105,13 +105,21 @@ class RedisCache:
 
     Writes are queued and sent together, in one pipeline, once the writer's current step is
     done: a cache miss writes its keys (embedding, results) one after the other, and each would
-    be a round trip of its own. Nothing reads its own write back soon after.
+    be a round trip of its own. Nothing reads its own write back soon after. ``clock`` times the
+    pauses after failures (tests pass one they move).
     """
 
     backend = "redis"
     keeps = True
 
-    def __init__(self, url: str, settings: Settings, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        url: str,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
         self._redis = Redis.from_url(
             url,
             socket_timeout=settings.redis_timeout_s,
@@ -131,11 +139,11 @@ class RedisCache:
         self._writer: asyncio.Task[None] | None = None
 
     def _available(self) -> bool:
-        return time.monotonic() >= self._down_until
+        return self._clock() >= self._down_until
 
     def _failed(self, op: str, exc: Exception) -> None:
         self._metrics.cache_errors.labels(self.backend).inc()
-        now = time.monotonic()
+        now = self._clock()
         if now < self._down_until:
             return  # a call begun before the pause started: that failure is counted already
         self._backoff = min(self._retry_s, 2 * self._backoff or self._retry_min_s)

@@ -1,7 +1,7 @@
-"""The one configuration class: every knob of every step, read from ``CTL_*`` env vars.
+"""The HTTP service's knobs (``CTL_*`` env vars), on top of the index's and the runtime's.
 
-The index's and the model's own knobs live in their layers (``index.config``,
-``runtime.config``), which this class extends.
+Those live in their layers (``index.config.IndexSettings``, ``runtime.config.RuntimeSettings``),
+which this class extends; training has its own (``training.config``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from index.config import IndexSettings
 
 
 class Settings(IndexSettings):
-    """Every knob of every step: the index's and the model's, and the HTTP service's."""
+    """The HTTP service's knobs, with the index's and the runtime's it inherits."""
 
     # Service.
     host: str = "127.0.0.1"

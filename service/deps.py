@@ -1,9 +1,12 @@
-"""What routes take from the app: the serving unit, the pipeline, the admin token check."""
+"""What routes take from the app, each as an ``Annotated`` dependency (the one way routes
+reach it): the serving unit, the request's pipeline, the app's collaborators, the admin check.
+"""
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -14,8 +17,10 @@ from index.filters import FilterError, ProductFilter
 from runtime.errors import quote
 from service.config import Settings
 from service.errors import sent_fields
+from service.follow import Follower
+from service.metrics import ServiceMetrics
 from service.recommender import Pipeline
-from service.serving import Serving, UnknownCategory
+from service.serving import Serving, ServingManager, UnknownCategory
 
 DEFAULT_K = 10
 """Products per category when a request does not say (the OpenAPI default, so a constant)."""
@@ -75,18 +80,13 @@ def check_k(k: int, settings: Settings) -> int:
     return k
 
 
-def check_category(serving: Serving, category: str) -> int:
-    """The model's category row, or 422 listing the valid categories."""
-    try:
-        return serving.category_index(category)
-    except UnknownCategory as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-
-
 def check_categories(serving: Serving, categories: list[str]) -> dict[str, int]:
     """Each category with its model row (resolved once per request), or 422 at the first
-    unknown one."""
-    return {category: check_category(serving, category) for category in categories}
+    unknown one, listing the valid categories."""
+    try:
+        return {category: serving.category_index(category) for category in categories}
+    except UnknownCategory as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
 def check_single(params: FormData | QueryParams, names: tuple[str, ...]) -> None:
@@ -106,26 +106,35 @@ def check_single(params: FormData | QueryParams, names: tuple[str, ...]) -> None
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: is empty")
 
 
-async def pipeline(request: Request, *single_fields: str) -> Pipeline:
-    """The request's pipeline; 422 when one of the fields ``single_fields`` (form or query)
-    was sent more than once or empty (:func:`check_single`).
+def pipeline(*single_fields: str) -> Any:
+    """A dependency on the request's :class:`Pipeline`: ``Annotated[Pipeline, pipeline(...)]``;
+    422 when one of the fields ``single_fields`` (form or query) was sent more than once or
+    empty (:func:`check_single`), 503 before the first load."""
 
-    Called by the routes rather than declared as a dependency: FastAPI solves each dependency
-    anew on every request, a measurable share of a cached answer (docs/performance.md).
-    """
-    if single_fields:
-        check_single(await sent_fields(request), single_fields)
-    state = request.app.state
-    serving = await get_serving(request)
-    return Pipeline(
-        serving,
-        state.cache,
-        state.metrics,
-        state.settings,
-        state.upload_budget,
-        state.pixel_budget,
-        serving.catalog.attributes,
-    )
+    async def get(request: Request) -> Pipeline:
+        if single_fields:
+            check_single(await sent_fields(request), single_fields)
+        state, serving = request.app.state, await get_serving(request)
+        return Pipeline(
+            serving,
+            state.cache,
+            state.metrics,
+            state.settings,
+            state.upload_budget,
+            state.pixel_budget,
+            serving.catalog.attributes,
+        )
+
+    return Depends(get)
+
+
+def _state(name: str) -> Any:
+    """A dependency on the app's ``name`` (set by ``service.app.create_app``)."""
+
+    async def get(request: Request) -> Any:  # async: a plain def would run in a thread
+        return getattr(request.app.state, name)
+
+    return Depends(get)
 
 
 def parse_filter(raw: str | None) -> ProductFilter:
@@ -145,4 +154,8 @@ def unique(values: list[str] | None) -> list[str]:
 
 
 ServingDep = Annotated[Serving, Depends(get_serving)]
+MetricsDep = Annotated[ServiceMetrics, _state("metrics")]
+ManagerDep = Annotated[ServingManager, _state("manager")]
+FollowerDep = Annotated[Follower, _state("follower")]
+SamplesDep = Annotated[dict[str, Path], _state("samples")]
 AdminDep = Depends(require_admin)

@@ -4,9 +4,10 @@ A scene is embedded once per distinct image (sha256 of its bytes, per model vers
 embedding cached, so other categories and other k reuse it, and a stored scene (``/scenes``)
 is answered from it without an upload; results are cached per image, category, k, filter, model
 version, index version and the revision of the category's attributes (so a stock change is never
-served from the cache once this process follows it). Cached results hold ids and distances; the
-products' attributes are added to each answer from the snapshot the request took. Decoding and
-encoding run off the event loop.
+served from the cache once this process follows it). A result is cached as the answers show it:
+the JSON of its products (``list[Recommended]``), attributes included (from the snapshot the
+request took, whose revision is in the key), written once and spliced into every answer as it is
+(``service.answers``). Decoding and encoding run off the event loop.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from fastapi import HTTPException, UploadFile, status
-from pydantic_core import from_json, to_json
+from pydantic_core import to_json
 
 from index.attributes import CatalogAttributes
 from index.filters import DEFAULT_FILTER, ProductFilter
-from index.search import recommend
+from index.search import Scored, recommend
 from runtime.decode import DecodeError, decoded_bytes, open_image
 from runtime.encoder import SceneEmbedding
 from service.budget import UploadBudget
@@ -31,17 +32,40 @@ from service.cache import Cache, pack_embedding, unpack_embedding
 from service.config import Settings
 from service.images import Upload, decode_upload, read_upload, too_large
 from service.metrics import ServiceMetrics
+from service.schemas import Recommended, image_url
 from service.serving import Serving
 
 INLINE_SEARCH_MAX = 10_000
 """Categories up to this many products are searched on the event loop (see ``compute``)."""
 
 
-class Recommendations(NamedTuple):
-    """Results per category, whether all came from the cache, and the scene embedding when
-    it was needed (``None`` when every result was cached and nothing asked for it)."""
+PRODUCT_FIELDS = {name: field.get_default() for name, field in Recommended.model_fields.items()}
+"""An answered product's fields in the response model's order, each with its default."""
 
-    results: dict[str, list[dict]]
+
+def products_json(ranked: list[Scored], attributes: CatalogAttributes) -> bytes:
+    """``ranked`` as the answers show it: ``list[Recommended]``'s JSON, byte for byte as pydantic
+    writes it (the stored attributes were validated as the model's fields when written)."""
+    return to_json(
+        [
+            {
+                **PRODUCT_FIELDS,
+                **attributes.record(r.id),
+                **vars(r),
+                "rank": n,
+                "image_url": image_url(r.id),
+            }
+            for n, r in enumerate(ranked, start=1)
+        ]
+    )
+
+
+class Recommendations(NamedTuple):
+    """Results per category (the JSON of their products), whether all came from the cache, and
+    the scene embedding when it was needed (``None`` when every result was cached and nothing
+    asked for it)."""
+
+    results: dict[str, bytes]
     cached: bool
     embedding: SceneEmbedding | None
 
@@ -136,14 +160,9 @@ class Pipeline:
         s = self.serving
         attrs = self.attributes.category(category).revision
         return (
-            f"ranked:{s.model_version}:{s.index_version}:{attrs}:{flt.cache_key()}:"
+            f"products:{s.model_version}:{s.index_version}:{attrs}:{flt.cache_key()}:"
             f"{sha256}:{category}:{k}"
         )
-
-    def with_attributes(self, products: list[dict]) -> list[dict]:
-        """``products`` (answers' dicts with an ``id``) with each one's attributes added."""
-        record = self.attributes.record
-        return [{**p, **record(p["id"])} for p in products]
 
     async def compute(
         self,
@@ -153,10 +172,9 @@ class Pipeline:
         row: int,
         k: int,
         flt: ProductFilter = DEFAULT_FILTER,
-    ) -> list[dict]:
+    ) -> bytes:
         """Search the catalog for ``category`` (the model's category ``row``) among the products
-        that pass ``flt`` and cache the result, as the answers show each product (ranked, with
-        its image URL; without attributes)."""
+        that pass ``flt``; the result as the answers show it (:func:`products_json`), cached."""
         catalog = self.serving.catalog
         search = functools.partial(
             recommend,
@@ -175,19 +193,8 @@ class Pipeline:
             ranked = search()
         else:
             ranked = await asyncio.to_thread(search)
-        result = [
-            {
-                "id": r.id,
-                "category": r.category,
-                "rank": rank,
-                "d_star": float(r.d_star),
-                "d_global": float(r.d_global),
-                "d_local": float(r.d_local),
-                "image_url": f"/products/{r.id}/image",
-            }
-            for rank, r in enumerate(ranked, start=1)
-        ]
-        await self.cache.set(self._result_key(sha256, category, k, flt), to_json(result))
+        result = products_json(ranked, self.attributes)
+        await self.cache.set(self._result_key(sha256, category, k, flt), result)
         return result
 
     async def recommend(
@@ -201,15 +208,14 @@ class Pipeline:
     ) -> Recommendations:
         """Results for each of ``categories`` (name -> the model's category row), cached where
         possible, with at most one encoder pass (of ``upload``; without one, the scene's stored
-        embedding must exist, else 404), among the products that pass ``flt``; each product
-        with its attributes.
+        embedding must exist, else 404), among the products that pass ``flt``.
 
         The cached results and the cached embedding are looked up together, in one round trip
         to Redis; the embedding found or computed is returned, so nothing is encoded twice.
         """
         keys = [self._result_key(sha256, category, k, flt) for category in categories]
         *cached, embedding = await self.cache.get_many([*keys, self._embedding_key(sha256)])
-        results: dict[str, list[dict]] = {}
+        results: dict[str, bytes] = {}
         missing: list[str] = []
         for category, data in zip(categories, cached, strict=True):
             if data is None:
@@ -217,7 +223,7 @@ class Pipeline:
                 missing.append(category)
             else:
                 self.metrics.cache_hits["result"].inc()
-                results[category] = from_json(data)
+                results[category] = data
         emb = None
         if missing or need_embedding or upload is None:
             emb, _ = await self._embedding(sha256, upload, embedding)
@@ -225,8 +231,7 @@ class Pipeline:
                 results[category] = await self.compute(
                     sha256, emb, category, categories[category], k, flt
                 )
-        shown = {c: self.with_attributes(results[c]) for c in categories}
-        return Recommendations(shown, not missing, emb)
+        return Recommendations({c: results[c] for c in categories}, not missing, emb)
 
 
 def attention_grid(emb: SceneEmbedding, row: int) -> list[list[float]]:

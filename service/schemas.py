@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from index.attributes import ProductAttributes
@@ -180,6 +183,21 @@ class ProductInfo(Attributed):
     id: str
     category: str
     image_url: str
+
+
+def image_url(product_id: str) -> str:
+    """Every answer's ``image_url``: where the product's catalog photo is served."""
+    return f"/products/{product_id}/image"
+
+
+def product_info(product_id: str, category: str, attributes: Mapping[str, Any]) -> dict:
+    """A :class:`ProductInfo` answer."""
+    return {
+        "id": product_id,
+        "category": category,
+        "image_url": image_url(product_id),
+        **attributes,
+    }
 
 
 class Category(BaseModel):

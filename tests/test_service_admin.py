@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,11 +31,12 @@ from service.config import Settings
 from service.serving import load_current_catalog
 
 
-class SlowEncoder:
-    """The real ONNX encoder, slowed down so that requests are surely in flight."""
+class HeldEncoder:
+    """The real ONNX encoder, held until ``released`` is set, so that requests are surely in
+    flight; ``entered`` is set when a batch is inside it."""
 
-    def __init__(self, inner: OnnxEncoder, delay_s: float) -> None:
-        self._inner, self._delay = inner, delay_s
+    def __init__(self, inner: OnnxEncoder, entered: threading.Event, released: threading.Event):
+        self._inner, self.entered, self.released = inner, entered, released
         self.categories, self.dim = inner.categories, inner.dim
         self.version, self.providers, self.lanes = inner.version, inner.providers, inner.lanes
         self.input_size, self.precision = inner.input_size, inner.precision
@@ -43,15 +45,12 @@ class SlowEncoder:
         return self._inner.prepare(image)
 
     def embed_scenes(self, images: Sequence[Image.Image]) -> list[SceneEmbedding]:
-        time.sleep(self._delay)
+        self.entered.set()
+        assert self.released.wait(timeout=60), "the test never released the encoder"
         return self._inner.embed_scenes(images)
 
     def embed_products(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self._inner.embed_products(images)
-
-
-def slow_loader(settings: Settings) -> Encoder:
-    return SlowEncoder(OnnxEncoder.from_artifacts(settings.artifacts_dir, device="cpu"), 0.15)
 
 
 @pytest.mark.parametrize(
@@ -79,7 +78,14 @@ def test_reload_under_load_fails_no_request(stl_dir: Path, tmp_path: Path) -> No
     # No polling of CURRENT (service/follow.py): the version published below must reach the
     # service through this reload, not through the follower, whose poll could come first.
     settings = settings_for(artifacts, stl_dir, batch_max_size=2, follow_interval_s=0)
-    with serve(settings, encoder_loader=slow_loader) as client:
+    entered, released = threading.Event(), threading.Event()
+
+    def held_loader(settings: Settings) -> Encoder:
+        inner = OnnxEncoder.from_artifacts(settings.artifacts_dir, device="cpu")
+        return HeldEncoder(inner, entered, released)
+
+    released.set()  # until the requests below
+    with serve(settings, encoder_loader=held_loader) as client:
         category = client.get("/categories").json()["categories"][0]["name"]
         victim = store.load().category(category).ids[-1]
         encoder = OnnxEncoder.from_artifacts(artifacts, device="cpu")
@@ -90,10 +96,15 @@ def test_reload_under_load_fails_no_request(stl_dir: Path, tmp_path: Path) -> No
             r = post_scene(client, scene(stl_dir, 40 + n), category, k=5)
             return r.status_code, r.json().get("index_version", r.text)
 
+        entered.clear()
+        released.clear()
         with ThreadPoolExecutor(12) as pool:
             futures = [pool.submit(request, n) for n in range(12)]
-            time.sleep(0.2)  # the first batches are inside the slow encoder
-            reload = client.post("/admin/reload", headers=admin_headers())
+            try:
+                assert entered.wait(timeout=60), "no request reached the encoder"
+                reload = client.post("/admin/reload", headers=admin_headers())
+            finally:
+                released.set()  # the requests in flight go on, on the unit they hold
             results = [f.result() for f in futures]
         assert reload.status_code == 200, reload.text
         assert reload.json()["previous_index_version"] == old_version

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydantic import TypeAdapter
 from service_support import (
     PER_CATEGORY,
     encode,
@@ -25,11 +26,14 @@ from service_support import (
     tiny_artifacts,
 )
 
+from index.attributes import CatalogAttributes
+from index.search import Scored
 from index.store import IndexStore
 from runtime.encoder import OnnxEncoder
 from service.app import STATIC_DIR, create_app
 from service.images import Upload, decode_upload
-from service.schemas import CompleteTheLook, CompleteTheLookAll, Recommended
+from service.recommender import products_json
+from service.schemas import BatchResponse, CompleteTheLook, CompleteTheLookAll, Recommended
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +50,26 @@ def client(artifacts: Path, stl_dir: Path) -> Iterator[TestClient]:
 @pytest.fixture(scope="module")
 def categories(client: TestClient) -> list[str]:
     return [c["name"] for c in client.get("/categories").json()["categories"]]
+
+
+def _server_errors(client: TestClient) -> float:
+    """Requests answered with a 5xx so far."""
+    text = client.get("/metrics").text
+    found = re.findall(r'^ctl_http_requests_total\{[^}]*status="5\d\d"[^}]*\} (\S+)$', text, re.M)
+    return sum(float(v) for v in found)
+
+
+@pytest.fixture(autouse=True)
+def no_server_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test that uses the shared client, bad inputs included, gets no 5xx (checked after
+    each test, so that no test has to run last)."""
+    if "client" not in request.fixturenames:
+        yield
+        return
+    client: TestClient = request.getfixturevalue("client")
+    before = _server_errors(client)
+    yield
+    assert _server_errors(client) == before, "a request was answered with a 5xx"
 
 
 def _metric(client: TestClient, name: str, **labels: str) -> float:
@@ -149,6 +173,66 @@ def test_recommend_responses_match_their_documented_models(
     ).json()
     assert set(CompleteTheLookAll.model_validate(every, strict=True).results) == set(categories)
     assert set(every) == set(CompleteTheLookAll.model_fields)
+
+
+def test_recommend_answers_are_the_bytes_fastapi_would_send(
+    client: TestClient, stl_dir: Path, categories: list[str]
+) -> None:
+    """The JSON written by service/answers.py is byte for byte the response model's (what
+    FastAPI sends for a returned dict: validated, then dumped by pydantic), misses and hits."""
+    image = {"image": ("s.jpg", scene(stl_dir, 9), "image/jpeg")}
+    stored = client.post("/scenes", files=image).json()["scene_id"]
+    batch = [("images", ("a.jpg", scene(stl_dir, 9), "image/jpeg"))]
+    batch.append(("images", ("b\u00e9.txt", b"not an image", "text/plain")))
+    for _ in range(2):  # a miss, then a hit
+        for model, r in (
+            (CompleteTheLook, post_scene(client, scene(stl_dir, 9), categories[0], explain="1")),
+            (CompleteTheLookAll, client.post("/complete-the-look/all", files=image)),
+            (
+                CompleteTheLook,
+                client.get(
+                    f"/scenes/{stored}/complete-the-look", params={"category": categories[1]}
+                ),
+            ),
+            (CompleteTheLookAll, client.get(f"/scenes/{stored}/complete-the-look/all?k=2")),
+            (BatchResponse, client.post("/batch/complete-the-look", files=batch)),
+        ):
+            assert r.status_code == 200, r.text
+            assert r.headers["content-type"] == "application/json"
+            assert model.model_validate_json(r.content).model_dump_json().encode() == r.content
+
+
+def test_products_json_is_the_response_models_json() -> None:
+    """Products with every kind of attribute, written as list[Recommended] would be."""
+    records: dict[str, dict[str, object]] = {
+        "a": {
+            "title": 'Stiefel "\u00e9t\u00e9" \u2603',
+            "price": 49.9,
+            "currency": "EUR",
+            "url": "https://x.example/p?a=1&b=2",
+            "brand": "acme",
+            "popularity": 3.0,
+            "attributes": {"color": "red", "size": 42, "eco": True, "ratio": 0.1},
+        },
+        "b": {"in_stock": False, "price": 5.0},
+    }
+    attributes = CatalogAttributes.build(7, records, {"Shoes": ["a", "b", "c"]}, lambda _: None)
+    ranked = [Scored(pid, "Shoes", 0.1 * n, 1e-7 * n, 2.0 / 3 + n) for n, pid in enumerate("abc")]
+    expected = [
+        {
+            "id": r.id,
+            "category": r.category,
+            "rank": rank,
+            "d_star": r.d_star,
+            "d_global": r.d_global,
+            "d_local": r.d_local,
+            "image_url": f"/products/{r.id}/image",
+            **records.get(r.id, {}),
+        }
+        for rank, r in enumerate(ranked, start=1)
+    ]
+    adapter = TypeAdapter(list[Recommended])
+    assert products_json(ranked, attributes) == adapter.dump_json(adapter.validate_python(expected))
 
 
 def test_all_categories_from_one_encoder_pass(
@@ -398,12 +482,6 @@ def test_unknown_product_is_404(client: TestClient) -> None:
     for path in ("/products/nope", "/products/nope/image", "/products/nope/similar"):
         r = client.get(path)
         assert r.status_code == 404 and "nope" in r.json()["detail"]
-
-
-def test_no_server_errors_so_far(client: TestClient) -> None:
-    """Every bad input above was answered without a 5xx (runs last in this module)."""
-    text = client.get("/metrics").text
-    assert re.search(r'ctl_http_requests_total\{[^}]*status="5\d\d"\}', text) is None
 
 
 def test_before_the_first_load_routes_that_need_the_model_are_503(

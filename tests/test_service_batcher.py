@@ -23,20 +23,33 @@ T = TypeVar("T")
 
 
 class Recorder:
-    """A batch function that records its batch sizes and the thread it ran on."""
+    """A batch function that records its batch sizes and the thread it ran on; with a
+    ``gate``, each call waits until the test opens it (the encoder is busy until then)."""
 
-    def __init__(self, delay: float = 0.0, fail_on: int | None = None) -> None:
+    def __init__(
+        self, delay: float = 0.0, fail_on: int | None = None, gate: threading.Event | None = None
+    ) -> None:
         self.sizes: list[int] = []
         self.threads: set[str] = set()
-        self.delay, self.fail_on = delay, fail_on
+        self.delay, self.fail_on, self.gate = delay, fail_on, gate
 
     def __call__(self, items: Sequence[int]) -> list[int]:
         self.sizes.append(len(items))
         self.threads.add(threading.current_thread().name)
+        if self.gate is not None:
+            assert self.gate.wait(timeout=30), "the test never opened the gate"
         time.sleep(self.delay)
         if self.fail_on in items:
             raise ValueError(f"bad item {self.fail_on}")
         return [i * 10 for i in items]
+
+
+async def until(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Wait on the loop until ``check()`` holds (a state, not a guess of how long it takes)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "the batcher never got there"
+        await asyncio.sleep(0.001)
 
 
 def _run(
@@ -133,7 +146,8 @@ def test_submit_prepares_and_encodes_in_one_job_on_the_encoder_thread() -> None:
 def test_submit_under_load_batches_and_prepares_where_the_lanes_say(concurrency: int) -> None:
     """One lane, busy: prepare in worker threads so that it never waits for decoding. Several
     lanes: prepare in the batch's job, one busy thread per lane."""
-    fn = Recorder(delay=0.05)
+    gate = threading.Event()
+    fn = Recorder(gate=gate)
     prepared_on: list[str] = []
 
     def prepare(raw: str) -> int:
@@ -145,10 +159,16 @@ def test_submit_under_load_batches_and_prepares_where_the_lanes_say(concurrency:
             b: MicroBatcher[int, int] = MicroBatcher(fn, pool, 8, 0.0, concurrency=concurrency)
             try:
                 first = asyncio.ensure_future(b.submit(0, same))  # keeps a lane busy
-                await asyncio.sleep(0.01)
-                rest = await asyncio.gather(*(b.submit(str(i), prepare) for i in range(1, 7)))
-                return [await first, *rest]
+                await until(lambda: fn.sizes == [1])
+                rest = asyncio.gather(*(b.submit(str(i), prepare) for i in range(1, 7)))
+                if concurrency == 1:  # the lane is busy: the six wait in the queue
+                    await until(lambda: b._queue.qsize() == 6)
+                else:  # the other lane takes them at once, as one batch
+                    await until(lambda: len(fn.sizes) == 2)
+                gate.set()
+                return [await first, *await rest]
             finally:
+                gate.set()
                 await b.close()
 
     assert asyncio.run(main()) == [i * 10 for i in range(7)]
@@ -158,18 +178,22 @@ def test_submit_under_load_batches_and_prepares_where_the_lanes_say(concurrency:
 
 
 def test_submit_prepare_errors_reach_only_their_caller() -> None:
-    fn = Recorder(delay=0.05)
+    gate = threading.Event()
+    fn = Recorder(gate=gate)
 
     async def go(b: MicroBatcher[int, int]) -> list[object]:
         first = asyncio.ensure_future(b.submit(0, same))
-        await asyncio.sleep(0.01)
+        await until(lambda: fn.sizes == [1])  # the only lane is busy
         # "x" fails like an undecodable upload, in the same batch as "1" and "2".
-        out = await asyncio.gather(
-            *(b.submit(r, int) for r in ("1", "x", "2")), return_exceptions=True
-        )
-        return [await first, *out]
+        out = asyncio.gather(*(b.submit(r, int) for r in ("1", "x", "2")), return_exceptions=True)
+        await until(lambda: b._queue.qsize() == 2)
+        gate.set()
+        return [await first, *await out]
 
-    out = _run(fn, 8, 0.0, go)
+    try:
+        out = _run(fn, 8, 0.0, go)
+    finally:
+        gate.set()
     assert out[:2] == [0, 10] and out[3] == 20 and isinstance(out[2], ValueError)
     assert fn.sizes == [1, 2]
 
@@ -177,13 +201,14 @@ def test_submit_prepare_errors_reach_only_their_caller() -> None:
 def test_concurrency_runs_that_many_batches_at_once() -> None:
     active, peak = 0, 0
     lock = threading.Lock()
+    both = threading.Barrier(2, timeout=30)  # a call returns only once another one runs too
 
     def fn(items: Sequence[int]) -> list[int]:
         nonlocal active, peak
         with lock:
             active += 1
             peak = max(peak, active)
-        time.sleep(0.03)
+        both.wait()
         with lock:
             active -= 1
         return [i * 10 for i in items]

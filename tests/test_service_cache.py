@@ -55,6 +55,24 @@ def _settings(
     )
 
 
+class Clock:
+    """A clock that stands still until the test moves it: the cache's pauses after a failure
+    are timed by it, so no test races them with sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def tiered(url: str, settings: Settings, clock: Clock, metrics: ServiceMetrics) -> Cache:
+    """What ``make_cache`` makes for ``settings`` (Redis behind an in-process LRU), with the
+    Redis pauses timed by ``clock``."""
+    redis_cache = RedisCache(url, settings, metrics, clock)
+    return TieredCache(MemoryCache(settings.cache_size, settings.cache_ttl_s), redis_cache)
+
+
 async def get(cache: Cache, key: str) -> bytes | None:
     """One key's value."""
     (value,) = await cache.get_many([key])
@@ -223,7 +241,7 @@ def test_results_and_embeddings_are_cached_in_redis(
         saved = {k: v for k in r.scan_iter(match=prefix + "*") if (v := r.dump(k)) is not None}
         keys = {k.decode() for k in saved}
         assert any(k.startswith(prefix + "emb:") for k in keys)
-        assert any(k.startswith(prefix + "ranked:") and category in k for k in keys)
+        assert any(k.startswith(prefix + "products:") and category in k for k in keys)
         # A repeat comes from the in-process cache in front of Redis, without a round trip.
         r.delete(*saved)
         assert post_scene(client, data, category).json()["cached"] is True
@@ -275,13 +293,13 @@ def test_redis_stopped_mid_test_is_bypassed_then_reconnected(stl_dir: Path) -> N
     port = free_port()
     server = _start_redis(port)
     try:
+        url = f"redis://127.0.0.1:{port}/0"
+        # A reply timeout no busy machine reaches: this test is about an outage, not slowness.
         settings = settings_for(
-            tiny_artifacts(stl_dir),
-            stl_dir,
-            redis_url=f"redis://127.0.0.1:{port}/0",
-            redis_retry_s=0.3,
+            tiny_artifacts(stl_dir), stl_dir, redis_url=url, redis_retry_s=0.3, redis_timeout_s=5
         )
-        with serve(settings) as client:
+        clock, metrics = Clock(), ServiceMetrics()
+        with serve(settings, cache=tiered(url, settings, clock, metrics)) as client:
             category = client.get("/categories").json()["categories"][0]["name"]
             assert post_scene(client, scene(stl_dir, 21), category).json()["cached"] is False
             assert post_scene(client, scene(stl_dir, 21), category).json()["cached"] is True
@@ -290,11 +308,10 @@ def test_redis_stopped_mid_test_is_bypassed_then_reconnected(stl_dir: Path) -> N
             for n in (22, 23):
                 r = post_scene(client, scene(stl_dir, n), category)
                 assert r.status_code == 200 and r.json()["cached"] is False
-            errors = client.get("/metrics").text
-            assert 'ctl_cache_errors_total{backend="redis"}' in errors
+            assert metrics.value("ctl_cache_errors_total", backend="redis") >= 1
 
             server = _start_redis(port)  # empty: the new server knows no key yet
-            time.sleep(0.4)  # past the retry interval
+            clock.now += settings.redis_retry_s  # past the longest pause
             assert post_scene(client, scene(stl_dir, 24), category).status_code == 200
             assert _eventually(lambda: bool(redis.Redis(port=port).keys("*"))), (
                 "the service did not reconnect to Redis"
@@ -317,10 +334,13 @@ def test_a_scene_stored_while_redis_is_down_says_so_and_reaches_redis_when_poste
     try:
         url = f"redis://127.0.0.1:{port}/0"
         artifacts = tiny_artifacts(stl_dir)
-        one = settings_for(artifacts, stl_dir, redis_url=url, redis_retry_s=0.3, cache_ttl_s=100)
-        other = settings_for(artifacts, stl_dir, redis_url=url, cache_size=0, cache_ttl_s=100)
+        # A reply timeout no busy machine reaches: this test is about an outage, not slowness.
+        same = {"redis_url": url, "cache_ttl_s": 100, "redis_timeout_s": 5}
+        one = settings_for(artifacts, stl_dir, redis_retry_s=0.3, **same)
+        other = settings_for(artifacts, stl_dir, cache_size=0, **same)
         photo = {"image": ("s.jpg", scene(stl_dir, 31), "image/jpeg")}
-        with serve(one) as a, serve(other) as b:
+        clock = Clock()
+        with serve(one, cache=tiered(url, one, clock, ServiceMetrics())) as a, serve(other) as b:
             category = a.get("/categories").json()["categories"][0]["name"]
             _stop(server)
             first = a.post("/scenes", files=photo)
@@ -329,13 +349,13 @@ def test_a_scene_stored_while_redis_is_down_says_so_and_reaches_redis_when_poste
             assert a.get(path, params={"category": category}).status_code == 200
 
             server = _start_redis(port)  # empty: it never saw the scene
-            time.sleep(0.4)  # past the retry interval
+            clock.now += one.redis_retry_s  # past the longest pause
             again = a.post("/scenes", files=photo)
             assert again.status_code == 200 and again.json()["shared"] is True, again.text
             answer = b.get(path, params={"category": category})
             assert answer.status_code == 200, answer.text
 
-            direct = redis.Redis(port=port)
+            direct = redis.Redis(port=port, socket_timeout=10)
             (key,) = direct.keys("*emb:*")
             direct.expire(key, 5)  # as if 95 of its 100 seconds had passed
             third = a.post("/scenes", files=photo)
@@ -397,18 +417,22 @@ def test_one_failure_pauses_redis_briefly_and_failed_retries_back_off() -> None:
     async def run() -> None:
         metrics = ServiceMetrics()
         url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: every call fails
-        cache = RedisCache(url, _settings(0.05, retry_min_s=0.3), metrics)
+        clock = Clock()
+        cache = RedisCache(url, _settings(0.05, retry_min_s=0.3), metrics, clock)
         assert await get(cache, "a") is None
         assert metrics.value("ctl_cache_errors_total", backend="redis") == 1
-        await asyncio.sleep(0.45)
+        clock.now += 0.29  # the first pause: not retried yet
+        assert await get(cache, "a") is None
+        assert metrics.value("ctl_cache_errors_total", backend="redis") == 1
+        clock.now += 0.16
         assert await get(cache, "a") is None
         assert metrics.value("ctl_cache_errors_total", backend="redis") == 2, (
             "still off after one failure"
         )
-        await asyncio.sleep(0.35)  # the pause doubled to 0.6 s: not retried yet
+        clock.now += 0.35  # the pause doubled to 0.6 s: not retried yet
         assert await get(cache, "a") is None
         assert metrics.value("ctl_cache_errors_total", backend="redis") == 2
-        await asyncio.sleep(0.45)
+        clock.now += 0.45
         assert await get(cache, "a") is None
         assert metrics.value("ctl_cache_errors_total", backend="redis") == 3
         await cache.close()

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path as FilePath
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Form, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Body, Form, HTTPException, Path, Query, status
 
 from index.attributes import AttributesBusyError, AttributesError, ProductAttributes
 from index.build import BuildError, NewProduct, add_products, remove_products
@@ -23,41 +23,48 @@ from index.store import (
 )
 from runtime.artifacts import ArtifactError
 from runtime.errors import quote
-from service.deps import AdminDep, pipeline
+from service.deps import AdminDep, FollowerDep, ManagerDep, pipeline
 from service.errors import AUTH, UNAVAILABLE, UPLOAD, responses
-from service.follow import published_versions
+from service.follow import Follower, published_versions
 from service.images import decode_upload
 from service.params import ImageField
-from service.schemas import CatalogImport, CatalogUpdate, ProductInfo, Reloaded
+from service.recommender import Pipeline
+from service.schemas import CatalogImport, CatalogUpdate, ProductInfo, Reloaded, product_info
 from service.serving import Serving, ServingManager
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 ID_FORMAT = "1-128 characters of A-Z a-z 0-9 . _ -, not starting with a dot"
 
 
-async def _switch(request: Request, reload_encoder: bool) -> tuple[Serving, Serving]:
+async def _switch(
+    pipe: Pipeline, manager: ServingManager, follower: Follower, reload_encoder: bool
+) -> tuple[Serving, Serving]:
     """Serve the newest versions: (the unit replaced, the one now served); 409 (still serving
     the old ones) when they do not load. A catalog update (``reload_encoder=False``) loads the
     version it published only if this process's follower has not loaded it already."""
-    manager: ServingManager = request.app.state.manager
-    reloads = request.app.state.metrics.reloads
-    settings = request.app.state.settings
     published = (
         (None, None)
         if reload_encoder
-        else await asyncio.to_thread(published_versions, settings.artifacts_dir)
+        else await asyncio.to_thread(published_versions, pipe.settings.artifacts_dir)
     )
     try:
         old = await manager.load(reload_encoder=reload_encoder, unless_serving=published)
     except (ArtifactError, IndexStoreError, OSError, ValueError, KeyError) as exc:
-        reloads.labels("failed").inc()
+        pipe.metrics.reloads.labels("failed").inc()
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"reload failed, still serving the previous version: {exc}"
         ) from None
-    reloads.labels("ok").inc()
-    await request.app.state.follower.announce()
+    pipe.metrics.reloads.labels("ok").inc()
+    await follower.announce()
     assert manager.current is not None
     return old, manager.current
+
+
+async def _catalog_update(
+    pipe: Pipeline, manager: ServingManager, follower: Follower, **ids: list[str]
+) -> dict:
+    _, new = await _switch(pipe, manager, follower, reload_encoder=False)
+    return {**new.versions(), **ids, "products": len(new.catalog)}
 
 
 @router.post(
@@ -65,19 +72,16 @@ async def _switch(request: Request, reload_encoder: bool) -> tuple[Serving, Serv
     response_model=Reloaded,
     responses=responses({**AUTH, 409: "the new version could not be loaded", 503: UNAVAILABLE}),
 )
-async def reload_current(request: Request) -> dict:
+async def reload_current(
+    pipe: Annotated[Pipeline, pipeline()], manager: ManagerDep, follower: FollowerDep
+) -> dict:
     """Load the newest model and index and switch to them; in-flight requests finish on the old."""
-    old, new = await _switch(request, reload_encoder=True)
+    old, new = await _switch(pipe, manager, follower, reload_encoder=True)
     return {
         **new.versions(),
         "previous_model_version": old.model_version,
         "previous_index_version": old.index_version,
     }
-
-
-async def _catalog_update(request: Request, **ids: list[str]) -> dict:
-    _, new = await _switch(request, reload_encoder=False)
-    return {**new.versions(), **ids, "products": len(new.catalog)}
 
 
 @router.post(
@@ -88,7 +92,9 @@ async def _catalog_update(request: Request, **ids: list[str]) -> dict:
     ),
 )
 async def add_product(
-    request: Request,
+    pipe: Annotated[Pipeline, pipeline("product_id", "category", "image")],
+    manager: ManagerDep,
+    follower: FollowerDep,
     product_id: Annotated[
         str,
         Form(
@@ -99,7 +105,6 @@ async def add_product(
     image: ImageField,
 ) -> dict:
     """Embed one new product and publish a new index version with it, then serve that."""
-    pipe = await pipeline(request, "product_id", "category", "image")
     settings, serving = pipe.settings, pipe.serving
     if category not in serving.encoder.categories:
         raise HTTPException(
@@ -118,7 +123,7 @@ async def add_product(
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
         except BuildError as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return await _catalog_update(request, added=[product_id])
+    return await _catalog_update(pipe, manager, follower, added=[product_id])
 
 
 @router.delete(
@@ -136,10 +141,11 @@ async def add_product(
 )
 async def delete_product(
     product_id: Annotated[str, Path(description=ID_FORMAT, pattern=PRODUCT_ID_PATTERN)],
-    request: Request,
+    pipe: Annotated[Pipeline, pipeline()],
+    manager: ManagerDep,
+    follower: FollowerDep,
 ) -> dict:
     """Publish a new index version without the product, then serve that."""
-    pipe = await pipeline(request)
     store = IndexStore.for_artifacts(pipe.settings.artifacts_dir)
     try:
         await asyncio.to_thread(
@@ -151,7 +157,7 @@ async def delete_product(
         ) from None
     except BuildError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return await _catalog_update(request, removed=[product_id])
+    return await _catalog_update(pipe, manager, follower, removed=[product_id])
 
 
 @router.patch(
@@ -171,13 +177,13 @@ async def delete_product(
 async def patch_product(
     product_id: Annotated[str, Path(description=ID_FORMAT, pattern=PRODUCT_ID_PATTERN)],
     update: ProductAttributes,
-    request: Request,
+    pipe: Annotated[Pipeline, pipeline()],
+    follower: FollowerDep,
 ) -> dict:
     """Change a product's attributes (stock, price, title, ...): the fields sent, ``null``
     resetting one; ``attributes`` keys are merged (``null`` removes a key). Nothing is
     re-embedded and no index version is made; every replica follows within its follow bound,
     this one before it answers."""
-    pipe = await pipeline(request)
     if pipe.serving.catalog.product(product_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no product with id {quote(product_id)}")
     changes = {name: getattr(update, name) for name in update.model_fields_set}
@@ -188,17 +194,11 @@ async def patch_product(
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     except AttributesBusyError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    follower = request.app.state.follower
     await follower.sync_attributes()
     await follower.announce()
     p = pipe.serving.catalog.product(product_id)
     assert p is not None
-    return {
-        "id": p.id,
-        "category": p.category,
-        "image_url": f"/products/{p.id}/image",
-        **stored[product_id],
-    }
+    return product_info(p.id, p.category, stored[product_id])
 
 
 IMPORT_EXAMPLE = (
@@ -220,7 +220,9 @@ IMPORT_EXAMPLE = (
     ),
 )
 async def import_products(
-    request: Request,
+    pipe: Annotated[Pipeline, pipeline()],
+    manager: ManagerDep,
+    follower: FollowerDep,
     rows: Annotated[
         str,
         Body(
@@ -237,7 +239,6 @@ async def import_products(
 ) -> dict:
     """``ctl catalog import`` for a running service: embeds new products and changed images,
     sets attributes, makes at most one index version, then serves it."""
-    pipe = await pipeline(request)
     settings = pipe.settings
     store = IndexStore.for_artifacts(settings.artifacts_dir)
     with tempfile.TemporaryDirectory(prefix="ctl-import-") as tmp:
@@ -261,9 +262,9 @@ async def import_products(
         except (AttributesBusyError, BuildError) as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     if report.version != pipe.serving.index_version:
-        _, now = await _switch(request, reload_encoder=False)
+        _, now = await _switch(pipe, manager, follower, reload_encoder=False)
     else:
-        await request.app.state.follower.sync_attributes()
-        await request.app.state.follower.announce()
+        await follower.sync_attributes()
+        await follower.announce()
         now = pipe.serving
     return {**report.to_dict(), **now.versions()}

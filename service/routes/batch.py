@@ -9,9 +9,10 @@ import asyncio
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
 
 from index.filters import ProductFilter
+from service.answers import json_object, json_response
 from service.deps import DEFAULT_K, check_categories, check_k, parse_filter, pipeline
 from service.images import MAX_NAME
 from service.params import ERRORS, FilterField, KField
@@ -61,7 +62,8 @@ async def _one(
     categories: list[str],
     k: int,
     flt: ProductFilter,
-) -> dict:
+) -> bytes:
+    """The ``BatchItem`` of one image, as JSON."""
     name = (image.filename or f"image {index}")[:MAX_NAME]
     try:
         wanted = check_categories(pipe.serving, list(dict.fromkeys(categories)))
@@ -70,17 +72,11 @@ async def _one(
             found = await pipe.recommend(upload.sha256, wanted, k, upload, flt=flt)
             sha256 = upload.sha256
     except HTTPException as exc:
-        return {
-            "index": index,
-            "filename": name,
-            "error": {"status": exc.status_code, "detail": str(exc.detail)},
-        }
-    return {
-        "index": index,
-        "filename": name,
-        "scene_sha256": sha256,
-        "results": found.results,
-    }
+        error = {"status": exc.status_code, "detail": str(exc.detail)}
+        item: dict[str, object] = {"scene_sha256": None, "results": None, "error": error}
+    else:
+        item = {"scene_sha256": sha256, "results": json_object(found.results), "error": None}
+    return json_object({"index": index, "filename": name, **item})
 
 
 @router.post(
@@ -89,7 +85,7 @@ async def _one(
     responses=ERRORS,
 )
 async def batch_complete_the_look(
-    request: Request,
+    pipe: Annotated[Pipeline, pipeline("categories", "k", "filter")],
     images: Annotated[
         list[UploadFile],
         File(
@@ -108,13 +104,12 @@ async def batch_complete_the_look(
     ] = None,
     k: KField = DEFAULT_K,
     filter: FilterField = None,
-) -> dict:
+) -> Response:
     """Recommendations for each uploaded scene; per-item errors do not fail the batch.
     One filter applies to every item.
 
     The files are read a few at a time (as many as one encoder call takes), never all at once.
     """
-    pipe = await pipeline(request, "categories", "k", "filter")
     check_k(k, pipe.settings)
     flt = parse_filter(filter)
     limit = pipe.settings.max_batch_items
@@ -131,4 +126,6 @@ async def batch_complete_the_look(
             for i, (img, cats) in enumerate(zip(images, per_image, strict=True))
         )
     )
-    return {**pipe.serving.versions(), "k": k, "items": items}
+    return json_response(
+        {**pipe.serving.versions(), "k": k, "items": b"[" + b",".join(items) + b"]"}
+    )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.deps import ServingDep
+from service.deps import MetricsDep, pipeline
 from service.errors import responses
+from service.recommender import Pipeline
 from service.schemas import Health, Ready
 
 router = APIRouter(tags=["operations"])
@@ -19,9 +22,10 @@ async def healthz() -> dict:
 
 
 @router.get("/readyz", response_model=Ready, responses=responses({503: "not loaded yet"}))
-async def readyz(request: Request, serving: ServingDep) -> dict:
+async def readyz(pipe: Annotated[Pipeline, pipeline()]) -> dict:
     """Model and index are loaded; the execution providers and FAISS device in use, and a
     warning for each GPU build that runs on the CPU."""
+    serving = pipe.serving
     return {
         **serving.versions(),
         "status": "ready",
@@ -29,12 +33,12 @@ async def readyz(request: Request, serving: ServingDep) -> dict:
         "providers": serving.encoder.providers,
         "faiss_device": serving.catalog.faiss_device,
         "warnings": serving.warnings,
-        "cache": request.app.state.cache.backend,
+        "cache": pipe.cache.backend,
         "categories": len(serving.categories),
     }
 
 
 @router.get("/metrics", response_class=Response)
-async def prometheus_exposition(request: Request) -> Response:
+async def prometheus_exposition(metrics: MetricsDep) -> Response:
     """Prometheus text exposition (every worker's, merged, under ``ctl serve --workers N``)."""
-    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -5,25 +5,18 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Request, status
+from fastapi import APIRouter, Form, HTTPException, status
 from fastapi.responses import FileResponse
 
 from index.attributes import CatalogAttributes
 from index.search import Product, Similar, similar, similar_to_product
 from runtime.errors import quote
-from service.deps import (
-    DEFAULT_K,
-    ServingDep,
-    check_category,
-    check_k,
-    check_single,
-    parse_filter,
-    pipeline,
-)
+from service.deps import DEFAULT_K, ServingDep, check_categories, check_k, parse_filter, pipeline
 from service.errors import UNAVAILABLE, responses
 from service.images import decode_upload
 from service.params import ERRORS, FilterField, FilterQuery, ImageField, KField, KQuery
-from service.schemas import Categories, ProductInfo, SimilarResponse
+from service.recommender import Pipeline
+from service.schemas import Categories, ProductInfo, SimilarResponse, image_url, product_info
 from service.serving import Serving
 
 router = APIRouter(tags=["catalog"])
@@ -52,7 +45,7 @@ def _similar_response(
                 "category": s.category,
                 "rank": rank,
                 "distance": s.distance,
-                "image_url": f"/products/{s.id}/image",
+                "image_url": image_url(s.id),
                 **attrs.record(s.id),
             }
             for rank, s in enumerate(found, start=1)
@@ -73,12 +66,7 @@ async def categories(serving: ServingDep) -> dict:
 async def get_product(product_id: str, serving: ServingDep) -> dict:
     """One catalog product."""
     p = _product(serving, product_id)
-    return {
-        "id": p.id,
-        "category": p.category,
-        "image_url": f"/products/{p.id}/image",
-        **serving.catalog.attributes.record(p.id),
-    }
+    return product_info(p.id, p.category, serving.catalog.attributes.record(p.id))
 
 
 @router.get(
@@ -97,20 +85,17 @@ async def product_image(product_id: str, serving: ServingDep) -> FileResponse:
 @router.get("/products/{product_id}/similar", response_model=SimilarResponse, responses=NOT_FOUND)
 async def similar_products(
     product_id: str,
-    request: Request,
-    serving: ServingDep,
+    pipe: Annotated[Pipeline, pipeline("k", "filter")],
     k: KQuery = DEFAULT_K,
     filter: FilterQuery = None,
 ) -> dict:
     """Visually similar products of the same category that pass the filter (the product
     itself excluded)."""
-    check_single(request.query_params, ("k", "filter"))
-    check_k(k, request.app.state.settings)
+    check_k(k, pipe.settings)
     flt = parse_filter(filter)
-    p = _product(serving, product_id)
-    attrs = serving.catalog.attributes
-    found = similar_to_product(serving.catalog, p.id, k, flt, attrs)
-    return _similar_response(serving, attrs, p.category, k, found)
+    p = _product(pipe.serving, product_id)
+    found = similar_to_product(pipe.serving.catalog, p.id, k, flt, pipe.attributes)
+    return _similar_response(pipe.serving, pipe.attributes, p.category, k, found)
 
 
 @router.post(
@@ -119,17 +104,16 @@ async def similar_products(
     responses=ERRORS,
 )
 async def similar_to_photo(
-    request: Request,
+    pipe: Annotated[Pipeline, pipeline("image", "category", "k", "filter")],
     image: ImageField,
     category: Annotated[str, Form(description="the category to search", examples=["Shoes"])],
     k: KField = DEFAULT_K,
     filter: FilterField = None,
 ) -> dict:
     """Products of ``category`` that pass the filter and look like the uploaded product photo."""
-    pipe = await pipeline(request, "image", "category", "k", "filter")
     check_k(k, pipe.settings)
     flt = parse_filter(filter)
-    check_category(pipe.serving, category)
+    check_categories(pipe.serving, [category])
     encoder, max_pixels = pipe.serving.encoder, pipe.settings.max_image_pixels
     async with pipe.upload(image) as upload, pipe.decoding(upload, encoder.input_size):
         # Decoded and shrunk to the model input in one go: the full-size pixels live only

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Response
 
 from service.answers import all_categories, one_category
 from service.deps import DEFAULT_K, check_categories, check_k, parse_filter, pipeline, unique
 from service.params import CATEGORIES, ERRORS, EXPLAIN, FilterField, ImageField, KField
+from service.recommender import Pipeline
 from service.schemas import CompleteTheLook, CompleteTheLookAll
 
 router = APIRouter(tags=["recommend"])
@@ -20,19 +21,18 @@ router = APIRouter(tags=["recommend"])
     responses=ERRORS,
 )
 async def complete_the_look(
-    request: Request,
+    pipe: Annotated[Pipeline, pipeline("image", "category", "k", "explain", "filter")],
     image: ImageField,
     category: Annotated[str, Form(description="a category name", examples=["Shoes"])],
     k: KField = DEFAULT_K,
     explain: Annotated[bool, Form(description=EXPLAIN)] = False,
     filter: FilterField = None,
-) -> dict:
+) -> Response:
     """Products of ``category`` that complete the look of the uploaded scene, best first
     (k of them whenever k pass the filter).
 
     For several questions about one photo, upload it once (``POST /scenes``) and ask with GET.
     """
-    pipe = await pipeline(request, "image", "category", "k", "explain", "filter")
     check_k(k, pipe.settings)
     flt = parse_filter(filter)
     wanted = check_categories(pipe.serving, [category])
@@ -49,7 +49,7 @@ async def complete_the_look(
     responses=ERRORS,
 )
 async def complete_the_look_all(
-    request: Request,
+    pipe: Annotated[Pipeline, pipeline("image", "k", "filter")],
     image: ImageField,
     categories: Annotated[
         list[str] | None,
@@ -57,9 +57,8 @@ async def complete_the_look_all(
     ] = None,
     k: KField = DEFAULT_K,
     filter: FilterField = None,
-) -> dict:
+) -> Response:
     """Recommendations for every category (or the listed ones) from one encoder pass."""
-    pipe = await pipeline(request, "image", "k", "filter")
     check_k(k, pipe.settings)
     flt = parse_filter(filter)
     wanted = check_categories(pipe.serving, unique(categories) or list(pipe.serving.categories))

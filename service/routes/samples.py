@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import FileResponse
 
 from runtime.errors import quote
 from service.config import Settings
+from service.deps import SamplesDep
 from service.errors import responses
 from service.schemas import Sample
 
@@ -31,15 +32,10 @@ def find_samples(settings: Settings) -> dict[str, Path]:
     return {p.name: p for p in files[: settings.samples_count]}
 
 
-def _samples(request: Request) -> dict[str, Path]:
-    found: dict[str, Path] = request.app.state.samples
-    return found
-
-
 @router.get("/samples", response_model=list[Sample])
-async def list_samples(request: Request) -> list[dict]:
+async def list_samples(samples: SamplesDep) -> list[dict]:
     """Sample scene photos to try the service with (empty when none are configured)."""
-    return [{"name": name, "url": f"/samples/{name}"} for name in _samples(request)]
+    return [{"name": name, "url": f"/samples/{name}"} for name in samples]
 
 
 @router.get(
@@ -47,9 +43,9 @@ async def list_samples(request: Request) -> list[dict]:
     response_class=FileResponse,
     responses=responses({404: "no such sample", 422: "a mistyped path"}),
 )
-async def get_sample(name: str, request: Request) -> FileResponse:
+async def get_sample(name: str, samples: SamplesDep) -> FileResponse:
     """One sample image; only names listed by ``GET /samples`` resolve, so no path escapes."""
-    path = _samples(request).get(name)
+    path = samples.get(name)
     if path is None or not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sample named {quote(name)}")
     return FileResponse(path, media_type=MEDIA_TYPES[path.suffix.lower()])

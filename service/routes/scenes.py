@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
 from service.answers import all_categories, one_category
 from service.deps import DEFAULT_K, check_categories, check_k, parse_filter, pipeline, unique
 from service.errors import UNAVAILABLE, responses
 from service.params import CATEGORIES, ERRORS, EXPLAIN, FilterQuery, ImageField, KQuery
+from service.recommender import Pipeline
 from service.schemas import CompleteTheLook, CompleteTheLookAll, SceneCreated
 
 router = APIRouter(prefix="/scenes", tags=["scenes"])
@@ -47,12 +48,13 @@ GET_ERRORS = responses(
         200: {"model": SceneCreated, "description": "the scene was known"},
     },
 )
-async def create_scene(request: Request, image: ImageField, response: Response) -> dict:
+async def create_scene(
+    pipe: Annotated[Pipeline, pipeline("image")], image: ImageField, response: Response
+) -> dict:
     """Embed the scene and keep it for follow-up questions: 201 with its id, or 200 with the
     same id when it is stored already (its expiry starts again). ``shared`` is false when Redis
     was unreachable: only this replica knows the scene until it is posted again. 501 where the
     service keeps no scenes (no cache)."""
-    pipe = await pipeline(request, "image")
     if not pipe.cache.keeps:
         raise HTTPException(
             status.HTTP_501_NOT_IMPLEMENTED,
@@ -69,15 +71,14 @@ async def create_scene(request: Request, image: ImageField, response: Response) 
 
 @router.get("/{scene_id}/complete-the-look", response_model=CompleteTheLook, responses=GET_ERRORS)
 async def scene_complete_the_look(
-    request: Request,
+    pipe: Annotated[Pipeline, pipeline("category", "k", "explain", "filter")],
     scene_id: SceneId,
     category: Annotated[str, Query(description="a category name", examples=["Shoes"])],
     k: KQuery = DEFAULT_K,
     explain: Annotated[bool, Query(description=EXPLAIN)] = False,
     filter: FilterQuery = None,
-) -> dict:
+) -> Response:
     """``POST /complete-the-look`` for a stored scene."""
-    pipe = await pipeline(request, "category", "k", "explain", "filter")
     check_k(k, pipe.settings)
     flt = parse_filter(filter)
     wanted = check_categories(pipe.serving, [category])
@@ -89,14 +90,13 @@ async def scene_complete_the_look(
     "/{scene_id}/complete-the-look/all", response_model=CompleteTheLookAll, responses=GET_ERRORS
 )
 async def scene_complete_the_look_all(
-    request: Request,
+    pipe: Annotated[Pipeline, pipeline("k", "filter")],
     scene_id: SceneId,
     categories: Annotated[list[str] | None, Query(description=CATEGORIES)] = None,
     k: KQuery = DEFAULT_K,
     filter: FilterQuery = None,
-) -> dict:
+) -> Response:
     """``POST /complete-the-look/all`` for a stored scene."""
-    pipe = await pipeline(request, "k", "filter")
     check_k(k, pipe.settings)
     flt = parse_filter(filter)
     wanted = check_categories(pipe.serving, unique(categories) or list(pipe.serving.categories))

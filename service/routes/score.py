@@ -6,13 +6,14 @@ import asyncio
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Request, status
+from fastapi import APIRouter, Form, HTTPException, status
 from pydantic import StringConstraints
 
 from index.search import score
 from index.store import PRODUCT_ID_PATTERN
 from service.deps import pipeline, unique
 from service.params import ERRORS, ImageField
+from service.recommender import Pipeline
 from service.schemas import ScoreResponse
 
 router = APIRouter(tags=["recommend"])
@@ -29,7 +30,7 @@ ProductIdItem = Annotated[str, StringConstraints(pattern=PRODUCT_ID_PATTERN)]
     responses=ERRORS,
 )
 async def score_products(
-    request: Request,
+    pipe: Annotated[Pipeline, pipeline("image")],
     image: ImageField,
     product_ids: Annotated[
         list[ProductIdItem],
@@ -41,7 +42,6 @@ async def score_products(
     ],
 ) -> dict:
     """d*, d_global and d_local of each product for the scene; unknown ids are listed."""
-    pipe = await pipeline(request, "image")
     ids = unique(product_ids)
     if not ids:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "product_ids is empty")
