@@ -73,5 +73,3 @@ def test_load_run_round_trip(model: CTLModel, tmp_path: Path) -> None:
     torch.testing.assert_close(loaded.product_embedding(g), model.product_embedding(g))
     with pytest.raises(FileNotFoundError, match=r"checkpoint\.pt not found"):
         load_run(tmp_path / "missing")
-
-
