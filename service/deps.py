@@ -14,9 +14,10 @@ from fastapi.security.utils import get_authorization_scheme_param
 from starlette.datastructures import FormData, QueryParams
 
 from index.filters import FilterError, ProductFilter
+from index.search import Product
 from runtime.errors import quote
 from service.config import Settings
-from service.errors import sent_fields
+from service.errors import no_product, sent_fields
 from service.follow import Follower
 from service.metrics import ServiceMetrics
 from service.recommender import Pipeline
@@ -70,23 +71,39 @@ async def require_admin(
         raise denial
 
 
-def check_k(k: int, settings: Settings) -> int:
-    """422 unless 1 <= k <= max_k."""
+def check_query(k: int, raw_filter: str | None, settings: Settings) -> ProductFilter:
+    """The ``filter`` field (JSON; absent: in-stock products only), or 422 naming the problem
+    with it or with ``k`` (unless 1 <= k <= max_k): what every recommending route checks first.
+    """
     if not 1 <= k <= settings.max_k:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"k must be between 1 and {settings.max_k}, got {quote(str(k))}",
         )
-    return k
+    try:
+        return ProductFilter.parse(raw_filter)
+    except FilterError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
 def check_categories(serving: Serving, categories: list[str]) -> dict[str, int]:
-    """Each category with its model row (resolved once per request), or 422 at the first
-    unknown one, listing the valid categories."""
+    """Each category (every served one when none is named) with its model row (resolved once
+    per request), or 422 at the first unknown one, listing the valid categories."""
     try:
-        return {category: serving.category_index(category) for category in categories}
+        return {
+            category: serving.category_index(category)
+            for category in categories or serving.categories
+        }
     except UnknownCategory as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+
+
+def check_product(serving: Serving, product_id: str) -> Product:
+    """The catalog product ``product_id``, or 404."""
+    product = serving.catalog.product(product_id)
+    if product is None:
+        raise no_product(product_id)
+    return product
 
 
 def check_single(params: FormData | QueryParams, names: tuple[str, ...]) -> None:
@@ -135,14 +152,6 @@ def _state(name: str) -> Any:
         return getattr(request.app.state, name)
 
     return Depends(get)
-
-
-def parse_filter(raw: str | None) -> ProductFilter:
-    """The ``filter`` field (JSON; absent: in-stock products only), or 422 naming the problem."""
-    try:
-        return ProductFilter.parse(raw)
-    except FilterError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
 def unique(values: list[str] | None) -> list[str]:

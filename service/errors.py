@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -34,6 +34,15 @@ UPLOAD = {
     "k out of range, a missing, repeated or mistyped field",
     503: UNAVAILABLE,
 }
+RETRY = {
+    "headers": {
+        "Retry-After": {
+            "description": "seconds to wait before trying again",
+            "schema": {"type": "integer"},
+        }
+    }
+}
+"""What a 503 adds to its documentation: the ``Retry-After`` header."""
 
 
 class ErrorBody(BaseModel):
@@ -47,17 +56,15 @@ def responses(codes: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
 
     A route that lists 422 here gets no FastAPI default 422 (the list form) beside it.
     """
-    documented: dict[int | str, dict[str, Any]] = {}
-    for code, description in codes.items():
-        documented[code] = {"model": ErrorBody, "description": description}
-        if code == 503:
-            documented[code]["headers"] = {
-                "Retry-After": {
-                    "description": "seconds to wait before trying again",
-                    "schema": {"type": "integer"},
-                }
-            }
-    return documented
+    return {
+        code: {"model": ErrorBody, "description": description, **(RETRY if code == 503 else {})}
+        for code, description in codes.items()
+    }
+
+
+def no_product(product_id: str) -> HTTPException:
+    """The 404 of a product id the catalog does not hold."""
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"no product with id {quote(product_id)}")
 
 
 async def sent_fields(request: Request) -> FormData | QueryParams:

@@ -23,8 +23,8 @@ from index.store import (
 )
 from runtime.artifacts import ArtifactError
 from runtime.errors import quote
-from service.deps import AdminDep, FollowerDep, ManagerDep, pipeline
-from service.errors import AUTH, UNAVAILABLE, UPLOAD, responses
+from service.deps import AdminDep, FollowerDep, ManagerDep, check_product, pipeline
+from service.errors import AUTH, UNAVAILABLE, UPLOAD, no_product, responses
 from service.follow import Follower, published_versions
 from service.images import decode_upload
 from service.params import ImageField
@@ -152,9 +152,7 @@ async def delete_product(
             remove_products, store, pipe.serving.encoder, [product_id], pipe.settings.ann_threshold
         )
     except UnknownProductError:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"no product with id {quote(product_id)}"
-        ) from None
+        raise no_product(product_id) from None
     except BuildError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     return await _catalog_update(pipe, manager, follower, removed=[product_id])
@@ -184,8 +182,7 @@ async def patch_product(
     resetting one; ``attributes`` keys are merged (``null`` removes a key). Nothing is
     re-embedded and no index version is made; every replica follows within its follow bound,
     this one before it answers."""
-    if pipe.serving.catalog.product(product_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no product with id {quote(product_id)}")
+    check_product(pipe.serving, product_id)
     changes = {name: getattr(update, name) for name in update.model_fields_set}
     store = IndexStore.for_artifacts(pipe.settings.artifacts_dir).attributes
     try:
@@ -255,9 +252,7 @@ async def import_products(
                 ann_threshold=settings.ann_threshold,
                 base_dir=settings.data_dir,
             )
-        except CatalogImportError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-        except TableError as exc:
+        except (CatalogImportError, TableError) as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
         except (AttributesBusyError, BuildError) as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None

@@ -13,7 +13,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, 
 
 from index.filters import ProductFilter
 from service.answers import json_object, json_response
-from service.deps import DEFAULT_K, check_categories, check_k, parse_filter, pipeline
+from service.deps import DEFAULT_K, check_categories, check_query, pipeline
 from service.images import MAX_NAME
 from service.params import ERRORS, FilterField, KField
 from service.recommender import Pipeline
@@ -110,8 +110,7 @@ async def batch_complete_the_look(
 
     The files are read a few at a time (as many as one encoder call takes), never all at once.
     """
-    check_k(k, pipe.settings)
-    flt = parse_filter(filter)
+    flt = check_query(k, filter, pipe.settings)
     limit = pipe.settings.max_batch_items
     if len(images) > limit:
         raise HTTPException(

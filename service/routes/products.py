@@ -9,9 +9,16 @@ from fastapi import APIRouter, Form, HTTPException, status
 from fastapi.responses import FileResponse
 
 from index.attributes import CatalogAttributes
-from index.search import Product, Similar, similar, similar_to_product
+from index.search import Similar, similar, similar_to_product
 from runtime.errors import quote
-from service.deps import DEFAULT_K, ServingDep, check_categories, check_k, parse_filter, pipeline
+from service.deps import (
+    DEFAULT_K,
+    ServingDep,
+    check_categories,
+    check_product,
+    check_query,
+    pipeline,
+)
 from service.errors import UNAVAILABLE, responses
 from service.images import decode_upload
 from service.params import ERRORS, FilterField, FilterQuery, ImageField, KField, KQuery
@@ -23,13 +30,6 @@ router = APIRouter(tags=["catalog"])
 NOT_FOUND = responses(
     {404: "no such product", 422: "a mistyped field, or k out of range", 503: UNAVAILABLE}
 )
-
-
-def _product(serving: Serving, product_id: str) -> Product:
-    product = serving.catalog.product(product_id)
-    if product is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no product with id {quote(product_id)}")
-    return product
 
 
 def _similar_response(
@@ -65,7 +65,7 @@ async def categories(serving: ServingDep) -> dict:
 @router.get("/products/{product_id}", response_model=ProductInfo, responses=NOT_FOUND)
 async def get_product(product_id: str, serving: ServingDep) -> dict:
     """One catalog product."""
-    p = _product(serving, product_id)
+    p = check_product(serving, product_id)
     return product_info(p.id, p.category, serving.catalog.attributes.record(p.id))
 
 
@@ -76,7 +76,7 @@ async def get_product(product_id: str, serving: ServingDep) -> dict:
 )
 async def product_image(product_id: str, serving: ServingDep) -> FileResponse:
     """The product's catalog photo."""
-    path = _product(serving, product_id).image
+    path = check_product(serving, product_id).image
     if not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no image stored for {quote(product_id)}")
     return FileResponse(path, media_type="image/jpeg")
@@ -91,9 +91,8 @@ async def similar_products(
 ) -> dict:
     """Visually similar products of the same category that pass the filter (the product
     itself excluded)."""
-    check_k(k, pipe.settings)
-    flt = parse_filter(filter)
-    p = _product(pipe.serving, product_id)
+    flt = check_query(k, filter, pipe.settings)
+    p = check_product(pipe.serving, product_id)
     found = similar_to_product(pipe.serving.catalog, p.id, k, flt, pipe.attributes)
     return _similar_response(pipe.serving, pipe.attributes, p.category, k, found)
 
@@ -111,8 +110,7 @@ async def similar_to_photo(
     filter: FilterField = None,
 ) -> dict:
     """Products of ``category`` that pass the filter and look like the uploaded product photo."""
-    check_k(k, pipe.settings)
-    flt = parse_filter(filter)
+    flt = check_query(k, filter, pipe.settings)
     check_categories(pipe.serving, [category])
     encoder, max_pixels = pipe.serving.encoder, pipe.settings.max_image_pixels
     async with pipe.upload(image) as upload, pipe.decoding(upload, encoder.input_size):

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Response
 
 from service.answers import all_categories, one_category
-from service.deps import DEFAULT_K, check_categories, check_k, parse_filter, pipeline, unique
+from service.deps import DEFAULT_K, check_categories, check_query, pipeline, unique
 from service.params import CATEGORIES, ERRORS, EXPLAIN, FilterField, ImageField, KField
 from service.recommender import Pipeline
 from service.schemas import CompleteTheLook, CompleteTheLookAll
@@ -33,8 +33,7 @@ async def complete_the_look(
 
     For several questions about one photo, upload it once (``POST /scenes``) and ask with GET.
     """
-    check_k(k, pipe.settings)
-    flt = parse_filter(filter)
+    flt = check_query(k, filter, pipe.settings)
     wanted = check_categories(pipe.serving, [category])
     async with pipe.upload(image) as upload:
         found = await pipe.recommend(
@@ -59,9 +58,8 @@ async def complete_the_look_all(
     filter: FilterField = None,
 ) -> Response:
     """Recommendations for every category (or the listed ones) from one encoder pass."""
-    check_k(k, pipe.settings)
-    flt = parse_filter(filter)
-    wanted = check_categories(pipe.serving, unique(categories) or list(pipe.serving.categories))
+    flt = check_query(k, filter, pipe.settings)
+    wanted = check_categories(pipe.serving, unique(categories))
     async with pipe.upload(image) as upload:
         found = await pipe.recommend(upload.sha256, wanted, k, upload, flt=flt)
     return all_categories(pipe, upload.sha256, k, found)

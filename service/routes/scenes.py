@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
 from service.answers import all_categories, one_category
-from service.deps import DEFAULT_K, check_categories, check_k, parse_filter, pipeline, unique
+from service.deps import DEFAULT_K, check_categories, check_query, pipeline, unique
 from service.errors import UNAVAILABLE, responses
 from service.params import CATEGORIES, ERRORS, EXPLAIN, FilterQuery, ImageField, KQuery
 from service.recommender import Pipeline
@@ -79,8 +79,7 @@ async def scene_complete_the_look(
     filter: FilterQuery = None,
 ) -> Response:
     """``POST /complete-the-look`` for a stored scene."""
-    check_k(k, pipe.settings)
-    flt = parse_filter(filter)
+    flt = check_query(k, filter, pipe.settings)
     wanted = check_categories(pipe.serving, [category])
     found = await pipe.recommend(scene_id, wanted, k, need_embedding=explain, flt=flt)
     return one_category(pipe, scene_id, category, wanted[category], k, found, explain)
@@ -97,8 +96,7 @@ async def scene_complete_the_look_all(
     filter: FilterQuery = None,
 ) -> Response:
     """``POST /complete-the-look/all`` for a stored scene."""
-    check_k(k, pipe.settings)
-    flt = parse_filter(filter)
-    wanted = check_categories(pipe.serving, unique(categories) or list(pipe.serving.categories))
+    flt = check_query(k, filter, pipe.settings)
+    wanted = check_categories(pipe.serving, unique(categories))
     found = await pipe.recommend(scene_id, wanted, k, flt=flt)
     return all_categories(pipe, scene_id, k, found)

@@ -42,9 +42,7 @@ async def score_products(
     ],
 ) -> dict:
     """d*, d_global and d_local of each product for the scene; unknown ids are listed."""
-    ids = unique(product_ids)
-    if not ids:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "product_ids is empty")
+    ids = unique(product_ids)  # never empty: an empty id does not match the id pattern
     if len(ids) > pipe.settings.max_score_ids:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
