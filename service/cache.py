@@ -72,20 +72,16 @@ class MemoryCache:
     def __init__(self, max_items: int, ttl_s: float) -> None:
         self.keeps = max_items > 0
         # cachetools' TTLCache evicts the least recently used item when full; it needs a size
-        # of at least 1, and a size of 0 keeps nothing.
-        self._items: TTLCache[str, bytes] | None = (
-            TTLCache(max_items, ttl_s) if max_items > 0 else None
-        )
+        # of at least 1, so a size of 0 is one that is never set (it stays empty).
+        self._items: TTLCache[str, bytes] = TTLCache(max(1, max_items), ttl_s)
         self._lock = threading.Lock()
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        if self._items is None:
-            return [None] * len(keys)
         with self._lock:
             return [self._items.get(key) for key in keys]
 
     async def set(self, key: str, value: bytes) -> None:
-        if self._items is not None:
+        if self.keeps:
             with self._lock:
                 self._items[key] = value
 
@@ -95,9 +91,8 @@ class MemoryCache:
         return True
 
     async def close(self) -> None:
-        if self._items is not None:
-            with self._lock:
-                self._items.clear()
+        with self._lock:
+            self._items.clear()
 
 
 class RedisCache:

@@ -126,12 +126,8 @@ class Follower:
             except Exception as exc:  # keep serving the attributes held
                 log.warning("cannot read product attributes: %s", exc)
                 return False
-            if since == 0:
-                catalog.attributes = await asyncio.to_thread(
-                    catalog.attributes_at, revision, changed
-                )
-            else:
-                catalog.attributes = await asyncio.to_thread(held.apply, revision, changed)
+            apply = catalog.attributes_at if since == 0 else held.apply
+            catalog.attributes = await asyncio.to_thread(apply, revision, changed)
             log.debug("attributes at revision %d (%d changed)", revision, len(changed))
             return True
 

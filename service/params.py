@@ -18,21 +18,11 @@ ImageField = Annotated[
         json_schema_extra={"minLength": 1},
     ),
 ]
+K = "how many products per category (1..max_k)"
 # The schema's maximum is the default max_k; the app's schema says the configured one.
-KField = Annotated[
-    int,
-    Form(
-        description="how many products per category (1..max_k)",
-        json_schema_extra={"minimum": 1, "maximum": 100},
-    ),
-]
-KQuery = Annotated[
-    int,
-    Query(
-        description="how many products per category (1..max_k)",
-        json_schema_extra={"minimum": 1, "maximum": 100},
-    ),
-]
+K_RANGE = {"minimum": 1, "maximum": 100}
+KField = Annotated[int, Form(description=K, json_schema_extra=K_RANGE)]
+KQuery = Annotated[int, Query(description=K, json_schema_extra=K_RANGE)]
 FILTER = (
     "JSON object: which products may be recommended. Keys: in_stock_only (default true), "
     "exclude (product ids), brand (a value or a list), attributes (key -> a value or a list), "

@@ -70,15 +70,6 @@ class Recommendations(NamedTuple):
     embedding: SceneEmbedding | None
 
 
-def unknown_scene(scene_id: str) -> HTTPException:
-    """The 404 of a scene id whose embedding is not (or no longer) stored."""
-    return HTTPException(
-        status.HTTP_404_NOT_FOUND,
-        f"scene {scene_id} is unknown or expired (or the model changed since it was uploaded); "
-        "upload the photo again with POST /scenes",
-    )
-
-
 @dataclass(frozen=True)
 class Pipeline:
     """The per-request collaborators, bundled so routes pass one object."""
@@ -146,7 +137,11 @@ class Pipeline:
             return emb, True
         self.metrics.cache_misses["embedding"].inc()
         if upload is None:
-            raise unknown_scene(sha256)
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                f"scene {sha256} is unknown or expired (or the model changed since it was "
+                "uploaded); upload the photo again with POST /scenes",
+            )
         max_pixels, encoder = self.settings.max_image_pixels, self.serving.encoder
         async with self.decoding(upload, encoder.input_size):
             emb = await self.serving.batcher.submit(
