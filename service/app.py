@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -65,29 +65,21 @@ class BodyLimit:
     is counted as it arrives and refused as soon as it passes the limit.
     """
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
-        self.app, self.limit_for = app, limit_for
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app, self.settings = app, settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope["path"])
+        files = self.settings.max_batch_items if scope["path"].startswith("/batch/") else 1
+        limit = self.settings.max_upload_bytes * files + FORM_OVERHEAD_BYTES
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             body = json.dumps({"detail": too_large(limit).detail}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 413,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"connection", b"close"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            headers = {"connection": "close"}
+            response = Response(body, 413, headers, media_type="application/json")
+            await response(scope, receive, send)
             return
         received = 0
 
@@ -311,14 +303,8 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    batch_limit = settings.max_upload_bytes * settings.max_batch_items + FORM_OVERHEAD_BYTES
-    single_limit = settings.max_upload_bytes + FORM_OVERHEAD_BYTES
-
-    def limit_for(path: str) -> int:
-        return batch_limit if path.startswith("/batch/") else single_limit
-
     app.add_middleware(HoldServing, state=app.state)
-    app.add_middleware(BodyLimit, limit_for=limit_for)
+    app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(AdminGate, settings=settings)
     app.add_middleware(RequestMetrics, metrics=metrics)
     if settings.cors_origins:  # outermost: preflights are answered before any other check
