@@ -37,10 +37,6 @@ def one_category(
     explain: bool,
 ) -> Response:
     """A ``CompleteTheLook`` answer."""
-    attention = None
-    if explain:
-        assert found.embedding is not None  # asked for with need_embedding
-        attention = attention_grid(found.embedding, row)
     return json_response(
         {
             **pipe.serving.versions(),
@@ -49,7 +45,7 @@ def one_category(
             "scene_sha256": sha256,
             "cached": found.cached,
             "products": found.results[category],
-            "attention": attention,
+            "attention": attention_grid(found.embedding, row) if explain else None,
         }
     )
 

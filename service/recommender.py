@@ -210,15 +210,10 @@ class Pipeline:
         """
         keys = [self._result_key(sha256, category, k, flt) for category in categories]
         *cached, embedding = await self.cache.get_many([*keys, self._embedding_key(sha256)])
-        results: dict[str, bytes] = {}
-        missing: list[str] = []
-        for category, data in zip(categories, cached, strict=True):
-            if data is None:
-                self.metrics.cache_misses["result"].inc()
-                missing.append(category)
-            else:
-                self.metrics.cache_hits["result"].inc()
-                results[category] = data
+        results = {c: data for c, data in zip(categories, cached, strict=True) if data is not None}
+        missing = [category for category in categories if category not in results]
+        self.metrics.cache_hits["result"].inc(len(results))
+        self.metrics.cache_misses["result"].inc(len(missing))
         emb = None
         if missing or need_embedding or upload is None:
             emb, _ = await self._embedding(sha256, upload, embedding)
@@ -229,9 +224,10 @@ class Pipeline:
         return Recommendations({c: results[c] for c in categories}, not missing, emb)
 
 
-def attention_grid(emb: SceneEmbedding, row: int) -> list[list[float]]:
+def attention_grid(emb: SceneEmbedding | None, row: int) -> list[list[float]]:
     """The attention of the model's category ``row`` over the regions as a square grid (rows
-    top to bottom)."""
+    top to bottom); ``emb`` is there when it was asked for (``need_embedding``)."""
+    assert emb is not None
     weights = emb.attention[row]
     side = round(len(weights) ** 0.5)
     return [[float(w) for w in weights[r * side : (r + 1) * side]] for r in range(side)]

@@ -182,7 +182,7 @@ async def patch_product(
     resetting one; ``attributes`` keys are merged (``null`` removes a key). Nothing is
     re-embedded and no index version is made; every replica follows within its follow bound,
     this one before it answers."""
-    check_product(pipe.serving, product_id)
+    p = check_product(pipe.serving, product_id)
     changes = {name: getattr(update, name) for name in update.model_fields_set}
     store = IndexStore.for_artifacts(pipe.settings.artifacts_dir).attributes
     try:
@@ -193,8 +193,6 @@ async def patch_product(
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     await follower.sync_attributes()
     await follower.announce()
-    p = pipe.serving.catalog.product(product_id)
-    assert p is not None
     return product_info(p.id, p.category, stored[product_id])
 
 
