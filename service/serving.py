@@ -186,19 +186,16 @@ class ServingManager:
         version, load it once between them.
         """
         async with self._lock:
-            current = self.current
-            if current is not None and unless_serving == (
-                current.model_version,
-                current.index_version,
-            ):
-                return current
-            if reload_encoder or self.current is None:
+            old = self.current
+            if old is not None and unless_serving == (old.model_version, old.index_version):
+                return old
+            if reload_encoder or old is None:
                 encoder = await asyncio.to_thread(self._encoder_loader, self._settings)
             else:
-                encoder = self.current.encoder
+                encoder = old.encoder
             catalog = await asyncio.to_thread(self._catalog_loader, self._settings)
             new = Serving(encoder, catalog, self._executor, self._settings, self._metrics)
-            old, self.current = self.current, new
+            self.current = new
             self._metrics.serving(new.model_version, new.index_version)
             log.info(
                 "serving model %s / index %s (%d categories); encoder on %s, FAISS on %s",
