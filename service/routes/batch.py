@@ -22,10 +22,10 @@ from service.schemas import BatchResponse
 router = APIRouter(tags=["recommend"])
 
 
-def _parse_categories(raw: str | None, n_images: int, default: list[str]) -> list[list[str]]:
-    """Per-image category lists from the JSON field (422 naming what is wrong)."""
+def _parse_categories(raw: str | None, n_images: int) -> list[list[str]]:
+    """Per-image category lists from the JSON field, empty for all (422 naming what is wrong)."""
     if raw is None or not raw.strip():
-        return [default] * n_images
+        return [[]] * n_images
     try:
         value = json.loads(raw)
     except ValueError as exc:
@@ -38,7 +38,7 @@ def _parse_categories(raw: str | None, n_images: int, default: list[str]) -> lis
             "categories is nested too deeply: a list of names, or one such list per image",
         ) from None
     if isinstance(value, list) and all(isinstance(c, str) for c in value):
-        return [value or default] * n_images
+        return [value] * n_images
     if isinstance(value, list) and all(
         isinstance(cs, list) and all(isinstance(c, str) for c in cs) for cs in value
     ):
@@ -47,7 +47,7 @@ def _parse_categories(raw: str | None, n_images: int, default: list[str]) -> lis
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
                 f"categories has {len(value)} lists but {n_images} images were uploaded",
             )
-        return [cs or default for cs in value]
+        return value
     raise HTTPException(
         status.HTTP_422_UNPROCESSABLE_CONTENT,
         "categories must be a JSON list of category names, or one such list per image",
@@ -66,7 +66,7 @@ async def _one(
     """The ``BatchItem`` of one image, as JSON."""
     name = (image.filename or f"image {index}")[:MAX_NAME]
     try:
-        wanted = check_categories(pipe.serving, list(dict.fromkeys(categories)))
+        wanted = check_categories(pipe.serving, categories)
         # A few files of the batch in memory at a time (and each within the upload budget).
         async with window, pipe.upload(image) as upload:
             found = await pipe.recommend(upload.sha256, wanted, k, upload, flt=flt)
@@ -117,7 +117,7 @@ async def batch_complete_the_look(
             status.HTTP_413_CONTENT_TOO_LARGE,
             f"{len(images)} images in one batch; the limit is {limit}",
         )
-    per_image = _parse_categories(categories, len(images), list(pipe.serving.categories))
+    per_image = _parse_categories(categories, len(images))
     window = asyncio.Semaphore(pipe.serving.batcher.max_size)
     items = await asyncio.gather(
         *(

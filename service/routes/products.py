@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import APIRouter, Form, HTTPException, status
 from fastapi.responses import FileResponse
 
-from index.attributes import CatalogAttributes
 from index.search import Similar, similar, similar_to_product
 from runtime.errors import quote
 from service.deps import (
@@ -24,7 +23,6 @@ from service.images import decode_upload
 from service.params import ERRORS, FilterField, FilterQuery, ImageField, KField, KQuery
 from service.recommender import Pipeline
 from service.schemas import Categories, ProductInfo, SimilarResponse, image_url, product_info
-from service.serving import Serving
 
 router = APIRouter(tags=["catalog"])
 NOT_FOUND = responses(
@@ -32,11 +30,9 @@ NOT_FOUND = responses(
 )
 
 
-def _similar_response(
-    serving: Serving, attrs: CatalogAttributes, category: str, k: int, found: list[Similar]
-) -> dict:
+def _similar_response(pipe: Pipeline, category: str, k: int, found: list[Similar]) -> dict:
     return {
-        **serving.versions(),
+        **pipe.serving.versions(),
         "category": category,
         "k": k,
         "products": [
@@ -46,7 +42,7 @@ def _similar_response(
                 "rank": rank,
                 "distance": s.distance,
                 "image_url": image_url(s.id),
-                **attrs.record(s.id),
+                **pipe.attributes.record(s.id),
             }
             for rank, s in enumerate(found, start=1)
         ],
@@ -94,7 +90,7 @@ async def similar_products(
     flt = check_query(k, filter, pipe.settings)
     p = check_product(pipe.serving, product_id)
     found = similar_to_product(pipe.serving.catalog, p.id, k, flt, pipe.attributes)
-    return _similar_response(pipe.serving, pipe.attributes, p.category, k, found)
+    return _similar_response(pipe, p.category, k, found)
 
 
 @router.post(
@@ -123,4 +119,4 @@ async def similar_to_photo(
     found = await asyncio.to_thread(
         similar, pipe.serving.catalog, vector, category, k, (), flt, pipe.attributes
     )
-    return _similar_response(pipe.serving, pipe.attributes, category, k, found)
+    return _similar_response(pipe, category, k, found)
