@@ -81,6 +81,7 @@ class Serving:
                 f"but the encoder is {encoder.version}; rebuild the index with 'ctl index build'"
             )
         self.encoder, self.catalog, self._executor = encoder, catalog, executor
+        self.model_version, self.index_version = encoder.version, catalog.version
         known = set(encoder.categories)
         self.categories = [c for c in catalog.categories if c in known]
         self._cat_index = {c: i for i, c in enumerate(encoder.categories)}
@@ -100,14 +101,6 @@ class Serving:
         self._users = 0
         self._idle = asyncio.Event()
         self._idle.set()
-
-    @property
-    def model_version(self) -> str:
-        return self.encoder.version
-
-    @property
-    def index_version(self) -> str:
-        return self.catalog.version
 
     def versions(self) -> dict[str, str]:
         return {"model_version": self.model_version, "index_version": self.index_version}
