@@ -22,7 +22,6 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -121,7 +120,7 @@ class ServiceMetrics:
             return prometheus_client.generate_latest(self.registry)
         _forget_dead_workers(directory)
         merged = CollectorRegistry()
-        merged.register(_ServedOnly(multiprocess.MultiProcessCollector(None, path=directory)))
+        _ServedOnly(merged, path=directory)
         return prometheus_client.generate_latest(merged)
 
 
@@ -141,14 +140,11 @@ def _forget_dead_workers(directory: str) -> None:
             pass
 
 
-class _ServedOnly(Collector):
+class _ServedOnly(multiprocess.MultiProcessCollector):
     """The merged metrics, with only the version pairs some live worker serves (value 1)."""
 
-    def __init__(self, inner: Collector) -> None:
-        self._inner = inner
-
     def collect(self) -> Iterable[Metric]:
-        for metric in self._inner.collect():
+        for metric in super().collect():
             if metric.name == "ctl_serving_info":
                 metric.samples = [s for s in metric.samples if s.value]
             yield metric
