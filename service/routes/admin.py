@@ -42,11 +42,9 @@ async def _switch(
     """Serve the newest versions: (the unit replaced, the one now served); 409 (still serving
     the old ones) when they do not load. A catalog update (``reload_encoder=False``) loads the
     version it published only if this process's follower has not loaded it already."""
-    published = (
-        (None, None)
-        if reload_encoder
-        else await asyncio.to_thread(published_versions, pipe.settings.artifacts_dir)
-    )
+    published: tuple[str | None, str | None] = (None, None)
+    if not reload_encoder:
+        published = await asyncio.to_thread(published_versions, pipe.settings.artifacts_dir)
     try:
         old = await manager.load(reload_encoder=reload_encoder, unless_serving=published)
     except (ArtifactError, IndexStoreError, OSError, ValueError, KeyError) as exc:
