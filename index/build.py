@@ -261,13 +261,27 @@ def catalog_items(
     return items, skipped
 
 
-def _group(
+def group(
     ids: Sequence[str], emb: np.ndarray, category_of: dict[str, str]
 ) -> dict[str, CategoryData]:
     rows: dict[str, list[int]] = {}
     for n, pid in enumerate(ids):
         rows.setdefault(category_of[pid], []).append(n)
     return {c: CategoryData([ids[i] for i in r], emb[r]) for c, r in sorted(rows.items())}
+
+
+def regroup(
+    groups: dict[str, CategoryData], drop: set[str], added: dict[str, CategoryData]
+) -> None:
+    """Take the products ``drop`` out of ``groups`` and append the ``added`` ones (:func:`group`)
+    to their categories, in place."""
+    for cat, g in groups.items():
+        keep = [n for n, pid in enumerate(g.ids) if pid not in drop]
+        if len(keep) != len(g.ids):
+            groups[cat] = CategoryData([g.ids[n] for n in keep], g.emb[keep])
+    for cat, new in added.items():
+        old = groups.get(cat, CategoryData([], new.emb[:0]))
+        groups[cat] = CategoryData(old.ids + new.ids, np.concatenate([old.emb, new.emb]))
 
 
 def build_index(
@@ -300,7 +314,7 @@ def build_index(
         skipped.update(failed)
         if not ids:
             raise BuildError(f"none of the {len(items)} product images could be read")
-        groups = _group(ids, emb, category_of)
+        groups = group(ids, emb, category_of)
         version = store.publish(encoder.version, encoder.dim, groups, ann_threshold)
     if cache is not None:
         shutil.rmtree(cache, ignore_errors=True)
@@ -375,10 +389,7 @@ def add_products(
         )
         if not ids:
             raise BuildError(f"no product could be added: {skipped}")
-        category_of = {p.id: p.category for p in products}
-        for cat, new in _group(ids, emb, category_of).items():
-            old = groups.get(cat, CategoryData([], np.zeros((0, encoder.dim), np.float32)))
-            groups[cat] = CategoryData(old.ids + new.ids, np.concatenate([old.emb, new.emb]))
+        regroup(groups, set(), group(ids, emb, {p.id: p.category for p in products}))
         version = store.publish(encoder.version, encoder.dim, groups, ann_threshold)
     return BuildReport(
         version,
@@ -402,10 +413,7 @@ def remove_products(
         missing = sorted(drop - present)
         if missing:
             raise UnknownProductError(missing)
-        for cat, g in groups.items():
-            keep = [n for n, pid in enumerate(g.ids) if pid not in drop]
-            if len(keep) != len(g.ids):
-                groups[cat] = CategoryData([g.ids[n] for n in keep], g.emb[keep])
+        regroup(groups, drop, {})
         version = store.publish(encoder.version, encoder.dim, groups, ann_threshold)
     return BuildReport(
         version,

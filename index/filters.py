@@ -14,25 +14,14 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from index.attributes import (
-    ATTRIBUTE_KEY_PATTERN,
-    BRAND,
-    MAX_VALUE_CHARS,
-    CategoryAttributes,
-    text,
-)
+from index.attributes import ATTRIBUTE_KEY_PATTERN, BRAND, AttributeValue, CategoryAttributes, text
 
 MAX_EXCLUDE = 1000
 MAX_VALUES = 100
 """Values of one equality filter (brand, or one attributes key) at most."""
 
-FilterValue = (
-    Annotated[str, StringConstraints(max_length=MAX_VALUE_CHARS)]
-    | int
-    | Annotated[float, Field(allow_inf_nan=False)]
-    | bool
-)
-Values = Annotated[list[FilterValue], Field(max_length=MAX_VALUES)] | FilterValue
+Values = Annotated[list[AttributeValue], Field(max_length=MAX_VALUES)] | AttributeValue
+"""An equality filter's value, or a list of them: what an ``attributes`` value may be."""
 
 
 class FilterError(ValueError):
