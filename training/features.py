@@ -130,16 +130,9 @@ def compute_features(
 # --- what goes into the cache -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CropItem:
-    """One cropped scene (several pairs of a scene can share a bbox, hence one crop)."""
-
-    scene: str
-    box: crop.PixelBox
-
-
-def ctl_examples(data: STLData) -> tuple[list[CropItem], list[dict[str, Any]], dict[str, int]]:
-    """The scene crops, the CTL examples (pair -> crop row) and the crop rules' drop counts."""
+def ctl_examples(data: STLData) -> tuple[list[Any], list[dict[str, Any]], dict[str, int]]:
+    """The scene crops (``[scene, pixel box]``: several pairs of a scene can share a bbox, hence
+    one crop), the CTL examples (pair -> crop row) and the crop rules' drop counts."""
     stats, pair_crops = crop.CropStats(), crop.PairCrops(data)
     crops: dict[tuple[str, crop.PixelBox], int] = {}
     examples: list[dict[str, Any]] = []
@@ -158,8 +151,8 @@ def ctl_examples(data: STLData) -> tuple[list[CropItem], list[dict[str, Any]], d
                 "crop": row,
             }
         )
-    items = [CropItem(scene, box) for (scene, box) in crops]
-    return items, examples, {"kept": stats.kept, **stats.dropped}
+    rows = [[scene, list(box)] for scene, box in crops]
+    return rows, examples, {"kept": stats.kept, **stats.dropped}
 
 
 def cache_key(backbone: Backbone, data: STLData) -> str:
@@ -357,7 +350,7 @@ def build_cache(
             "backbone": backbone.describe(),
             "data": str(data.root.resolve()),
             "crop_rules": {"grow": crop.GROW, "min_area_fraction": crop.MIN_AREA_FRACTION},
-            "crops": [[c.scene, list(c.box)] for c in crops],
+            "crops": crops,
             "examples": examples,
             "crop_stats": dropped,
             "products": products,
@@ -366,7 +359,7 @@ def build_cache(
 
     path = Path(cache_root) / cache_key(backbone, data)
     meta = cache_meta(path, make)
-    crops_list = [CropItem(s, tuple(b)) for s, b in meta["crops"]]
+    crops_list = meta["crops"]
     products = meta["products"]
     log.info(
         "feature cache %s: %d crops (%d examples), %d products, views %s",
@@ -378,7 +371,8 @@ def build_cache(
     )
 
     def load_crop(i: int) -> Image.Image:
-        return rgb(data.scene_path(crops_list[i].scene)).crop(crops_list[i].box)
+        scene, box = crops_list[i]
+        return rgb(data.scene_path(scene)).crop(tuple(box))
 
     def load_product(i: int) -> Image.Image:
         return rgb(data.product_path(products[i]), backbone.spec.size)

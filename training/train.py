@@ -32,7 +32,6 @@ from runtime.options import option
 from runtime.progress import Progress
 from training import crop
 from training import metrics as M
-from training.config import TrainingSettings
 from training.features import FeatureCache, FeatureOptions, load_cache
 from training.loss import NEGATIVES, CTLLoss, attention_nll
 from training.sampling import Example, TripletSampler
@@ -423,11 +422,6 @@ class RunState:
         log.info("resuming after epoch %d (best val AUC %.4f)", self.epoch, self.best["auc"])
 
 
-def parse_options(argv: list[str], settings: TrainingSettings | None = None) -> TrainOptions:
-    """``ctl train``'s flags as options; out-of-range values are usage errors (exit 2)."""
-    return TrainOptions.parse(argv, settings)
-
-
 def train(opts: TrainOptions) -> dict[str, Any]:
     """Run (or resume) training into ``opts.out``, logging into its ``train.log`` too; returns
     the metrics written there."""
@@ -560,6 +554,6 @@ def final_metrics(
 
 def main(argv: list[str]) -> int:
     """``ctl train``: print the run's metrics (without the per-epoch history) as JSON."""
-    metrics = train(parse_options(argv))
+    metrics = train(TrainOptions.parse(argv))
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
     return 0
