@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -309,27 +310,25 @@ def build_index(
         )
         for pid in ids:  # images of chunks that came from the cache
             if not store.image_path(pid).is_file():
-                loaded = _reload(data_dir, pid)
+                loaded = load_image(catalog.product_path(data_dir, pid))
+                if isinstance(loaded, str):
+                    raise BuildError(
+                        f"product image {pid} became unreadable during the build: {loaded}"
+                    )
                 store.put_image(pid, loaded.image, loaded.jpeg)
         skipped.update(failed)
         if not ids:
             raise BuildError(f"none of the {len(items)} product images could be read")
         groups = group(ids, emb, category_of)
-        version = store.publish(encoder.version, encoder.dim, groups, ann_threshold)
+        report = _publish(
+            store, encoder, groups, ann_threshold, started, embedded=len(ids) - cached,
+            cached=cached, skipped=skipped,
+        )  # fmt: skip
     if cache is not None:
         shutil.rmtree(cache, ignore_errors=True)
-    report = BuildReport(
-        version,
-        encoder.version,
-        {c: len(g.ids) for c, g in groups.items()},
-        embedded=len(ids) - cached,
-        cached=cached,
-        skipped=skipped,
-        seconds=time.perf_counter() - started,
-    )
     log.info(
         "built index %s: %d products, %d skipped, %.1f s",
-        version,
+        report.version,
         len(ids),
         len(skipped),
         report.seconds,
@@ -337,11 +336,19 @@ def build_index(
     return report
 
 
-def _reload(data_dir: Path, pid: str) -> _Loaded:
-    loaded = load_image(catalog.product_path(data_dir, pid))
-    if isinstance(loaded, str):
-        raise BuildError(f"product image {pid} became unreadable during the build: {loaded}")
-    return loaded
+def _publish(
+    store: IndexStore,
+    encoder: Encoder,
+    groups: dict[str, CategoryData],
+    ann_threshold: int,
+    started: float,
+    **report: Any,
+) -> BuildReport:
+    """Publish ``groups`` as a new version (under the store's lock) and report on it."""
+    version = store.publish(encoder.version, encoder.dim, groups, ann_threshold)
+    counts = {c: len(g.ids) for c, g in groups.items()}
+    seconds = time.perf_counter() - started
+    return BuildReport(version, encoder.version, counts, seconds=seconds, **report)
 
 
 def current_groups(store: IndexStore, encoder: Encoder) -> dict[str, CategoryData]:
@@ -390,15 +397,9 @@ def add_products(
         if not ids:
             raise BuildError(f"no product could be added: {skipped}")
         regroup(groups, set(), group(ids, emb, {p.id: p.category for p in products}))
-        version = store.publish(encoder.version, encoder.dim, groups, ann_threshold)
-    return BuildReport(
-        version,
-        encoder.version,
-        {c: len(g.ids) for c, g in groups.items()},
-        embedded=len(ids),
-        skipped=skipped,
-        seconds=time.perf_counter() - started,
-    )
+        return _publish(
+            store, encoder, groups, ann_threshold, started, embedded=len(ids), skipped=skipped
+        )
 
 
 def remove_products(
@@ -414,10 +415,4 @@ def remove_products(
         if missing:
             raise UnknownProductError(missing)
         regroup(groups, drop, {})
-        version = store.publish(encoder.version, encoder.dim, groups, ann_threshold)
-    return BuildReport(
-        version,
-        encoder.version,
-        {c: len(g.ids) for c, g in groups.items()},
-        seconds=time.perf_counter() - started,
-    )
+        return _publish(store, encoder, groups, ann_threshold, started)

@@ -26,7 +26,7 @@ import faiss
 import numpy as np
 from PIL import Image
 
-from index.attributes import AttributeStore
+from index.attributes import ATTRIBUTES_FILE, AttributeStore
 from index.prior import PopularityPrior
 from index.search import (
     FLAT,
@@ -149,7 +149,7 @@ class IndexStore:
     @property
     def attributes(self) -> AttributeStore:
         """The products' attributes (title, price, stock, ...): one file for every version."""
-        return AttributeStore.in_index(self.root)
+        return AttributeStore(self.root / ATTRIBUTES_FILE)
 
     @property
     def images_dir(self) -> Path:
@@ -308,8 +308,7 @@ class IndexStore:
         try:
             self._write(staging, version, model_version, dim, categories, ann_threshold)
             self._verify(staging, categories)
-            final = self.versions_dir / version
-            os.rename(staging, final)
+            os.rename(staging, self.versions_dir / version)
             _fsync_dir(self.versions_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

@@ -28,10 +28,6 @@ class CropResult:
     box: PixelBox | None
     reason: str = "ok"
 
-    @property
-    def ok(self) -> bool:
-        return self.box is not None
-
 
 def validate_bbox(bbox: BBox) -> str | None:
     """The reason a normalized box is invalid, or ``None`` when it is usable."""

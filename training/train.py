@@ -231,10 +231,6 @@ class Dataset:
         ]
         return np.unique(np.array(codes, np.int64))
 
-    def train_rows(self) -> torch.Tensor:
-        """The cache rows of the training split's scene crops (for feature statistics)."""
-        return torch.tensor(sorted({e.row for e in self.examples["train"]}))
-
 
 @dataclass
 class Streams:
@@ -387,7 +383,7 @@ def build_model(opts: TrainOptions, t: Tensors, ds: Dataset) -> CTLModel:
         opts.members,
     )
     if opts.standardize:
-        rows = ds.train_rows()
+        rows = torch.tensor(sorted({e.row for e in ds.examples["train"]}))  # training crops
         model.set_input_stats(
             torch.cat([t.scene_global[:, rows].flatten(0, 1), t.product_global.flatten(0, 1)]),
             t.scene_regions[:, rows].flatten(0, 2),
