@@ -206,16 +206,6 @@ def regions_kind(kind: str) -> str:
 # --- building it ---------------------------------------------------------------------------
 
 
-def cache_meta(path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """``path/meta.json``, made by ``make`` (and written) first when the directory is new."""
-    path.mkdir(parents=True, exist_ok=True)
-    if (path / "meta.json").is_file():
-        return dict(json.loads((path / "meta.json").read_text()))
-    meta = make() | {"views": [], "seconds": 0.0}
-    write_json(path / "meta.json", meta, indent=1)
-    return meta
-
-
 class ChunkBuilder:
     """Fills one cache directory chunk by chunk, resumably."""
 
@@ -341,12 +331,15 @@ def build_cache(
     unknown = set(views) - set(VIEWS)
     if unknown:
         raise ValueError(f"unknown views {sorted(unknown)}; choose from {list(VIEWS)}")
-
-    def make() -> dict[str, Any]:
+    path = Path(cache_root) / cache_key(backbone, data)
+    path.mkdir(parents=True, exist_ok=True)
+    if (path / "meta.json").is_file():
+        meta = dict(json.loads((path / "meta.json").read_text()))
+    else:  # a new cache directory: what goes into it
         crops, examples, dropped = ctl_examples(data)
         kept = set(data.category_names())
         products = [p for p in data.available_products() if data.categories[p] in kept]
-        return {
+        meta = {
             "backbone": backbone.describe(),
             "data": str(data.root.resolve()),
             "crop_rules": {"grow": crop.GROW, "min_area_fraction": crop.MIN_AREA_FRACTION},
@@ -355,10 +348,10 @@ def build_cache(
             "crop_stats": dropped,
             "products": products,
             "product_categories": [data.categories[p] for p in products],
+            "views": [],
+            "seconds": 0.0,
         }
-
-    path = Path(cache_root) / cache_key(backbone, data)
-    meta = cache_meta(path, make)
+        write_json(path / "meta.json", meta, indent=1)
     crops_list = meta["crops"]
     products = meta["products"]
     log.info(

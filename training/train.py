@@ -132,8 +132,7 @@ class Tensors:
                 np.stack([cache.array(kind, v) for v in views]).astype(np.float32)
             )
 
-        g, r, p = (stack(k) for k in ("scene_global", "scene_regions", "product_global"))
-        return cls(g, r, p)
+        return cls(*(stack(k) for k in ("scene_global", "scene_regions", "product_global")))
 
 
 @dataclass
