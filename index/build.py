@@ -125,7 +125,6 @@ def embed_catalog(
     skipped: dict[str, str] = {}
     cached = 0
     started = time.perf_counter()
-    done = 0
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
     with (
@@ -148,13 +147,12 @@ def embed_catalog(
             ids.extend(c_ids)
             parts.append(c_emb)
             skipped.update(c_skip)
-            done = end
-            rate = (done - cached) / max(time.perf_counter() - started, 1e-9)
-            eta = (len(items) - done) / rate if rate > 0 else 0.0
+            rate = (end - cached) / max(time.perf_counter() - started, 1e-9)
+            eta = (len(items) - end) / rate if rate > 0 else 0.0
             progress.update(
                 end - start,
                 "embedded %d/%d products (%d from cache, %d skipped), %.1f img/s, ETA %.0f s",
-                done,
+                end,
                 len(items),
                 cached,
                 len(skipped),

@@ -201,18 +201,13 @@ class IndexStore:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / LOCK_FILE, "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                self._remove_stale_staging()
+            try:  # leftovers of killed writers (we hold the lock: no writer is alive)
+                for d in self.versions_dir.glob(STAGING_PREFIX + "*"):
+                    log.info("removing %s left by an interrupted build", d)
+                    shutil.rmtree(d, ignore_errors=True)
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
-
-    def _remove_stale_staging(self) -> None:
-        """Leftovers of killed writers (we hold the lock, so no writer is alive)."""
-        if self.versions_dir.is_dir():
-            for d in self.versions_dir.glob(STAGING_PREFIX + "*"):
-                log.info("removing %s left by an interrupted build", d)
-                shutil.rmtree(d, ignore_errors=True)
 
     def load(self, version: str | None = None, device: str = "auto") -> CatalogIndex:
         """Load a version (default: ``CURRENT``) after checking every file's sha256."""
