@@ -165,6 +165,16 @@ class AttributeStore:
         )
         return db
 
+    def revision(self) -> int:
+        """The revision of the last write (0: never written, or no file yet)."""
+        if not self.path.is_file():
+            return 0
+        db = self._connect()
+        try:
+            return _revision(db)
+        finally:
+            db.close()
+
     def read(self, since: int = 0) -> tuple[int, dict[str, dict[str, Any]]]:
         """(revision, id -> record) of the rows written after revision ``since`` (all: 0), in
         one read transaction. A removed product reads as ``{}`` (its defaults)."""

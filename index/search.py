@@ -333,19 +333,6 @@ def _scored(
     ]
 
 
-def category_mask(
-    catalog: CatalogIndex,
-    category: str,
-    flt: ProductFilter,
-    attributes: CatalogAttributes | None = None,
-    exclude: tuple[str, ...] = (),
-) -> np.ndarray | None:
-    """The rows of ``category`` that pass ``flt`` (and are not in ``exclude``) under
-    ``attributes`` (default: the catalog's current ones); ``None``: every row passes."""
-    attrs = attributes if attributes is not None else catalog.attributes
-    return flt.mask(attrs.category(category), catalog.category(category).row, exclude)
-
-
 def recommend(
     catalog: CatalogIndex,
     emb: SceneEmbedding,
@@ -362,12 +349,13 @@ def recommend(
     counts).
 
     ``cat_idx`` is the category's position in the encoder's categories (the attention row).
-    Approximate indexes fetch ``candidates`` (>= k) that are re-scored exactly.
+    Approximate indexes fetch ``candidates`` (>= k) that are re-scored exactly. The filter and
+    the prior read ``attributes`` (default: the catalog's current ones).
     """
     cat = catalog.category(category)
     q = emb.f_s + emb.attention[cat_idx] @ emb.f_i
-    mask = category_mask(catalog, category, flt, attributes)
     attrs = attributes if attributes is not None else catalog.attributes
+    mask = flt.mask(attrs.category(category), cat.row)
     bonus = catalog.bonus(category, attrs)
     rows = [int(r) for r in cat.nearest(q, k, candidates, mask, bonus)]
     scored = _scored([cat.ids[r] for r in rows], category, emb, cat_idx, cat.emb[rows])
@@ -408,7 +396,8 @@ def similar(
     """Nearest products of ``category`` that pass ``flt`` to a product embedding (D,), by
     squared distance."""
     cat = catalog.category(category)
-    mask = category_mask(catalog, category, flt, attributes, tuple(exclude))
+    attrs = attributes if attributes is not None else catalog.attributes
+    mask = flt.mask(attrs.category(category), cat.row, tuple(exclude))
     rows = [int(r) for r in cat.nearest(vector, k, mask=mask)]
     v = vector.astype(np.float64)
     dist = ((cat.emb[rows].astype(np.float64) - v[None, :]) ** 2).sum(axis=1)

@@ -255,7 +255,7 @@ def test_attribute_updates_are_validated_and_bounded() -> None:
 
 def test_store_revisions_and_concurrent_writers_lose_no_update(tmp_path: Path) -> None:
     store = AttributeStore(tmp_path / "attributes.sqlite")
-    assert store.read() == (0, {})
+    assert store.revision() == 0 and store.read() == (0, {})
     rev, stored = store.update({"a": {"price": 5.0}, "b": {"in_stock": False}})
     assert rev == 1 and stored["a"] == {"price": 5.0}
     # Two writers at once, each setting its own field of the same product, many times.
