@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "http://i.pinimg.com/400x"
 FAILURES_FILE = "download-failures.jsonl"
-_SIGNATURE = re.compile(PRODUCT_ID_PATTERN)
+SIGNATURE = re.compile(PRODUCT_ID_PATTERN)
 """STL signatures and shops' product ids alike: the project's one id format."""
 
 
@@ -83,7 +83,7 @@ class Fetcher:
 
     def run(self, job: Job) -> Outcome:
         """Fetch one image unless a valid copy is present; never raises for a bad download."""
-        if not _SIGNATURE.fullmatch(job.sig):  # it becomes a path: no "/" or ".." in it
+        if not SIGNATURE.fullmatch(job.sig):  # it becomes a path: no "/" or ".." in it
             return Outcome(job, "failed", "bad_signature", repr(job.sig))
         dest = image_path(self.out, job)
         if dest.is_file() and is_valid_image(dest):

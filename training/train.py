@@ -111,9 +111,6 @@ class TrainOptions(FeatureOptions, prog="ctl train"):
         sampling stay on ``seed``)."""
         return self.seed if self.init_seed is None else self.init_seed
 
-    def loss(self) -> CTLLoss:
-        return CTLLoss(self.margin, self.negatives, self.contrastive, self.temperature)
-
 
 @dataclass
 class Tensors:
@@ -180,10 +177,6 @@ class Dataset:
             ex = Example(e["crop"], e["scene"], row[e["product"]], cat_idx[e["category"]])
             examples[split[e["scene"]]].append(ex)
         return cls(categories, products, product_cat, split, examples, scene_products, scene_of_row)
-
-    def popularity(self) -> dict[str, int]:
-        counts = Counter(self.products[e.product] for e in self.examples["train"])
-        return dict(counts.most_common())
 
     def add_attention_targets(self, cache: FeatureCache, data: STLData) -> None:
         """Where the attention of each training crop should look: the regions the scene's other
@@ -461,7 +454,7 @@ def run(opts: TrainOptions) -> dict[str, Any]:
         model.config() | {"categories": len(ds.categories)},
     )
     opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    loss_fn = opts.loss()
+    loss_fn = CTLLoss(opts.margin, opts.negatives, opts.contrastive, opts.temperature)
     streams = Streams.seeded(opts.seed, opts.model_seed, opts.members)
     state = RunState(streams)
     if opts.resume and (out / "last.pt").is_file():
@@ -518,7 +511,8 @@ def write_run_files(
     write_json(opts.out / "config.json", config)
     write_json(opts.out / "split.json", ds.split)
     write_json(opts.out / "categories.json", ds.categories)
-    write_json(opts.out / "popularity.json", ds.popularity())
+    popularity = Counter(ds.products[e.product] for e in ds.examples["train"])
+    write_json(opts.out / "popularity.json", dict(popularity.most_common()))
     return config
 
 
