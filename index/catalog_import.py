@@ -265,8 +265,7 @@ def import_catalog(
                 report.version = store.publish(encoder.version, encoder.dim, groups, ann_threshold)
             else:
                 report.version = store.current() or ""
-        for r in rows:
-            hashes[r.id] = fetched[r.id][1]
+        hashes |= {r.id: fetched[r.id][1] for r in rows}
         for pid in report.removed:
             hashes.pop(pid, None)
         write_json(store.root / HASHES_FILE, hashes)

@@ -120,10 +120,8 @@ def compute_features(
         gs.append(g)
         rs.append(r)
     if not gs:
-        n_r = backbone.grid * backbone.grid
-        return np.zeros((0, backbone.global_dim), np.float32), np.zeros(
-            (0, n_r, backbone.local_dim), np.float32
-        )
+        regions = np.zeros((0, backbone.grid * backbone.grid, backbone.local_dim), np.float32)
+        return np.zeros((0, backbone.global_dim), np.float32), regions
     return np.concatenate(gs), np.concatenate(rs)
 
 
