@@ -187,22 +187,17 @@ class OptionError(ValueError):
     """A ``k`` or category the service would refuse: the job does not start."""
 
 
-def served_categories(artifacts: Path) -> list[str]:
-    """The categories the service answers for: the current index's that the model knows."""
-    model = json.loads((artifacts / MANIFEST_FILE).read_text())["categories"]
-    store = IndexStore.for_artifacts(artifacts)
-    version = store.current()
-    if version is None:
-        raise OptionError(f"no index version published under {store.root}")
-    return [c for c in store.manifest(version)["categories"] if c in model]
-
-
 def check_options(artifacts: Path, categories: Sequence[str], k: int, max_k: int) -> None:
     """The service's checks of ``k`` (1..max_k) and of the category names, before any work."""
     if not 1 <= k <= max_k:
         raise OptionError(f"k must be between 1 and {max_k}, got {k}")
-    try:
-        served = served_categories(artifacts)
+    try:  # the categories the service answers for: the current index's that the model knows
+        model = json.loads((artifacts / MANIFEST_FILE).read_text())["categories"]
+        store = IndexStore.for_artifacts(artifacts)
+        version = store.current()
+        if version is None:
+            raise OptionError(f"no index version published under {store.root}")
+        served = [c for c in store.manifest(version)["categories"] if c in model]
     except (OSError, ValueError, KeyError) as exc:
         raise OptionError(f"cannot read the artifacts in {artifacts}: {exc}") from None
     unknown = [c for c in categories if c not in served]

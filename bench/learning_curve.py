@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from runtime.atomic import write_json
 from training.config import TrainingSettings
 from training.evaluation.run import Options, metrics_of, read_json, run_evaluation
-from training.train import parse_options, train
+from training.train import TrainOptions, train
 
 log = logging.getLogger("learning_curve")
 
@@ -92,7 +92,7 @@ def train_and_score(args: argparse.Namespace, fraction: Fraction, seed: int) -> 
     argv += ["--epochs", str(args.epochs), *args.cache_args, *args.train_args]
     if not (run_dir / "metrics.json").is_file():
         log.info("%s: ctl train %s", run_dir.name, " ".join(argv))
-        train(parse_options(argv))
+        train(TrainOptions.parse(argv))
     trained = read_json(run_dir / "metrics.json", {})
     opts = Options(split="val", seed=0, draws=args.draws, n_boot=args.bootstrap)
     m = metrics_of(run_evaluation(run_dir, args.data, args.out / "eval-cache", opts), opts)

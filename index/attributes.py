@@ -150,10 +150,6 @@ class AttributeStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    @classmethod
-    def in_index(cls, index_root: Path) -> AttributeStore:
-        return cls(Path(index_root) / ATTRIBUTES_FILE)
-
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -290,10 +286,6 @@ class CategoryAttributes:
     price: np.ndarray
     popularity: np.ndarray
     columns: Mapping[str, Column]
-
-    @property
-    def all_in_stock(self) -> bool:
-        return bool(self.in_stock.all())
 
     @classmethod
     def build(

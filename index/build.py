@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -124,7 +125,6 @@ def embed_catalog(
     skipped: dict[str, str] = {}
     cached = 0
     started = time.perf_counter()
-    done = 0
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
     with (
@@ -147,13 +147,12 @@ def embed_catalog(
             ids.extend(c_ids)
             parts.append(c_emb)
             skipped.update(c_skip)
-            done = end
-            rate = (done - cached) / max(time.perf_counter() - started, 1e-9)
-            eta = (len(items) - done) / rate if rate > 0 else 0.0
+            rate = (end - cached) / max(time.perf_counter() - started, 1e-9)
+            eta = (len(items) - end) / rate if rate > 0 else 0.0
             progress.update(
                 end - start,
                 "embedded %d/%d products (%d from cache, %d skipped), %.1f img/s, ETA %.0f s",
-                done,
+                end,
                 len(items),
                 cached,
                 len(skipped),
@@ -261,13 +260,27 @@ def catalog_items(
     return items, skipped
 
 
-def _group(
+def group(
     ids: Sequence[str], emb: np.ndarray, category_of: dict[str, str]
 ) -> dict[str, CategoryData]:
     rows: dict[str, list[int]] = {}
     for n, pid in enumerate(ids):
         rows.setdefault(category_of[pid], []).append(n)
     return {c: CategoryData([ids[i] for i in r], emb[r]) for c, r in sorted(rows.items())}
+
+
+def regroup(
+    groups: dict[str, CategoryData], drop: set[str], added: dict[str, CategoryData]
+) -> None:
+    """Take the products ``drop`` out of ``groups`` and append the ``added`` ones (:func:`group`)
+    to their categories, in place."""
+    for cat, g in groups.items():
+        keep = [n for n, pid in enumerate(g.ids) if pid not in drop]
+        if len(keep) != len(g.ids):
+            groups[cat] = CategoryData([g.ids[n] for n in keep], g.emb[keep])
+    for cat, new in added.items():
+        old = groups.get(cat, CategoryData([], new.emb[:0]))
+        groups[cat] = CategoryData(old.ids + new.ids, np.concatenate([old.emb, new.emb]))
 
 
 def build_index(
@@ -295,27 +308,25 @@ def build_index(
         )
         for pid in ids:  # images of chunks that came from the cache
             if not store.image_path(pid).is_file():
-                loaded = _reload(data_dir, pid)
+                loaded = load_image(catalog.product_path(data_dir, pid))
+                if isinstance(loaded, str):
+                    raise BuildError(
+                        f"product image {pid} became unreadable during the build: {loaded}"
+                    )
                 store.put_image(pid, loaded.image, loaded.jpeg)
         skipped.update(failed)
         if not ids:
             raise BuildError(f"none of the {len(items)} product images could be read")
-        groups = _group(ids, emb, category_of)
-        version = store.publish(encoder.version, encoder.dim, groups, ann_threshold)
+        groups = group(ids, emb, category_of)
+        report = _publish(
+            store, encoder, groups, ann_threshold, started, embedded=len(ids) - cached,
+            cached=cached, skipped=skipped,
+        )  # fmt: skip
     if cache is not None:
         shutil.rmtree(cache, ignore_errors=True)
-    report = BuildReport(
-        version,
-        encoder.version,
-        {c: len(g.ids) for c, g in groups.items()},
-        embedded=len(ids) - cached,
-        cached=cached,
-        skipped=skipped,
-        seconds=time.perf_counter() - started,
-    )
     log.info(
         "built index %s: %d products, %d skipped, %.1f s",
-        version,
+        report.version,
         len(ids),
         len(skipped),
         report.seconds,
@@ -323,11 +334,19 @@ def build_index(
     return report
 
 
-def _reload(data_dir: Path, pid: str) -> _Loaded:
-    loaded = load_image(catalog.product_path(data_dir, pid))
-    if isinstance(loaded, str):
-        raise BuildError(f"product image {pid} became unreadable during the build: {loaded}")
-    return loaded
+def _publish(
+    store: IndexStore,
+    encoder: Encoder,
+    groups: dict[str, CategoryData],
+    ann_threshold: int,
+    started: float,
+    **report: Any,
+) -> BuildReport:
+    """Publish ``groups`` as a new version (under the store's lock) and report on it."""
+    version = store.publish(encoder.version, encoder.dim, groups, ann_threshold)
+    counts = {c: len(g.ids) for c, g in groups.items()}
+    seconds = time.perf_counter() - started
+    return BuildReport(version, encoder.version, counts, seconds=seconds, **report)
 
 
 def current_groups(store: IndexStore, encoder: Encoder) -> dict[str, CategoryData]:
@@ -375,19 +394,10 @@ def add_products(
         )
         if not ids:
             raise BuildError(f"no product could be added: {skipped}")
-        category_of = {p.id: p.category for p in products}
-        for cat, new in _group(ids, emb, category_of).items():
-            old = groups.get(cat, CategoryData([], np.zeros((0, encoder.dim), np.float32)))
-            groups[cat] = CategoryData(old.ids + new.ids, np.concatenate([old.emb, new.emb]))
-        version = store.publish(encoder.version, encoder.dim, groups, ann_threshold)
-    return BuildReport(
-        version,
-        encoder.version,
-        {c: len(g.ids) for c, g in groups.items()},
-        embedded=len(ids),
-        skipped=skipped,
-        seconds=time.perf_counter() - started,
-    )
+        regroup(groups, set(), group(ids, emb, {p.id: p.category for p in products}))
+        return _publish(
+            store, encoder, groups, ann_threshold, started, embedded=len(ids), skipped=skipped
+        )
 
 
 def remove_products(
@@ -402,14 +412,5 @@ def remove_products(
         missing = sorted(drop - present)
         if missing:
             raise UnknownProductError(missing)
-        for cat, g in groups.items():
-            keep = [n for n, pid in enumerate(g.ids) if pid not in drop]
-            if len(keep) != len(g.ids):
-                groups[cat] = CategoryData([g.ids[n] for n in keep], g.emb[keep])
-        version = store.publish(encoder.version, encoder.dim, groups, ann_threshold)
-    return BuildReport(
-        version,
-        encoder.version,
-        {c: len(g.ids) for c, g in groups.items()},
-        seconds=time.perf_counter() - started,
-    )
+        regroup(groups, drop, {})
+        return _publish(store, encoder, groups, ann_threshold, started)

@@ -24,13 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from index.attributes import FIELDS, AttributesError, parse_update
-from index.build import BuildError, current_groups, embed_catalog, load_image
+from index.build import BuildError, current_groups, embed_catalog, group, load_image, regroup
 from index.fetch import MAX_BYTES, FetchError, fetch
 from index.rows import Row, RowError, read_rows
-from index.store import CategoryData, IndexStore, InvalidProductIdError, check_product_id
+from index.store import IndexStore, InvalidProductIdError, check_product_id
 from runtime.atomic import write_json
 from runtime.encoder import Encoder
 from runtime.progress import Progress
@@ -251,15 +249,7 @@ def import_catalog(
         )
         if skipped:  # decoded before; a file that changed under us
             raise BuildError(f"images became unreadable during the import: {skipped}")
-        for cat, g in list(groups.items()):
-            keep = [n for n, pid in enumerate(g.ids) if pid not in drop]
-            if len(keep) != len(g.ids):
-                groups[cat] = CategoryData([g.ids[n] for n in keep], g.emb[keep])
-        category_of = {r.id: r.category for r in embed}
-        for n, pid in enumerate(ids):
-            cat = category_of[pid]
-            old = groups.get(cat, CategoryData([], np.zeros((0, encoder.dim), np.float32)))
-            groups[cat] = CategoryData([*old.ids, pid], np.concatenate([old.emb, emb[n : n + 1]]))
+        regroup(groups, drop, group(ids, emb, {r.id: r.category for r in embed}))
         groups = {c: g for c, g in groups.items() if g.ids}
         if not groups:
             raise BuildError("the import would leave the catalog empty")
@@ -275,8 +265,7 @@ def import_catalog(
                 report.version = store.publish(encoder.version, encoder.dim, groups, ann_threshold)
             else:
                 report.version = store.current() or ""
-        for r in rows:
-            hashes[r.id] = fetched[r.id][1]
+        hashes |= {r.id: fetched[r.id][1] for r in rows}
         for pid in report.removed:
             hashes.pop(pid, None)
         write_json(store.root / HASHES_FILE, hashes)

@@ -147,21 +147,20 @@ def info_main(argv: list[str]) -> int:
 
     def run(args: InfoOptions, _: argparse.ArgumentParser) -> dict[str, object]:
         store = IndexStore.for_artifacts(args.artifacts)
-        versions = []
-        for v in store.versions():
-            man = store.manifest(v)
-            versions.append(
-                {
-                    "version": v,
-                    "model_version": man["model_version"],
-                    "created": man["created"],
-                    "products": man["count"],
-                    "categories": {
-                        c: {"count": i["count"], "kind": i["kind"]}
-                        for c, i in man["categories"].items()
-                    },
-                }
-            )
+        manifests = {v: store.manifest(v) for v in store.versions()}
+        versions = [
+            {
+                "version": v,
+                "model_version": man["model_version"],
+                "created": man["created"],
+                "products": man["count"],
+                "categories": {
+                    c: {"count": i["count"], "kind": i["kind"]}
+                    for c, i in man["categories"].items()
+                },
+            }
+            for v, man in manifests.items()
+        ]
         return {"root": str(store.root), "current": store.current(), "versions": versions}
 
     return _run(InfoOptions, argv, run)

@@ -14,25 +14,14 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from index.attributes import (
-    ATTRIBUTE_KEY_PATTERN,
-    BRAND,
-    MAX_VALUE_CHARS,
-    CategoryAttributes,
-    text,
-)
+from index.attributes import ATTRIBUTE_KEY_PATTERN, BRAND, AttributeValue, CategoryAttributes, text
 
 MAX_EXCLUDE = 1000
 MAX_VALUES = 100
 """Values of one equality filter (brand, or one attributes key) at most."""
 
-FilterValue = (
-    Annotated[str, StringConstraints(max_length=MAX_VALUE_CHARS)]
-    | int
-    | Annotated[float, Field(allow_inf_nan=False)]
-    | bool
-)
-Values = Annotated[list[FilterValue], Field(max_length=MAX_VALUES)] | FilterValue
+Values = Annotated[list[AttributeValue], Field(max_length=MAX_VALUES)] | AttributeValue
+"""An equality filter's value, or a list of them: what an ``attributes`` value may be."""
 
 
 class FilterError(ValueError):
@@ -111,13 +100,9 @@ class ProductFilter(BaseModel):
     def keys(cls) -> list[str]:
         return list(cls.model_fields)
 
-    @property
-    def is_default(self) -> bool:
-        return self == DEFAULT_FILTER
-
     def cache_key(self) -> str:
         """Short and the same for equal filters: part of a cached answer's key."""
-        if self.is_default:
+        if self == DEFAULT_FILTER:
             return "-"
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -128,7 +113,7 @@ class ProductFilter(BaseModel):
         """Rows of the category that pass, or ``None`` when every row does (no filtering)."""
         n = len(attrs.in_stock)
         mask: np.ndarray | None = None
-        if self.in_stock_only and not attrs.all_in_stock:
+        if self.in_stock_only and not attrs.in_stock.all():
             mask = attrs.in_stock.copy()
         if self.price_min is not None or self.price_max is not None:
             price = attrs.price

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # FAISS's OpenMP threads spin while they wait; on a busy machine that made an index build many
 # times slower (docs/performance.md). Passive waiting must be chosen before OpenMP starts.
@@ -164,19 +165,26 @@ class CategoryIndex:
             return np.zeros(0, np.int64)
         if bonus is not None and self.kind == FLAT:
             return self._exact_among(q, k, np.arange(len(self.ids)), bonus)
-        _, rows = self.index.search(np.ascontiguousarray(q.reshape(1, -1), dtype=np.float32), n)
-        found = rows[0][rows[0] >= 0]  # -1: fewer than n found
-        if self.kind != FLAT:
-            found = self._rerank(q, found, k, bonus)
-        return found
+        found = self._search(q, n)
+        return found if self.kind == FLAT else self._rerank(q, found, k, bonus)
+
+    def _search(self, q: np.ndarray, n: int, params: Any = None) -> np.ndarray:
+        query = np.ascontiguousarray(q.reshape(1, -1), dtype=np.float32)
+        _, rows = self.index.search(query, n, params=params)
+        return rows[0][rows[0] >= 0]  # -1: fewer than n found
+
+    def _scores(self, q: np.ndarray, rows: np.ndarray, bonus: np.ndarray | None) -> np.ndarray:
+        """Exact <q, f_p> (+ bonus) of ``rows``."""
+        # einsum, not ``@``: OpenBLAS splits a matrix-vector product over its threads, and on a
+        # busy 2-core machine 6,000 rows took 24 ms that way against 0.3 ms, and 500 rows varied
+        # from 1 to 10 ms from call to call (bench_filters.py).
+        scores = np.einsum("ij,j->i", self.emb[rows], q.astype(np.float32))
+        return scores if bonus is None else scores + bonus[rows]
 
     def _rerank(
         self, q: np.ndarray, rows: np.ndarray, k: int, bonus: np.ndarray | None
     ) -> np.ndarray:
-        exact = np.einsum("ij,j->i", self.emb[rows], q.astype(np.float32))  # see _exact_among
-        if bonus is not None:
-            exact = exact + bonus[rows]
-        return rows[np.argsort(-exact, kind="stable")[:k]]
+        return rows[np.argsort(-self._scores(q, rows, bonus), kind="stable")[:k]]
 
     def _nearest_filtered(
         self,
@@ -198,10 +206,7 @@ class CategoryIndex:
         params = faiss.SearchParametersIVF()
         params.sel = selector
         params.nprobe = self.nprobe
-        n = min(max(k, candidates), passing)
-        query = np.ascontiguousarray(q.reshape(1, -1), dtype=np.float32)
-        _, rows = self.index.search(query, n, params=params)
-        found = rows[0][rows[0] >= 0]
+        found = self._search(q, min(max(k, candidates), passing), params)
         if len(found) < min(k, passing):  # the probed lists held too few: search them all
             return self._exact_among(q, k, np.flatnonzero(mask), bonus)
         return self._rerank(q, found, k, bonus)
@@ -210,12 +215,7 @@ class CategoryIndex:
         self, q: np.ndarray, k: int, rows: np.ndarray, bonus: np.ndarray | None = None
     ) -> np.ndarray:
         """The ``k`` best of ``rows`` by exact inner product (+ bonus), best first."""
-        # einsum, not ``@``: OpenBLAS splits a matrix-vector product over its threads, and on a
-        # busy 2-core machine 6,000 rows took 24 ms that way against 0.3 ms, and 500 rows varied
-        # from 1 to 10 ms from call to call (bench_filters.py).
-        scores = np.einsum("ij,j->i", self.emb[rows], q.astype(np.float32))
-        if bonus is not None:
-            scores = scores + bonus[rows]
+        scores = self._scores(q, rows, bonus)
         if len(rows) > k:
             top = np.argpartition(-scores, k - 1)[:k]
             rows, scores = rows[top], scores[top]
@@ -333,19 +333,6 @@ def _scored(
     ]
 
 
-def category_mask(
-    catalog: CatalogIndex,
-    category: str,
-    flt: ProductFilter,
-    attributes: CatalogAttributes | None = None,
-    exclude: tuple[str, ...] = (),
-) -> np.ndarray | None:
-    """The rows of ``category`` that pass ``flt`` (and are not in ``exclude``) under
-    ``attributes`` (default: the catalog's current ones); ``None``: every row passes."""
-    attrs = attributes if attributes is not None else catalog.attributes
-    return flt.mask(attrs.category(category), catalog.category(category).row, exclude)
-
-
 def recommend(
     catalog: CatalogIndex,
     emb: SceneEmbedding,
@@ -362,12 +349,13 @@ def recommend(
     counts).
 
     ``cat_idx`` is the category's position in the encoder's categories (the attention row).
-    Approximate indexes fetch ``candidates`` (>= k) that are re-scored exactly.
+    Approximate indexes fetch ``candidates`` (>= k) that are re-scored exactly. The filter and
+    the prior read ``attributes`` (default: the catalog's current ones).
     """
     cat = catalog.category(category)
     q = emb.f_s + emb.attention[cat_idx] @ emb.f_i
-    mask = category_mask(catalog, category, flt, attributes)
     attrs = attributes if attributes is not None else catalog.attributes
+    mask = flt.mask(attrs.category(category), cat.row)
     bonus = catalog.bonus(category, attrs)
     rows = [int(r) for r in cat.nearest(q, k, candidates, mask, bonus)]
     scored = _scored([cat.ids[r] for r in rows], category, emb, cat_idx, cat.emb[rows])
@@ -408,7 +396,8 @@ def similar(
     """Nearest products of ``category`` that pass ``flt`` to a product embedding (D,), by
     squared distance."""
     cat = catalog.category(category)
-    mask = category_mask(catalog, category, flt, attributes, tuple(exclude))
+    attrs = attributes if attributes is not None else catalog.attributes
+    mask = flt.mask(attrs.category(category), cat.row, tuple(exclude))
     rows = [int(r) for r in cat.nearest(vector, k, mask=mask)]
     v = vector.astype(np.float64)
     dist = ((cat.emb[rows].astype(np.float64) - v[None, :]) ** 2).sum(axis=1)

@@ -26,7 +26,7 @@ import faiss
 import numpy as np
 from PIL import Image
 
-from index.attributes import AttributeStore
+from index.attributes import ATTRIBUTES_FILE, AttributeStore
 from index.prior import PopularityPrior
 from index.search import (
     FLAT,
@@ -149,7 +149,7 @@ class IndexStore:
     @property
     def attributes(self) -> AttributeStore:
         """The products' attributes (title, price, stock, ...): one file for every version."""
-        return AttributeStore.in_index(self.root)
+        return AttributeStore(self.root / ATTRIBUTES_FILE)
 
     @property
     def images_dir(self) -> Path:
@@ -201,18 +201,13 @@ class IndexStore:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / LOCK_FILE, "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                self._remove_stale_staging()
+            try:  # leftovers of killed writers (we hold the lock: no writer is alive)
+                for d in self.versions_dir.glob(STAGING_PREFIX + "*"):
+                    log.info("removing %s left by an interrupted build", d)
+                    shutil.rmtree(d, ignore_errors=True)
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
-
-    def _remove_stale_staging(self) -> None:
-        """Leftovers of killed writers (we hold the lock, so no writer is alive)."""
-        if self.versions_dir.is_dir():
-            for d in self.versions_dir.glob(STAGING_PREFIX + "*"):
-                log.info("removing %s left by an interrupted build", d)
-                shutil.rmtree(d, ignore_errors=True)
 
     def load(self, version: str | None = None, device: str = "auto") -> CatalogIndex:
         """Load a version (default: ``CURRENT``) after checking every file's sha256."""
@@ -308,8 +303,7 @@ class IndexStore:
         try:
             self._write(staging, version, model_version, dim, categories, ann_threshold)
             self._verify(staging, categories)
-            final = self.versions_dir / version
-            os.rename(staging, final)
+            os.rename(staging, self.versions_dir / version)
             _fsync_dir(self.versions_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

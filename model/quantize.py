@@ -74,25 +74,21 @@ def quantize_encoder(fp32: Path, out: Path, images: np.ndarray, keep_heads: bool
         # dequantize and quantize steps, slower than fp32; folded, the pads join the convs.
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre))
-        _quantize(pre, out, images, head_nodes(pre) if keep_heads else [])
+        quantize_static(
+            str(pre),
+            str(out),
+            _Batches(np.ascontiguousarray(images, np.float32)),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=head_nodes(pre) if keep_heads else [],
+            calibrate_method=CalibrationMethod.MinMax,
+            # Ranges folded in batch by batch: every activation of 128 images at once would
+            # take gigabytes (the calibrator keeps all of them until it computes the ranges).
+            extra_options={"CalibStridedMinMax": 1},
+        )
     log.info("quantized %s to int8 (%s)", fp32.name, "heads in fp32" if keep_heads else "all")
-
-
-def _quantize(fp32: Path, out: Path, images: np.ndarray, exclude: list[str]) -> None:
-    quantize_static(
-        str(fp32),
-        str(out),
-        _Batches(np.ascontiguousarray(images, np.float32)),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=exclude,
-        calibrate_method=CalibrationMethod.MinMax,
-        # Ranges folded in batch by batch: every activation of 128 images at once would take
-        # gigabytes (the calibrator keeps all of them until it computes the ranges).
-        extra_options={"CalibStridedMinMax": 1},
-    )
 
 
 def to_fp16(path: Path) -> None:

@@ -32,6 +32,12 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def digest(*parts: object) -> str:
+    """Hex sha256 of ``parts`` as JSON (keys sorted, other objects as text): a stamp or a cache
+    key that changes whenever they do."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def read_manifest(artifacts_dir: Path) -> dict[str, Any]:
     """The manifest, after checking that it is complete and that every file matches its sha256."""
     artifacts_dir = Path(artifacts_dir)

@@ -59,7 +59,7 @@ def test_area_threshold_is_one_fifth_of_the_image() -> None:
     # grown top 19 -> 1900 px < 2000 -> dropped.
     assert crop_box((0.0, 0.24, 1.0, 1.0), 100, 100) == CropResult(None, "crop_too_small")
     # A lower threshold keeps it.
-    assert crop_box((0.0, 0.24, 1.0, 1.0), 100, 100, min_area_fraction=0.1).ok
+    assert crop_box((0.0, 0.24, 1.0, 1.0), 100, 100, min_area_fraction=0.1).box is not None
 
 
 def test_box_touching_the_top_border() -> None:

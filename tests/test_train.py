@@ -22,8 +22,8 @@ from training.train import (
     Dataset,
     Streams,
     Tensors,
+    TrainOptions,
     embed_triplets,
-    parse_options,
     train,
 )
 
@@ -75,7 +75,7 @@ def test_zero_loss_when_positives_closer_by_margin() -> None:
 def test_one_epoch_on_real_pairs(stl_dir: Path, tmp_path: Path) -> None:
     data_dir = small_stl(stl_dir, tmp_path / "data")
     out = tmp_path / "run"
-    opts = parse_options(
+    opts = TrainOptions.parse(
         [
             "--data",
             str(data_dir),
@@ -123,10 +123,10 @@ def test_resume_continues_the_same_run(stl_dir: Path, tmp_path: Path) -> None:
     flags = ["--data", str(data_dir), "--cache", str(tmp_path / "cache"), "--backbone", "tiny"]
     flags += ["--eval-every", "1", "--batch-size", "16", "--negatives", "hard"]
     flags += ["--members", "2"]  # each member's triplet stream is resumed too
-    whole = train(parse_options([*flags, "--out", str(tmp_path / "whole"), "--epochs", "3"]))
+    whole = train(TrainOptions.parse([*flags, "--out", str(tmp_path / "whole"), "--epochs", "3"]))
     part = tmp_path / "part"
-    train(parse_options([*flags, "--out", str(part), "--epochs", "2"]))
-    resumed = train(parse_options([*flags, "--out", str(part), "--epochs", "3", "--resume"]))
+    train(TrainOptions.parse([*flags, "--out", str(part), "--epochs", "2"]))
+    resumed = train(TrainOptions.parse([*flags, "--out", str(part), "--epochs", "3", "--resume"]))
     assert "resuming after epoch 2" in (part / "train.log").read_text()  # not trained afresh
     assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3]
     assert resumed["history"] == whole["history"]
@@ -203,7 +203,7 @@ def test_members_train_as_one_with_their_own_streams(stl_dir: Path, tmp_path: Pa
     data_dir = small_stl(stl_dir, tmp_path / "data")
     flags = ["--data", str(data_dir), "--cache", str(tmp_path / "cache"), "--backbone", "tiny"]
     flags += ["--eval-every", "1", "--batch-size", "16", "--epochs", "1", "--members", "3"]
-    metrics = train(parse_options([*flags, "--out", str(tmp_path / "run")]))
+    metrics = train(TrainOptions.parse([*flags, "--out", str(tmp_path / "run")]))
     assert metrics["members"] == 3
     model, config = load_run(tmp_path / "run")
     assert model.members == 3 and config["model"]["members"] == 3 and model.out_dim == 3 * 128

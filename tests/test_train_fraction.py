@@ -10,16 +10,16 @@ import pytest
 
 from tests.test_features import make_data
 from training.split import UNUSED
-from training.train import parse_options, train
+from training.train import TrainOptions, train
 
 
 def test_a_fraction_of_the_training_scenes(tmp_path: Path) -> None:
     make_data(tmp_path / "data", n_scenes=40)
     flags = ["--data", str(tmp_path / "data"), "--cache", str(tmp_path / "cache")]
     flags += ["--backbone", "tiny", "--epochs", "1", "--batch-size", "4", "--views", "orig"]
-    full = train(parse_options([*flags, "--out", str(tmp_path / "full")]))
+    full = train(TrainOptions.parse([*flags, "--out", str(tmp_path / "full")]))
     flags += ["--train-fraction", "0.25", "--init-seed", "3"]
-    quarter = train(parse_options([*flags, "--out", str(tmp_path / "quarter")]))
+    quarter = train(TrainOptions.parse([*flags, "--out", str(tmp_path / "quarter")]))
     assert full["train_pairs"] == 32 and quarter["train_pairs"] == 8
     assert (quarter["val_pairs"], quarter["test_pairs"]) == (full["val_pairs"], full["test_pairs"])
     split = json.loads((tmp_path / "quarter" / "split.json").read_text())
@@ -37,7 +37,7 @@ def test_fraction_out_of_range(
     fraction: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exc:
-        parse_options(
+        TrainOptions.parse(
             ["--data", str(tmp_path), "--out", str(tmp_path), "--train-fraction", fraction]
         )
     assert exc.value.code == 2 and "--train-fraction" in capsys.readouterr().err

@@ -28,10 +28,6 @@ class CropResult:
     box: PixelBox | None
     reason: str = "ok"
 
-    @property
-    def ok(self) -> bool:
-        return self.box is not None
-
 
 def validate_bbox(bbox: BBox) -> str | None:
     """The reason a normalized box is invalid, or ``None`` when it is usable."""
@@ -88,11 +84,10 @@ def box_in_crop(bbox: BBox, crop: PixelBox, width: int, height: int) -> BBox | N
     cw, ch = cr - cl, cb - ct
     if cw <= 0 or ch <= 0:
         return None
-    x0 = (bbox[0] * width - cl) / cw
-    y0 = (bbox[1] * height - ct) / ch
-    x1 = (bbox[2] * width - cl) / cw
-    y1 = (bbox[3] * height - ct) / ch
-    x0, y0, x1, y1 = max(0.0, x0), max(0.0, y0), min(1.0, x1), min(1.0, y1)
+    x0 = max(0.0, (bbox[0] * width - cl) / cw)
+    y0 = max(0.0, (bbox[1] * height - ct) / ch)
+    x1 = min(1.0, (bbox[2] * width - cl) / cw)
+    y1 = min(1.0, (bbox[3] * height - ct) / ch)
     if x1 <= x0 or y1 <= y0:
         return None
     return (x0, y0, x1, y1)

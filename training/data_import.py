@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import math
-import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -32,10 +31,10 @@ from typing import Any
 from PIL import Image
 
 from index.rows import Row, TableError, read_rows
-from index.store import PRODUCT_ID_PATTERN
 from runtime.atomic import write_bytes, write_json
 from runtime.options import option
 from training.download import (
+    SIGNATURE,
     Fetcher,
     FetchOptions,
     Job,
@@ -51,7 +50,6 @@ PRODUCT_COLUMNS = ("id", "category", "image")
 EDGE = 1e-6
 """How far past the image's edge (as a share of its size) a box may reach and be clipped:
 rounding, not a box outside the image."""
-_PRODUCT_ID = re.compile(PRODUCT_ID_PATTERN)
 BBox = tuple[float, float, float, float]
 
 
@@ -112,12 +110,6 @@ def parse_box(value: Any) -> BBox:
     return left, top, right, bottom
 
 
-def normalized(box: BBox, width: float, height: float) -> BBox:
-    """``box`` in pixels of a ``width`` x ``height`` image, as shares of it, checked."""
-    left, top, right, bottom = box
-    return check_box((left / width, top / height, right / width, bottom / height))
-
-
 def check_box(box: BBox) -> BBox:
     """A box in [0, 1] with an area (clipped by at most ``EDGE``), or ``BadRow`` saying why."""
     if min(box) < -EDGE or max(box) > 1 + EDGE:
@@ -154,7 +146,7 @@ def read_products(path: Path, problems: list[Problem]) -> dict[str, Product]:
             if not isinstance(row, Row):
                 raise BadRow(row.reason)
             pid = str(row.values["id"]).strip()
-            if not _PRODUCT_ID.fullmatch(pid):
+            if not SIGNATURE.fullmatch(pid):
                 raise BadRow(
                     f"product id {pid[:40]!r} is not 1-128 of A-Z a-z 0-9 . _ - "
                     "(not starting with a dot)"
@@ -185,7 +177,9 @@ def read_looks(
                 )
             source = source_url(row.values["scene"], path.parent)
             box, size = parse_box(row.values["bbox"]), _size(row)
-            box = check_box(box) if size is None else normalized(box, *size)
+            if size is not None:  # in pixels of a width x height image: as shares of it
+                box = (box[0] / size[0], box[1] / size[1], box[2] / size[0], box[3] / size[1])
+            box = check_box(box)
             sid = scene_id(source)
             sources[sid] = source
             looks.append(Look(row.line, sid, pid, box))

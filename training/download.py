@@ -6,6 +6,7 @@ A rerun skips what is already on disk and decodes, so an interrupted download re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "http://i.pinimg.com/400x"
 FAILURES_FILE = "download-failures.jsonl"
-_SIGNATURE = re.compile(PRODUCT_ID_PATTERN)
+SIGNATURE = re.compile(PRODUCT_ID_PATTERN)
 """STL signatures and shops' product ids alike: the project's one id format."""
 
 
@@ -62,15 +63,6 @@ def image_path(out: Path, job: Job) -> Path:
     return out / "images" / job.kind / f"{job.sig}.jpg"
 
 
-def is_valid_image(path: Path) -> bool:
-    """Whether a file already on disk decodes, so a rerun can skip it."""
-    try:
-        check_image(path.read_bytes())
-    except (OSError, FetchError):
-        return False
-    return True
-
-
 @dataclass(frozen=True)
 class Fetcher:
     """How to fetch: where from, how patiently, and where to."""
@@ -83,11 +75,13 @@ class Fetcher:
 
     def run(self, job: Job) -> Outcome:
         """Fetch one image unless a valid copy is present; never raises for a bad download."""
-        if not _SIGNATURE.fullmatch(job.sig):  # it becomes a path: no "/" or ".." in it
+        if not SIGNATURE.fullmatch(job.sig):  # it becomes a path: no "/" or ".." in it
             return Outcome(job, "failed", "bad_signature", repr(job.sig))
         dest = image_path(self.out, job)
-        if dest.is_file() and is_valid_image(dest):
-            return Outcome(job, "skipped")
+        if dest.is_file():  # a copy on disk that decodes is kept: a rerun skips it
+            with contextlib.suppress(OSError, FetchError):
+                check_image(dest.read_bytes())
+                return Outcome(job, "skipped")
         retrying = retrier(self.retries, self.backoff)
         try:
             retrying(self._fetch, job.source(self.base_url), dest)

@@ -120,26 +120,17 @@ def compute_features(
         gs.append(g)
         rs.append(r)
     if not gs:
-        n_r = backbone.grid * backbone.grid
-        return np.zeros((0, backbone.global_dim), np.float32), np.zeros(
-            (0, n_r, backbone.local_dim), np.float32
-        )
+        regions = np.zeros((0, backbone.grid * backbone.grid, backbone.local_dim), np.float32)
+        return np.zeros((0, backbone.global_dim), np.float32), regions
     return np.concatenate(gs), np.concatenate(rs)
 
 
 # --- what goes into the cache -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CropItem:
-    """One cropped scene (several pairs of a scene can share a bbox, hence one crop)."""
-
-    scene: str
-    box: crop.PixelBox
-
-
-def ctl_examples(data: STLData) -> tuple[list[CropItem], list[dict[str, Any]], dict[str, int]]:
-    """The scene crops, the CTL examples (pair -> crop row) and the crop rules' drop counts."""
+def ctl_examples(data: STLData) -> tuple[list[Any], list[dict[str, Any]], dict[str, int]]:
+    """The scene crops (``[scene, pixel box]``: several pairs of a scene can share a bbox, hence
+    one crop), the CTL examples (pair -> crop row) and the crop rules' drop counts."""
     stats, pair_crops = crop.CropStats(), crop.PairCrops(data)
     crops: dict[tuple[str, crop.PixelBox], int] = {}
     examples: list[dict[str, Any]] = []
@@ -158,8 +149,8 @@ def ctl_examples(data: STLData) -> tuple[list[CropItem], list[dict[str, Any]], d
                 "crop": row,
             }
         )
-    items = [CropItem(scene, box) for (scene, box) in crops]
-    return items, examples, {"kept": stats.kept, **stats.dropped}
+    rows = [[scene, list(box)] for scene, box in crops]
+    return rows, examples, {"kept": stats.kept, **stats.dropped}
 
 
 def cache_key(backbone: Backbone, data: STLData) -> str:
@@ -211,16 +202,6 @@ def regions_kind(kind: str) -> str:
 
 
 # --- building it ---------------------------------------------------------------------------
-
-
-def cache_meta(path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """``path/meta.json``, made by ``make`` (and written) first when the directory is new."""
-    path.mkdir(parents=True, exist_ok=True)
-    if (path / "meta.json").is_file():
-        return dict(json.loads((path / "meta.json").read_text()))
-    meta = make() | {"views": [], "seconds": 0.0}
-    write_json(path / "meta.json", meta, indent=1)
-    return meta
 
 
 class ChunkBuilder:
@@ -348,25 +329,28 @@ def build_cache(
     unknown = set(views) - set(VIEWS)
     if unknown:
         raise ValueError(f"unknown views {sorted(unknown)}; choose from {list(VIEWS)}")
-
-    def make() -> dict[str, Any]:
+    path = Path(cache_root) / cache_key(backbone, data)
+    path.mkdir(parents=True, exist_ok=True)
+    if (path / "meta.json").is_file():
+        meta = dict(json.loads((path / "meta.json").read_text()))
+    else:  # a new cache directory: what goes into it
         crops, examples, dropped = ctl_examples(data)
         kept = set(data.category_names())
         products = [p for p in data.available_products() if data.categories[p] in kept]
-        return {
+        meta = {
             "backbone": backbone.describe(),
             "data": str(data.root.resolve()),
             "crop_rules": {"grow": crop.GROW, "min_area_fraction": crop.MIN_AREA_FRACTION},
-            "crops": [[c.scene, list(c.box)] for c in crops],
+            "crops": crops,
             "examples": examples,
             "crop_stats": dropped,
             "products": products,
             "product_categories": [data.categories[p] for p in products],
+            "views": [],
+            "seconds": 0.0,
         }
-
-    path = Path(cache_root) / cache_key(backbone, data)
-    meta = cache_meta(path, make)
-    crops_list = [CropItem(s, tuple(b)) for s, b in meta["crops"]]
+        write_json(path / "meta.json", meta, indent=1)
+    crops_list = meta["crops"]
     products = meta["products"]
     log.info(
         "feature cache %s: %d crops (%d examples), %d products, views %s",
@@ -378,7 +362,8 @@ def build_cache(
     )
 
     def load_crop(i: int) -> Image.Image:
-        return rgb(data.scene_path(crops_list[i].scene)).crop(crops_list[i].box)
+        scene, box = crops_list[i]
+        return rgb(data.scene_path(scene)).crop(tuple(box))
 
     def load_product(i: int) -> Image.Image:
         return rgb(data.product_path(products[i]), backbone.spec.size)

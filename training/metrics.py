@@ -98,11 +98,6 @@ def _sample_negatives(valid: np.ndarray, k: int, rng: np.random.Generator) -> np
     return np.argpartition(keys, k - 1, axis=1)[:, :k]
 
 
-def _outcome(dneg: np.ndarray, dpos: np.ndarray) -> np.ndarray:
-    """1 when the negative is farther than the positive, 0.5 on a tie, else 0."""
-    return (dneg > dpos).astype(float) + 0.5 * (dneg == dpos)
-
-
 def binary_choice(block: RankingBlock, rng: np.random.Generator, draws: int) -> np.ndarray:
     """Per pair, the share of ``draws`` positive-vs-one-negative choices won (paper's Table 2)."""
     rows = np.arange(len(block.pos))
@@ -110,7 +105,8 @@ def binary_choice(block: RankingBlock, rng: np.random.Generator, draws: int) -> 
     won = np.zeros(len(rows))
     for _ in range(draws):
         neg = _sample_negatives(block.valid, 1, rng)[:, 0]
-        won += _outcome(block.dist[rows, neg], dpos)
+        dneg = block.dist[rows, neg]
+        won += (dneg > dpos).astype(float) + 0.5 * (dneg == dpos)  # a tie is half a win
     return won / draws
 
 

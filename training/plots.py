@@ -132,8 +132,7 @@ def attention_heatmaps(samples: Sequence[AttentionSample], grid: int, path: Path
         cell.set(edgecolor="cyan", lw=2.5)
         ax.add_patch(cell)
         ax.set_title(f"{s.title}\n(largest weight {peak:.3f})", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
     for ax in list(axes.flat)[len(samples) :]:
         ax.axis("off")
     fig.suptitle(
@@ -190,8 +189,7 @@ def compatibility(rows: Sequence[CompatibilityRow], path: Path) -> Path:
             ax.imshow(thumb.image)
             ax.set_title(f"{kind}: {thumb.caption}", fontsize=8, color=colour)
         for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
     fig.suptitle(
         "Cropped scene | its true product | 3 most | 3 least compatible products of that category"
         "\n(d* = model distance, lower = more compatible)",

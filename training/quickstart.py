@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from runtime.artifacts import MANIFEST_FILE, sha256_file
+from runtime.artifacts import MANIFEST_FILE, digest, sha256_file
 from runtime.atomic import write_json
 from runtime.options import Options, option
 from training.config import TrainingSettings
@@ -28,10 +27,6 @@ log = logging.getLogger(__name__)
 Serve = Callable[[list[str]], int]
 """The serving step: ``ctl serve``'s ``main(argv)``."""
 RELEASE_BASE = "https://raw.githubusercontent.com/kang205/STL-Dataset/master"
-
-
-def _digest(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _argv(**flags: object) -> list[str]:
@@ -114,7 +109,7 @@ def main(argv: list[str], serve: Serve | None = None) -> int:
     artifacts: Path = args.artifacts
     stamps = work / "quickstart"
 
-    feat_digest = _digest("features", str(data), args.backbone)
+    feat_digest = digest("features", str(data), args.backbone)
     feat_argv = _argv(data=data, cache=cache, backbone=args.backbone)
     _run_step(stamps, "features", feat_digest, cache, features.main, feat_argv)
 
@@ -126,17 +121,17 @@ def main(argv: list[str], serve: Serve | None = None) -> int:
         seed=args.seed,
         epochs=args.epochs,
     )
-    train_digest = _digest(feat_digest, train_argv)
+    train_digest = digest(feat_digest, train_argv)
     _run_step(stamps, "train", train_digest, run_dir / "metrics.json", train.main, train_argv)
 
-    export_digest = _digest(
+    export_digest = digest(
         "export", sha256_file(run_dir / "checkpoint.pt"), export.DEFAULT_PRECISION
     )
     export_argv = _argv(run=run_dir, out=artifacts)
     export_main = functools.partial(export.main, calibrate=calibration_images)
     _run_step(stamps, "export", export_digest, artifacts / MANIFEST_FILE, export_main, export_argv)
 
-    index_digest = _digest("index", sha256_file(artifacts / MANIFEST_FILE), str(data))
+    index_digest = digest("index", sha256_file(artifacts / MANIFEST_FILE), str(data))
     index_argv = _argv(artifacts=artifacts, data=data, work_dir=work)
     current = artifacts / "index" / "CURRENT"
     _run_step(stamps, "index", index_digest, current, index_cli.build_main, index_argv)

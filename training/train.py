@@ -32,7 +32,6 @@ from runtime.options import option
 from runtime.progress import Progress
 from training import crop
 from training import metrics as M
-from training.config import TrainingSettings
 from training.features import FeatureCache, FeatureOptions, load_cache
 from training.loss import NEGATIVES, CTLLoss, attention_nll
 from training.sampling import Example, TripletSampler
@@ -112,9 +111,6 @@ class TrainOptions(FeatureOptions, prog="ctl train"):
         sampling stay on ``seed``)."""
         return self.seed if self.init_seed is None else self.init_seed
 
-    def loss(self) -> CTLLoss:
-        return CTLLoss(self.margin, self.negatives, self.contrastive, self.temperature)
-
 
 @dataclass
 class Tensors:
@@ -133,8 +129,7 @@ class Tensors:
                 np.stack([cache.array(kind, v) for v in views]).astype(np.float32)
             )
 
-        g, r, p = (stack(k) for k in ("scene_global", "scene_regions", "product_global"))
-        return cls(g, r, p)
+        return cls(*(stack(k) for k in ("scene_global", "scene_regions", "product_global")))
 
 
 @dataclass
@@ -183,10 +178,6 @@ class Dataset:
             examples[split[e["scene"]]].append(ex)
         return cls(categories, products, product_cat, split, examples, scene_products, scene_of_row)
 
-    def popularity(self) -> dict[str, int]:
-        counts = Counter(self.products[e.product] for e in self.examples["train"])
-        return dict(counts.most_common())
-
     def add_attention_targets(self, cache: FeatureCache, data: STLData) -> None:
         """Where the attention of each training crop should look: the regions the scene's other
         labelled products cover, in the frame the backbone saw (``ctl evaluate`` measures its
@@ -231,10 +222,6 @@ class Dataset:
             for p in self.scene_products.get(scene, ())
         ]
         return np.unique(np.array(codes, np.int64))
-
-    def train_rows(self) -> torch.Tensor:
-        """The cache rows of the training split's scene crops (for feature statistics)."""
-        return torch.tensor(sorted({e.row for e in self.examples["train"]}))
 
 
 @dataclass
@@ -388,7 +375,7 @@ def build_model(opts: TrainOptions, t: Tensors, ds: Dataset) -> CTLModel:
         opts.members,
     )
     if opts.standardize:
-        rows = ds.train_rows()
+        rows = torch.tensor(sorted({e.row for e in ds.examples["train"]}))  # training crops
         model.set_input_stats(
             torch.cat([t.scene_global[:, rows].flatten(0, 1), t.product_global.flatten(0, 1)]),
             t.scene_regions[:, rows].flatten(0, 2),
@@ -421,11 +408,6 @@ class RunState:
         self.epoch, self.history = saved["epoch"], saved["history"]
         self.best, self.seconds = saved["best"], saved["seconds"]
         log.info("resuming after epoch %d (best val AUC %.4f)", self.epoch, self.best["auc"])
-
-
-def parse_options(argv: list[str], settings: TrainingSettings | None = None) -> TrainOptions:
-    """``ctl train``'s flags as options; out-of-range values are usage errors (exit 2)."""
-    return TrainOptions.parse(argv, settings)
 
 
 def train(opts: TrainOptions) -> dict[str, Any]:
@@ -472,7 +454,7 @@ def run(opts: TrainOptions) -> dict[str, Any]:
         model.config() | {"categories": len(ds.categories)},
     )
     opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    loss_fn = opts.loss()
+    loss_fn = CTLLoss(opts.margin, opts.negatives, opts.contrastive, opts.temperature)
     streams = Streams.seeded(opts.seed, opts.model_seed, opts.members)
     state = RunState(streams)
     if opts.resume and (out / "last.pt").is_file():
@@ -529,7 +511,8 @@ def write_run_files(
     write_json(opts.out / "config.json", config)
     write_json(opts.out / "split.json", ds.split)
     write_json(opts.out / "categories.json", ds.categories)
-    write_json(opts.out / "popularity.json", ds.popularity())
+    popularity = Counter(ds.products[e.product] for e in ds.examples["train"])
+    write_json(opts.out / "popularity.json", dict(popularity.most_common()))
     return config
 
 
@@ -560,6 +543,6 @@ def final_metrics(
 
 def main(argv: list[str]) -> int:
     """``ctl train``: print the run's metrics (without the per-epoch history) as JSON."""
-    metrics = train(parse_options(argv))
+    metrics = train(TrainOptions.parse(argv))
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
     return 0

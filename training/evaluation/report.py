@@ -29,6 +29,15 @@ def _ci(pair: Sequence[float]) -> str:
     return f"[{_f(pair[0])}, {_f(pair[1])}]"
 
 
+SCORER_COLUMNS = ("auc", "auc_ci95", "auc_exact", "mrr", "mrr_ci95", "mrr_10")
+
+
+def _cells(m: Mapping[str, Any], keys: Sequence[str], ks: Sequence[str]) -> list[str]:
+    """The table cells of ``m``'s ``keys`` (``*_ci95``: an interval), then of its top-k."""
+    cells = [_ci(m[key]) if key.endswith("_ci95") else _f(m[key]) for key in keys]
+    return cells + [_f(m["top_k_accuracy"][k]) for k in ks]
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -97,19 +106,7 @@ def render(
             "MRR@10",
             *(f"top-{k}" for k in ks),
         ],
-        [
-            [
-                f"{name}",
-                _f(m["auc"]),
-                _ci(m["auc_ci95"]),
-                _f(m["auc_exact"]),
-                _f(m["mrr"]),
-                _ci(m["mrr_ci95"]),
-                _f(m["mrr_10"]),
-                *(_f(m["top_k_accuracy"][k]) for k in ks),
-            ]
-            for name, m in scorers.items()
-        ],
+        [[name, *_cells(m, SCORER_COLUMNS, ks)] for name, m in scorers.items()],
     )
     named = [
         "model",
@@ -123,14 +120,7 @@ def render(
     lines += _table(
         ["category", "pairs", "AUC", "MRR", "MRR@10", *(f"top-{k}" for k in ks)],
         [
-            [
-                cat,
-                str(m["n"]),
-                _f(m["auc"]),
-                _f(m["mrr"]),
-                _f(m["mrr_10"]),
-                *(_f(m["top_k_accuracy"][k]) for k in ks),
-            ]
+            [cat, str(m["n"]), *_cells(m, ("auc", "mrr", "mrr_10"), ks)]
             for cat, m in metrics["per_category"].items()
         ],
     )

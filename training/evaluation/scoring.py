@@ -3,7 +3,6 @@ the heads, the model's distances, and every pair ranked against its category."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -17,6 +16,7 @@ from PIL import Image
 
 from model.backbones import Backbone
 from model.ctl import CTLModel
+from runtime.artifacts import digest
 from runtime.encoder import Encoder
 from training import metrics as M
 from training.evaluation.pairs import CategoryPairs, Crop, load_crop
@@ -69,11 +69,6 @@ def _crop_key(scene: str, box: Sequence[int]) -> str:
     return f"{scene}:{','.join(str(int(v)) for v in box)}"
 
 
-def _digest(*parts: object) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
 def apply_heads(model: CTLModel, g: np.ndarray, regions: np.ndarray, scenes: bool) -> Embedded:
     """Head embeddings of backbone features, in batches (attention_all is (B, C, R, D) inside)."""
     parts: dict[str, list[np.ndarray]] = {"emb": [], "queries": [], "attention": []}
@@ -115,7 +110,7 @@ def embed_all(
         found = from_training_cache(config, backbone, data, kind, keys)
         if found is not None:
             return found
-        path = cache / f"{kind}-{_digest(backbone.key(), root, keys)}"
+        path = cache / f"{kind}-{digest(backbone.key(), root, keys)[:16]}"
         name = "scene_global" if kind == "scenes" else "product_global"
         if (path / f"{name}-orig.npy").is_file():
             log.info("using cached backbone features %s", path)
